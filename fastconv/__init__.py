@@ -1,0 +1,33 @@
+"""fastconv: convolution and pooling on NumPy arrays, from a readable loop to Numba JIT kernels.
+
+The public API mirrors ``torch.nn.functional`` on NumPy arrays::
+
+    y = fastconv.conv2d(x, weight, bias, stride=1, padding="same")
+    p, idx = fastconv.max_pool2d(y, 2, return_indices=True)
+
+Every function takes ``method=``: ``"auto"`` (the default) or a strategy name
+from :data:`fastconv.METHODS`.
+"""
+
+from .conv import conv1d, conv2d
+from .dispatch import METHODS
+from .geometry import ConvGeometry, PoolGeometry, conv_output_size, pool_output_size, resolve_padding, same_padding
+from .pool import avg_pool1d, avg_pool2d, max_pool1d, max_pool2d
+
+__version__ = "0.1.0.dev0"
+
+__all__ = [
+    "METHODS",
+    "ConvGeometry",
+    "PoolGeometry",
+    "avg_pool1d",
+    "avg_pool2d",
+    "conv1d",
+    "conv2d",
+    "conv_output_size",
+    "max_pool1d",
+    "max_pool2d",
+    "pool_output_size",
+    "resolve_padding",
+    "same_padding",
+]

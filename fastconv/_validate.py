@@ -1,0 +1,76 @@
+"""Turn user input into checked, C-contiguous arrays, or raise a clear error.
+
+Every message names the public function, the argument and what was expected.
+Nothing here modifies an input: arrays that need another dtype or layout are
+copied, the others are passed through as read-only views.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+_FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def as_array(value, name: str, fn: str):
+    """``np.asarray(value)`` that refuses dtypes convolution cannot mean anything for."""
+    if value is None:
+        raise TypeError(f"{fn}: {name} must be an array, got None")
+    try:
+        arr = np.asarray(value)
+    except Exception as exc:  # ragged lists, objects that refuse conversion
+        raise TypeError(f"{fn}: {name} could not be converted to an array: {exc}") from None
+    kind = arr.dtype.kind
+    if kind not in "biuf":
+        what = {
+            "c": "complex",
+            "O": "object",
+            "U": "string",
+            "S": "bytes",
+            "M": "datetime",
+            "m": "timedelta",
+            "V": "structured",
+        }.get(kind, str(arr.dtype))
+        raise TypeError(
+            f"{fn}: {name} must hold real numbers (bool, int or float), got {what} dtype {arr.dtype}"
+        )
+    return arr
+
+
+def result_dtype(*arrays):
+    """float32 or float64: ``np.result_type(*arrays, np.float32)``, as NumPy promotes with a float.
+
+    float16 is computed in float32 (there are no half-precision kernels), and
+    anything wider than float64 (``longdouble``) in float64.
+    """
+    dt = np.result_type(*[a.dtype for a in arrays], np.float32)
+    return np.dtype(np.float64) if dt.itemsize > 4 else np.dtype(np.float32)
+
+
+def check_ndim(arr, name: str, fn: str, allowed: tuple, what: str):
+    if arr.ndim not in allowed:
+        raise ValueError(
+            f"{fn}: {name} must be {what}, got a {arr.ndim}-D array of shape {arr.shape}"
+        )
+
+
+def contiguous(arr, dtype):
+    """A C-contiguous array of ``dtype`` with ``arr``'s values; a copy only when needed."""
+    return np.ascontiguousarray(arr, dtype=dtype)
+
+
+def check_out(out, shape: tuple, dtype, fn: str, inputs=()):
+    """Check a user's ``out`` array: right shape and dtype, C-contiguous, writeable, no overlap."""
+    if not isinstance(out, np.ndarray):
+        raise TypeError(f"{fn}: out must be a numpy.ndarray, got {type(out).__name__}")
+    if out.shape != tuple(shape):
+        raise ValueError(f"{fn}: out must have shape {tuple(shape)}, got {out.shape}")
+    if out.dtype != dtype:
+        raise TypeError(f"{fn}: out must have dtype {dtype}, got {out.dtype}")
+    if not out.flags.c_contiguous:
+        raise ValueError(f"{fn}: out must be C-contiguous")
+    if not out.flags.writeable:
+        raise ValueError(f"{fn}: out must be writeable")
+    for name, arr in inputs:
+        if arr is not None and np.may_share_memory(out, arr):
+            raise ValueError(f"{fn}: out must not overlap the input {name}")

@@ -1,0 +1,172 @@
+"""``conv1d`` and ``conv2d``: validate, resolve the geometry, dispatch to a strategy."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import _validate as v
+from . import dispatch
+from .geometry import ConvGeometry, conv_output_size, normalize_tuple, resolve_padding, _as_int
+
+__all__ = ["conv1d", "conv2d"]
+
+
+def _prepare_conv(fn, nd, x, weight, bias, stride, padding, dilation, groups):
+    """Check every argument; return 4D contiguous arrays, the geometry and the user's output shape."""
+    x = v.as_array(x, "x", fn)
+    weight = v.as_array(weight, "weight", fn)
+    spatial = "L" if nd == 1 else "H, W"
+    v.check_ndim(x, "x", fn, (nd + 1, nd + 2), f"(N, C_in, {spatial}) or unbatched (C_in, {spatial})")
+    kernel_dims = "k" if nd == 1 else "kH, kW"
+    v.check_ndim(weight, "weight", fn, (nd + 2,), f"(C_out, C_in/groups, {kernel_dims})")
+    batched = x.ndim == nd + 2
+    xb = x if batched else x[None]
+    N, C_in = xb.shape[:2]
+    C_out, C_per_group = weight.shape[:2]
+    kernel = weight.shape[2:]
+
+    groups = _as_int(groups, "groups", fn)
+    if groups < 1:
+        raise ValueError(f"{fn}: groups must be >= 1, got {groups}")
+    if C_in % groups:
+        raise ValueError(f"{fn}: groups={groups} does not divide the {C_in} input channels")
+    if C_out % groups:
+        raise ValueError(f"{fn}: groups={groups} does not divide the {C_out} output channels (weight.shape[0])")
+    if C_per_group * groups != C_in:
+        raise ValueError(
+            f"{fn}: input has {C_in} channels but weight.shape[1] * groups is "
+            f"{C_per_group} * {groups} = {C_per_group * groups}"
+        )
+    if C_per_group == 0 or min(kernel) == 0:
+        raise ValueError(f"{fn}: weight must not be empty, got shape {weight.shape}")
+    if bias is not None:
+        bias = v.as_array(bias, "bias", fn)
+        if bias.shape != (C_out,):
+            raise ValueError(f"{fn}: bias must have shape ({C_out},) (C_out), got {bias.shape}")
+
+    stride = normalize_tuple(stride, nd, "stride", fn)
+    dilation = normalize_tuple(dilation, nd, "dilation", fn)
+    in_size = xb.shape[2:]
+    pads = resolve_padding(padding, in_size, kernel, stride, dilation, fn=fn)
+    out_size = tuple(
+        conv_output_size(n, k, s, p, d) for n, k, s, p, d in zip(in_size, kernel, stride, pads, dilation)
+    )
+    if min(out_size) < 1:
+        raise ValueError(
+            f"{fn}: padded input {tuple(n + lo + hi for n, (lo, hi) in zip(in_size, pads))} is smaller "
+            f"than the dilated kernel {tuple(d * (k - 1) + 1 for k, d in zip(kernel, dilation))}; "
+            "the output would be empty"
+        )
+
+    dtype = v.result_dtype(x, weight, *(() if bias is None else (bias,)))
+    if nd == 1:  # a 1D problem is a 2D problem of height 1
+        in_size, kernel, out_size = (1,) + in_size, (1,) + kernel, (1,) + out_size
+        stride, dilation, pads = (1,) + stride, (1,) + dilation, ((0, 0),) + pads
+    geom = ConvGeometry(
+        batch=N, in_channels=C_in, out_channels=C_out, groups=groups, in_size=tuple(in_size),
+        kernel=tuple(kernel), stride=stride, dilation=dilation, padding=pads, out_size=tuple(out_size),
+    )
+    x4 = v.contiguous(xb, dtype).reshape((N, C_in) + geom.in_size)
+    w4 = v.contiguous(weight, dtype).reshape((C_out, C_per_group) + geom.kernel)
+    b = None if bias is None else v.contiguous(bias, dtype)
+    user_shape = ((N,) if batched else ()) + (C_out,) + geom.out_size[2 - nd:]
+    return x4, w4, b, geom, user_shape, (("x", x), ("weight", weight), ("bias", bias))
+
+
+def _conv(fn, nd, x, weight, bias, stride, padding, dilation, groups, method, out):
+    dispatch.check_method(method, fn)
+    x4, w4, b, geom, user_shape, inputs = _prepare_conv(fn, nd, x, weight, bias, stride, padding, dilation, groups)
+    if out is None:
+        out = np.empty(user_shape, dtype=x4.dtype)
+    else:
+        v.check_out(out, user_shape, x4.dtype, fn, inputs)
+    if out.size:
+        strategy = dispatch.resolve(method, "conv2d", geom, x4.dtype, fn)
+        strategy.conv2d(x4, w4, b, geom, out.reshape(geom.output_shape))
+    return out
+
+
+def conv1d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, method="auto", out=None):
+    """1D convolution (cross-correlation) over ``(N, C_in, L)`` inputs.
+
+    ``y[n, l, t] = bias[l] + sum_{d, i} x_pad[n, g*C_in/groups + d, t*stride + i*dilation] * weight[l, d, i]``
+    where ``g`` is output channel ``l``'s group.
+
+    Parameters
+    ----------
+    x : array_like, shape (N, C_in, L) or (C_in, L)
+        Input signals (unbatched input gives an unbatched result).
+    weight : array_like, shape (C_out, C_in/groups, k)
+        The kernels.
+    bias : array_like, shape (C_out,), optional
+        Added to every output of each channel.
+    stride, dilation : int or (int,)
+        Step between receptive fields; spacing of the kernel taps.
+    padding : int, (int,), ((lo, hi),), 'valid' or 'same'
+        Zeros added at each end. 'same' is TensorFlow's rule for any stride:
+        ``ceil(L / stride)`` outputs, the odd element of padding on the right.
+    groups : int
+        Input and output channels are split into ``groups`` independent
+        convolutions; ``groups == C_in`` is depthwise.
+    method : str
+        'auto' (default), 'loop', 'vectorized', 'direct' or 'img2col'.
+    out : ndarray, optional
+        C-contiguous array of the result's shape and dtype to write into.
+
+    Returns
+    -------
+    ndarray, shape (N, C_out, L_out) or (C_out, L_out)
+        float32 or float64: ``np.result_type(x, weight, np.float32)``.
+
+    Examples
+    --------
+    >>> import numpy as np, fastconv
+    >>> fastconv.conv1d(np.array([[1., 0, 2, 2, 3, 1]]), np.array([[[3., 2, 2]]]))
+    array([[ 7.,  8., 16., 14.]])
+    """
+    return _conv("conv1d", 1, x, weight, bias, stride, padding, dilation, groups, method, out)
+
+
+def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, method="auto", out=None):
+    """2D convolution (cross-correlation) over ``(N, C_in, H, W)`` inputs.
+
+    ``Y[n, l, i, j] = b[l] + sum_{d, a, b} X_pad[n, g*C_in/groups + d, i*sH + a*dH, j*sW + b*dW] * W[l, d, a, b]``
+    where ``g`` is output channel ``l``'s group.
+
+    Parameters
+    ----------
+    x : array_like, shape (N, C_in, H, W) or (C_in, H, W)
+        Input images (unbatched input gives an unbatched result).
+    weight : array_like, shape (C_out, C_in/groups, kH, kW)
+        The kernels.
+    bias : array_like, shape (C_out,), optional
+        Added to every output of each channel.
+    stride, dilation : int or (int, int)
+        Step between receptive fields; spacing of the kernel taps.
+    padding : int, (int, int), ((top, bottom), (left, right)), 'valid' or 'same'
+        Zeros around the image. 'same' is TensorFlow's rule for any stride:
+        ``ceil(H / sH) x ceil(W / sW)`` outputs, the odd row/column of padding
+        at the bottom/right.
+    groups : int
+        Input and output channels are split into ``groups`` independent
+        convolutions; ``groups == C_in`` is depthwise.
+    method : str
+        'auto' (default), 'loop', 'vectorized', 'direct' or 'img2col'.
+    out : ndarray, optional
+        C-contiguous array of the result's shape and dtype to write into.
+
+    Returns
+    -------
+    ndarray, shape (N, C_out, H_out, W_out) or (C_out, H_out, W_out)
+        float32 or float64: ``np.result_type(x, weight, np.float32)``.
+
+    Examples
+    --------
+    >>> import numpy as np, fastconv
+    >>> x = np.array([[[1., 2, 3, 2], [2, 3, 2, 5], [1, 2, 2, 1], [0, 2, 1, 2]]])
+    >>> fastconv.conv2d(x, np.array([[[[-1., 1], [-1, 1]]]]))
+    array([[[ 2.,  0.,  2.],
+            [ 2., -1.,  2.],
+            [ 3., -1.,  0.]]])
+    """
+    return _conv("conv2d", 2, x, weight, bias, stride, padding, dilation, groups, method, out)

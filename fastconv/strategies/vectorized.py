@@ -1,0 +1,146 @@
+"""The NumPy-vectorized strategy: the best plain NumPy we know how to write.
+
+Convolution is the lecture's img2col: a strided *view* of the padded input
+holds every receptive field, one copy turns it into the ``(C_in*kH*kW, oH*oW)``
+matrix, and one batched ``matmul`` per group applies all kernels at once.
+When each output channel reads a single input channel (depthwise, or a
+single-channel filter) the matrix product degenerates, and shift-and-accumulate
+over the kernel taps (``kH*kW`` whole-array multiply-adds) is faster.
+
+Pooling is shift-and-compare / shift-and-add over the ``kH*kW`` taps on
+strided slices of the padded input, which keeps every pass contiguous.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.lib.stride_tricks import as_strided
+
+
+def _pad(x, pads, value=0.0):
+    """``x`` padded by ``((top, bottom), (left, right))`` on its last two axes (no copy if zero)."""
+    (top, bottom), (left, right) = pads
+    if top == bottom == left == right == 0:
+        return x
+    return np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)), constant_values=value)
+
+
+def _windows(xp, geom):
+    """Read-only view ``(N, C, kH, kW, oH, oW)`` of every receptive field of ``xp``."""
+    N, C = xp.shape[:2]
+    kH, kW = geom.kernel
+    sH, sW = geom.stride
+    dH, dW = geom.dilation
+    oH, oW = geom.out_size
+    s = xp.strides
+    return as_strided(
+        xp,
+        shape=(N, C, kH, kW, oH, oW),
+        strides=(s[0], s[1], dH * s[2], dW * s[3], sH * s[2], sW * s[3]),
+        writeable=False,
+    )
+
+
+def _tap(xp, geom, a, b):
+    """Strided slice of ``xp``: the input value under kernel tap ``(a, b)`` for every output."""
+    sH, sW = geom.stride
+    dH, dW = geom.dilation
+    oH, oW = geom.out_size
+    r, c = a * dH, b * dW
+    return xp[:, :, r : r + sH * (oH - 1) + 1 : sH, c : c + sW * (oW - 1) + 1 : sW]
+
+
+def im2col(x, geom):
+    """The lecture's img2col: ``(N, C*kH*kW, oH*oW)``, rows ordered channel, kernel row, kernel column."""
+    N, C = x.shape[:2]
+    kH, kW = geom.kernel
+    oH, oW = geom.out_size
+    xp = _pad(x, geom.padding)
+    return _windows(xp, geom).reshape(N, C * kH * kW, oH * oW)
+
+
+def conv2d(x, weight, bias, geom, out):
+    """img2col + one batched matmul per group, or shift-and-accumulate for 1-channel groups."""
+    N = x.shape[0]
+    C_out, C_per_group, kH, kW = weight.shape
+    G = geom.groups
+    oH, oW = geom.out_size
+    xp = _pad(x, geom.padding)
+    if C_per_group == 1 and C_out == G:
+        # Every output channel reads one input channel: depthwise or a single-channel filter.
+        out[...] = 0
+        for a in range(kH):
+            for b in range(kW):
+                out += _tap(xp, geom, a, b) * weight[None, :, 0, a, b, None, None]
+    else:
+        cols = _windows(xp, geom).reshape(N, G, C_per_group * kH * kW, oH * oW)
+        w = weight.reshape(G, C_out // G, C_per_group * kH * kW)
+        np.matmul(w, cols, out=out.reshape(N, G, C_out // G, oH * oW))
+    if bias is not None:
+        out += bias[None, :, None, None]
+
+
+def _first_valid(o, s, p, d, n):
+    """First input position each pooling window reads (PyTorch steps past the padding by ``d``)."""
+    start = np.arange(o) * s - p
+    return np.where(start < 0, start + ((-start + d - 1) // d) * d, start)
+
+
+def _pool_input(x, geom, value):
+    """``x`` padded for pooling, with room on the right for ``ceil_mode``'s last window."""
+    H, W = geom.in_size
+    pads = []
+    for n, k, s, d, p, o in zip((H, W), geom.kernel, geom.stride, geom.dilation, geom.padding, geom.out_size):
+        need = (o - 1) * s + d * (k - 1) + 1
+        pads.append((p, max(need - n - p, 0)))
+    return _pad(x, pads, value)
+
+
+def max_pool2d(x, geom, out, indices):
+    """Running maximum over the ``kH*kW`` taps, PyTorch's rule: ``v > best or isnan(v)`` wins."""
+    H, W = geom.in_size
+    kH, kW = geom.kernel
+    sH, sW = geom.stride
+    dH, dW = geom.dilation
+    pH, pW = geom.padding
+    oH, oW = geom.out_size
+    xp = _pool_input(x, geom, -np.inf)
+    out[...] = -np.inf
+    if indices is not None:
+        rows0 = _first_valid(oH, sH, pH, dH, H)
+        cols0 = _first_valid(oW, sW, pW, dW, W)
+        indices[...] = rows0[:, None] * W + cols0[None, :]
+        rows = np.arange(oH) * sH - pH
+        cols = np.arange(oW) * sW - pW
+    for a in range(kH):
+        for b in range(kW):
+            v = _tap(xp, geom, a, b)
+            wins = (v > out) | np.isnan(v)
+            np.copyto(out, v, where=wins)
+            if indices is not None:
+                flat = (rows[:, None] + a * dH) * W + (cols[None, :] + b * dW)
+                np.copyto(indices, np.broadcast_to(flat, indices.shape), where=wins)
+
+
+def _avg_divisor(geom):
+    """PyTorch's divisor for every output position, shape ``(oH, oW)``."""
+    counts = []
+    for n, k, s, p, o in zip(geom.in_size, geom.kernel, geom.stride, geom.padding, geom.out_size):
+        start = np.arange(o) * s - p
+        end = np.minimum(start + k, n + p)
+        if geom.count_include_pad:
+            counts.append(end - start)
+        else:
+            counts.append(np.minimum(end, n) - np.maximum(start, 0))
+    return counts[0][:, None] * counts[1][None, :]
+
+
+def avg_pool2d(x, geom, out):
+    """Sum of the ``kH*kW`` shifted slices, divided by PyTorch's divisor."""
+    kH, kW = geom.kernel
+    xp = _pool_input(x, geom, 0.0)
+    out[...] = 0
+    for a in range(kH):
+        for b in range(kW):
+            out += _tap(xp, geom, a, b)
+    out /= _avg_divisor(geom).astype(out.dtype)
