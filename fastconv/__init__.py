@@ -13,6 +13,7 @@ from .conv import conv1d, conv2d
 from .dispatch import METHODS
 from .geometry import ConvGeometry, PoolGeometry, conv_output_size, pool_output_size, resolve_padding, same_padding
 from .pool import avg_pool1d, avg_pool2d, max_pool1d, max_pool2d
+from .threads import get_num_threads, num_threads, set_num_threads
 
 __version__ = "0.1.0.dev0"
 
@@ -27,6 +28,9 @@ __all__ = [
     "conv_output_size",
     "max_pool1d",
     "max_pool2d",
+    "num_threads",
+    "get_num_threads",
+    "set_num_threads",
     "pool_output_size",
     "resolve_padding",
     "same_padding",

@@ -1,0 +1,72 @@
+"""Every Numba option fastconv uses, in one place.
+
+Kernels are declared with :func:`kernel` and never pass ``fastmath=``,
+``cache=`` or ``parallel=`` themselves (a test checks this), so the whole
+library's JIT behaviour can be read and changed here.
+
+* ``FASTMATH`` allows FMA contraction and reassociation (so LLVM can emit
+  ``vfmadd`` and vectorise sums) but never ``nnan``/``ninf``: NaN and inf must
+  propagate exactly as IEEE arithmetic says.
+* ``CACHE``: compiled kernels are written to Numba's cache, so only the first
+  process on a machine pays the compile time. ``FASTCONV_JIT_CACHE=0`` turns
+  it off.
+* Bounds checking follows ``NUMBA_BOUNDSCHECK`` (CI runs the kernel tests with
+  it on, in a separate ``NUMBA_CACHE_DIR``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+
+import numba
+
+#: LLVM fast-math flags for every kernel: FMA + reassociation, NaN/inf-safe.
+FASTMATH = frozenset({"contract", "reassoc", "nsz"})
+
+#: Whether compiled kernels are cached on disk.
+CACHE = os.environ.get("FASTCONV_JIT_CACHE", "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def kernel(fn=None, *, parallel: bool = True):
+    """Compile ``fn`` with fastconv's options (``nopython``, ``nogil``, cached, parallel by default)."""
+
+    def wrap(f):
+        return numba.njit(
+            f,
+            parallel=parallel,
+            fastmath=set(FASTMATH),
+            cache=CACHE,
+            nogil=True,
+            error_model="numpy",
+        )
+
+    return wrap if fn is None else wrap(fn)
+
+
+_launch_lock = threading.Lock()
+
+
+def _threadsafe_layer() -> bool:
+    """True once Numba runs a threading layer that allows concurrent parallel launches."""
+    try:
+        return numba.threading_layer() in ("omp", "tbb")
+    except ValueError:  # no parallel region has run yet, so the layer is not chosen yet
+        return False
+
+
+@contextlib.contextmanager
+def launch():
+    """Guard a call into a parallel kernel.
+
+    Numba's ``workqueue`` threading layer aborts the process when two Python
+    threads launch parallel kernels at once; ``omp`` and ``tbb`` do not. Under
+    ``workqueue`` (or before the layer is known) launches are serialised; each
+    launch already uses every core, so little is lost.
+    """
+    if _threadsafe_layer():
+        yield
+    else:
+        with _launch_lock:
+            yield
