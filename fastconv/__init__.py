@@ -9,10 +9,19 @@ Every function takes ``method=``: ``"auto"`` (the default) or a strategy name
 from :data:`fastconv.METHODS`.
 """
 
-from .conv import conv1d, conv2d
+from .conv import conv1d, conv1d_backward, conv2d, conv2d_backward
 from .dispatch import METHODS
 from .geometry import ConvGeometry, PoolGeometry, conv_output_size, pool_output_size, resolve_padding, same_padding
-from .pool import avg_pool1d, avg_pool2d, max_pool1d, max_pool2d
+from .pool import (
+    avg_pool1d,
+    avg_pool1d_backward,
+    avg_pool2d,
+    avg_pool2d_backward,
+    max_pool1d,
+    max_pool1d_backward,
+    max_pool2d,
+    max_pool2d_backward,
+)
 from .threads import get_num_threads, num_threads, set_num_threads
 
 __version__ = "0.1.0.dev0"
@@ -22,12 +31,18 @@ __all__ = [
     "ConvGeometry",
     "PoolGeometry",
     "avg_pool1d",
+    "avg_pool1d_backward",
     "avg_pool2d",
+    "avg_pool2d_backward",
     "conv1d",
+    "conv1d_backward",
     "conv2d",
+    "conv2d_backward",
     "conv_output_size",
     "max_pool1d",
+    "max_pool1d_backward",
     "max_pool2d",
+    "max_pool2d_backward",
     "num_threads",
     "get_num_threads",
     "set_num_threads",

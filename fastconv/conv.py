@@ -8,7 +8,7 @@ from . import _validate as v
 from . import dispatch
 from .geometry import ConvGeometry, conv_output_size, normalize_tuple, resolve_padding, _as_int
 
-__all__ = ["conv1d", "conv2d"]
+__all__ = ["conv1d", "conv2d", "conv1d_backward", "conv2d_backward"]
 
 
 def _prepare_conv(fn, nd, x, weight, bias, stride, padding, dilation, groups):
@@ -170,3 +170,96 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, m
             [ 3., -1.,  0.]]])
     """
     return _conv("conv2d", 2, x, weight, bias, stride, padding, dilation, groups, method, out)
+
+
+def _conv_backward(fn, nd, grad_output, x, weight, stride, padding, dilation, groups, method, output_mask):
+    dispatch.check_method(method, fn)
+    if len(output_mask) != 3:
+        raise ValueError(f"{fn}: output_mask must be three bools (input, weight, bias), got {output_mask!r}")
+    x4, w4, _, geom, user_shape, _ = _prepare_conv(fn, nd, x, weight, None, stride, padding, dilation, groups)
+    grad_output = v.as_array(grad_output, "grad_output", fn)
+    if grad_output.shape != tuple(user_shape):
+        raise ValueError(
+            f"{fn}: grad_output must have the forward output's shape {tuple(user_shape)}, "
+            f"got {grad_output.shape}"
+        )
+    dtype = v.result_dtype(grad_output, x4, w4)
+    if dtype != x4.dtype:  # grad_output is wider than x and weight: compute in its precision
+        x4, w4 = x4.astype(dtype), w4.astype(dtype)
+    g4 = v.contiguous(grad_output, dtype).reshape(geom.output_shape)
+    want_x, want_w, want_b = (bool(m) for m in output_mask)
+    grad_x = np.empty(x4.shape, dtype) if want_x else None
+    grad_w = np.empty(w4.shape, dtype) if want_w else None
+    grad_b = np.empty(w4.shape[0], dtype) if want_b else None
+    if geom.batch == 0 or 0 in geom.output_shape:
+        for g in (grad_x, grad_w, grad_b):
+            if g is not None:
+                g[...] = 0
+    else:
+        strategy = dispatch.resolve(method, "conv2d_backward", geom, dtype, fn)
+        strategy.conv2d_backward(g4, x4, w4, geom, grad_x, grad_w, grad_b)
+    x_shape = np.shape(x)
+    return (
+        None if grad_x is None else grad_x.reshape(x_shape),
+        None if grad_w is None else grad_w.reshape(np.shape(weight)),
+        grad_b,
+    )
+
+
+def conv1d_backward(grad_output, x, weight, stride=1, padding=0, dilation=1, groups=1, *,
+                    method="auto", output_mask=(True, True, True)):
+    """Gradients of :func:`conv1d` with respect to its input, weight and bias.
+
+    Takes the forward call's ``x``, ``weight`` and geometry, and ``grad_output``
+    (dL/dy, the forward output's shape). See :func:`conv2d_backward`.
+
+    Returns
+    -------
+    grad_input : ndarray, x's shape, or None
+    grad_weight : ndarray, weight's shape, or None
+    grad_bias : ndarray, shape (C_out,), or None
+    """
+    return _conv_backward("conv1d_backward", 1, grad_output, x, weight, stride, padding, dilation, groups,
+                          method, output_mask)
+
+
+def conv2d_backward(grad_output, x, weight, stride=1, padding=0, dilation=1, groups=1, *,
+                    method="auto", output_mask=(True, True, True)):
+    """Gradients of :func:`conv2d` with respect to its input, weight and bias.
+
+    The lecture's backward: ``dL/dW = dL/dY · X̂ᵀ``, ``dL/dX̂ = Wᵀ · dL/dY``
+    followed by col2im, ``dL/db`` the sum of ``dL/dY`` over images and
+    positions. Input elements no window reads (stride > 1 leftovers) get 0.
+
+    Parameters
+    ----------
+    grad_output : array_like, shape (N, C_out, H_out, W_out) or (C_out, H_out, W_out)
+        dL/dY, the shape of the forward output.
+    x, weight, stride, padding, dilation, groups
+        As given to the forward :func:`conv2d`.
+    method : str
+        'auto', 'loop', 'vectorized', 'direct' or 'img2col'.
+    output_mask : (bool, bool, bool)
+        Which of (grad_input, grad_weight, grad_bias) to compute; the others are None.
+
+    Returns
+    -------
+    grad_input : ndarray, x's shape, or None
+    grad_weight : ndarray, weight's shape, or None
+    grad_bias : ndarray, shape (C_out,), or None
+
+    Examples
+    --------
+    >>> import numpy as np, fastconv
+    >>> x = np.arange(16.).reshape(1, 1, 4, 4); w = np.ones((1, 1, 2, 2))
+    >>> gx, gw, gb = fastconv.conv2d_backward(np.ones((1, 1, 3, 3)), x, w)
+    >>> gx[0, 0]
+    array([[1., 2., 2., 1.],
+           [2., 4., 4., 2.],
+           [2., 4., 4., 2.],
+           [1., 2., 2., 1.]])
+    >>> gb
+    array([9.])
+    """
+    return _conv_backward("conv2d_backward", 2, grad_output, x, weight, stride, padding, dilation, groups,
+                          method, output_mask)

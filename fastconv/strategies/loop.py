@@ -111,3 +111,87 @@ def avg_pool2d(x, geom, out):
                             total += float(x[n, c, r, q])
                     divisor = padded_size if geom.count_include_pad else len(rows) * len(cols)
                     out[n, c, i, j] = total / divisor if divisor > 0 else 0.0
+
+
+def conv2d_backward(grad_out, x, weight, geom, grad_x, grad_w, grad_b):
+    """Gradients of :func:`conv2d`, following each output's contributions back.
+
+    For every output ``Y[n, l, i, j]`` with upstream gradient ``g``:
+    ``dL/db[l] += g``; for every tap that reads an in-image input element,
+    ``dL/dW[l, d, a, b] += g * X[...]`` and ``dL/dX[...] += g * W[l, d, a, b]``.
+    (The lecture's ``dL/dW = dL/dY X̂ᵀ`` and ``dL/dX̂ = Wᵀ dL/dY`` + col2im, one
+    element at a time.) Sums are kept in float64 and stored at the end.
+    """
+    N, C_in, H, W = x.shape
+    C_out, C_per_group, kH, kW = weight.shape
+    out_per_group = C_out // geom.groups
+    sH, sW = geom.stride
+    dH, dW = geom.dilation
+    (top, _), (left, _) = geom.padding
+    oH, oW = geom.out_size
+    gx = [[[[0.0] * W for _ in range(H)] for _ in range(C_in)] for _ in range(N)]
+    gw = [[[[0.0] * kW for _ in range(kH)] for _ in range(C_per_group)] for _ in range(C_out)]
+    gb = [0.0] * C_out
+    for n in range(N):
+        for l in range(C_out):
+            first_channel = (l // out_per_group) * C_per_group
+            for i in range(oH):
+                for j in range(oW):
+                    g = float(grad_out[n, l, i, j])
+                    gb[l] += g
+                    for d in range(C_per_group):
+                        for a in range(kH):
+                            row = i * sH + a * dH - top
+                            if row < 0 or row >= H:
+                                continue
+                            for b in range(kW):
+                                col = j * sW + b * dW - left
+                                if col < 0 or col >= W:
+                                    continue
+                                gw[l][d][a][b] += g * float(x[n, first_channel + d, row, col])
+                                gx[n][first_channel + d][row][col] += g * float(weight[l, d, a, b])
+    if grad_x is not None:
+        grad_x[...] = gx
+    if grad_w is not None:
+        grad_w[...] = gw
+    if grad_b is not None:
+        grad_b[...] = gb
+
+
+def max_pool2d_backward(grad_out, indices, geom, grad_x):
+    """Each output's gradient goes to the input element its max came from (summed where windows share it)."""
+    N, C, oH, oW = grad_out.shape
+    H, W = geom.in_size
+    gx = [[[0.0] * (H * W) for _ in range(C)] for _ in range(N)]
+    for n in range(N):
+        for c in range(C):
+            for i in range(oH):
+                for j in range(oW):
+                    gx[n][c][int(indices[n, c, i, j])] += float(grad_out[n, c, i, j])
+    grad_x[...] = [[[row[r * W : (r + 1) * W] for r in range(H)] for row in plane] for plane in gx]
+
+
+def avg_pool2d_backward(grad_out, geom, grad_x):
+    """Each output's gradient, divided by its divisor, goes to every input element of its window."""
+    N, C, H, W = grad_x.shape
+    kH, kW = geom.kernel
+    sH, sW = geom.stride
+    pH, pW = geom.padding
+    oH, oW = geom.out_size
+    gx = [[[[0.0] * W for _ in range(H)] for _ in range(C)] for _ in range(N)]
+    for n in range(N):
+        for c in range(C):
+            for i in range(oH):
+                r0 = i * sH - pH
+                r1 = min(r0 + kH, H + pH)
+                for j in range(oW):
+                    q0 = j * sW - pW
+                    q1 = min(q0 + kW, W + pW)
+                    rows = range(max(r0, 0), min(r1, H))
+                    cols = range(max(q0, 0), min(q1, W))
+                    divisor = (r1 - r0) * (q1 - q0) if geom.count_include_pad else len(rows) * len(cols)
+                    g = float(grad_out[n, c, i, j]) / divisor
+                    for r in rows:
+                        for q in cols:
+                            gx[n][c][r][q] += g
+    grad_x[...] = gx

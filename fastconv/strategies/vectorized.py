@@ -59,6 +59,7 @@ def im2col(x, geom):
     return _windows(xp, geom).reshape(N, C * kH * kW, oH * oW)
 
 
+@np.errstate(invalid="ignore", over="ignore")  # inf - inf is NaN, silently, as in the JIT kernels
 def conv2d(x, weight, bias, geom, out):
     """img2col + one batched matmul per group, or shift-and-accumulate for 1-channel groups."""
     N = x.shape[0]
@@ -86,14 +87,18 @@ def _first_valid(o, s, p, d, n):
     return np.where(start < 0, start + ((-start + d - 1) // d) * d, start)
 
 
-def _pool_input(x, geom, value):
-    """``x`` padded for pooling, with room on the right for ``ceil_mode``'s last window."""
-    H, W = geom.in_size
+def _pool_pads(geom):
+    """Pooling's ``(lo, hi)`` pads, with room on the right for ``ceil_mode``'s last window."""
     pads = []
-    for n, k, s, d, p, o in zip((H, W), geom.kernel, geom.stride, geom.dilation, geom.padding, geom.out_size):
+    for n, k, s, d, p, o in zip(geom.in_size, geom.kernel, geom.stride, geom.dilation, geom.padding, geom.out_size):
         need = (o - 1) * s + d * (k - 1) + 1
         pads.append((p, max(need - n - p, 0)))
-    return _pad(x, pads, value)
+    return tuple(pads)
+
+
+def _pool_input(x, geom, value):
+    """``x`` padded for pooling with ``value``."""
+    return _pad(x, _pool_pads(geom), value)
 
 
 def max_pool2d(x, geom, out, indices):
@@ -135,6 +140,7 @@ def _avg_divisor(geom):
     return counts[0][:, None] * counts[1][None, :]
 
 
+@np.errstate(invalid="ignore", over="ignore")
 def avg_pool2d(x, geom, out):
     """Sum of the ``kH*kW`` shifted slices, divided by PyTorch's divisor."""
     kH, kW = geom.kernel
@@ -144,3 +150,70 @@ def avg_pool2d(x, geom, out):
         for b in range(kW):
             out += _tap(xp, geom, a, b)
     out /= _avg_divisor(geom).astype(out.dtype)
+
+
+def _add_taps(grad_xp, contributions, geom):
+    """col2im by taps: ``grad_xp[tap (a, b) slice] += contributions(a, b)`` for every kernel tap."""
+    kH, kW = geom.kernel
+    for a in range(kH):
+        for b in range(kW):
+            _tap(grad_xp, geom, a, b)[...] += contributions(a, b)
+
+
+def _grad_on_padded(grad_x, pads, fill):
+    """Accumulate a gradient on a zero padded buffer with ``fill(buffer)``, then store its in-image part."""
+    (top, bottom), (left, right) = pads
+    N, C, H, W = grad_x.shape
+    grad_xp = np.zeros((N, C, H + top + bottom, W + left + right), grad_x.dtype)
+    fill(grad_xp)
+    grad_x[...] = grad_xp[:, :, top : top + H, left : left + W]
+
+
+@np.errstate(invalid="ignore", over="ignore")
+def conv2d_backward(grad_out, x, weight, geom, grad_x, grad_w, grad_b):
+    """The lecture's backward: ``dW = dY X̂ᵀ``, ``dX̂ = Wᵀ dY`` then col2im (by taps)."""
+    N = x.shape[0]
+    C_out, C_per_group, kH, kW = weight.shape
+    G = geom.groups
+    oH, oW = geom.out_size
+    one_channel = C_per_group == 1 and C_out == G
+    if grad_b is not None:
+        grad_b[...] = grad_out.sum(axis=(0, 2, 3))
+    if grad_w is not None:
+        xp = _pad(x, geom.padding)
+        if one_channel:
+            for a in range(kH):
+                for b in range(kW):
+                    grad_w[:, 0, a, b] = np.einsum("nchw,nchw->c", grad_out, _tap(xp, geom, a, b))
+        else:
+            cols = _windows(xp, geom).reshape(N, G, C_per_group * kH * kW, oH * oW)
+            dy = grad_out.reshape(N, G, C_out // G, oH * oW)
+            for g in range(G):
+                grad_w.reshape(G, C_out // G, -1)[g] = np.tensordot(dy[:, g], cols[:, g], axes=([0, 2], [0, 2]))
+    if grad_x is not None:
+        if one_channel:
+            def contribution(a, b):
+                return grad_out * weight[None, :, 0, a, b, None, None]
+        else:
+            w = weight.reshape(G, C_out // G, C_per_group * kH * kW)
+            dcols = np.matmul(w.transpose(0, 2, 1), grad_out.reshape(N, G, C_out // G, oH * oW))
+            dcols = dcols.reshape(N, G * C_per_group, kH, kW, oH, oW)
+
+            def contribution(a, b):
+                return dcols[:, :, a, b]
+        _grad_on_padded(grad_x, geom.padding, lambda buf: _add_taps(buf, contribution, geom))
+
+
+def max_pool2d_backward(grad_out, indices, geom, grad_x):
+    """Scatter-add with one ``bincount``: plane ``p``'s indices are offset by ``p * H * W``."""
+    N, C, H, W = grad_x.shape
+    planes = np.arange(N * C, dtype=np.int64).reshape(N, C, 1, 1) * (H * W)
+    grad_x.reshape(-1)[...] = np.bincount(
+        (indices + planes).ravel(), weights=grad_out.ravel(), minlength=N * C * H * W
+    )
+
+
+def avg_pool2d_backward(grad_out, geom, grad_x):
+    """Each output's ``grad / divisor`` added to its window's taps on the padded input, then cropped."""
+    scaled = grad_out / _avg_divisor(geom).astype(grad_out.dtype)
+    _grad_on_padded(grad_x, _pool_pads(geom), lambda buf: _add_taps(buf, lambda a, b: scaled, geom))

@@ -1,0 +1,19 @@
+"""The README's commands and example are the ones that work."""
+
+import pathlib
+import re
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def test_ci_runs_the_readme_test_command():
+    readme = (ROOT / "README.md").read_text()
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert 'pip install -e ".[test]" && python -m pytest' in readme.split("## ")[0]
+    assert "\npython -m pytest\n" in ci
+
+
+def test_readme_usage_example_runs():
+    readme = (ROOT / "README.md").read_text()
+    block = re.search(r"## Usage\n\n```python\n(.*?)```", readme, re.S).group(1)
+    exec(compile(block, "README.md", "exec"), {})
