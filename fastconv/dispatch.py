@@ -28,3 +28,8 @@ def resolve(method: str, op: str, geom, dtype, fn: str):
     if method == "auto":
         method = choose(op, geom, dtype)
     return strategies.get(method)
+
+
+def auto_method_for(problem, dtype, backward: bool = False) -> str:
+    """The strategy ``method="auto"`` runs for a :class:`fastconv.shapes.Problem` (for reports)."""
+    return "vectorized"

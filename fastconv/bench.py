@@ -1,0 +1,233 @@
+"""Measuring the strategies side by side: the engine of ``fastconv bench`` and ``benchmarks/``.
+
+Every figure that matters is a ratio measured in one process, same threads,
+same dtype, same inputs, after a warm-up call (so JIT compile time is
+excluded): vs PyTorch (when installed), vs fastconv's own loop and vectorized
+strategies, and as a fraction of ``np.matmul``'s GFLOP/s on a square problem
+of similar FLOPs. The loop strategy is timed on a shrunken copy of the problem
+and extrapolated by FLOP count (it would take minutes to hours on the real one).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import statistics
+import sys
+import time
+
+import numpy as np
+
+from . import conv as _conv
+from . import pool as _pool
+from .shapes import Problem
+from .threads import num_threads
+
+#: Methods a report compares, in order; "torch" is PyTorch where installed.
+METHODS = ("loop", "vectorized", "direct", "img2col", "auto", "torch")
+
+
+def torch_or_none():
+    """PyTorch if it can be imported, else None."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch
+
+
+def median_time(fn, min_repeats: int = 5, min_seconds: float = 0.3, max_repeats: int = 200) -> float:
+    """Median wall time of ``fn()`` in seconds, after one warm-up call."""
+    fn()
+    times = []
+    start = time.perf_counter()
+    while len(times) < max_repeats and (len(times) < min_repeats or time.perf_counter() - start < min_seconds):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def _fastconv_function(problem: Problem, backward: bool):
+    name = problem.op.replace("2d", f"{problem.nd}d") if problem.is_conv else problem.op
+    if backward:
+        return getattr(_conv if problem.is_conv else _pool, name + "_backward")
+    return getattr(_conv if problem.is_conv else _pool, name)
+
+
+def make_call(problem: Problem, method: str, dtype=np.float32, backward: bool = False):
+    """A zero-argument callable running ``problem`` with fastconv's ``method``."""
+    arrays = problem.arrays(dtype)
+    fn = _fastconv_function(problem, backward)
+    kw = problem.kwargs()
+    if problem.is_conv:
+        x, w, b = arrays
+        if not backward:
+            out = np.empty((problem.batch, problem.out_channels) + problem.output_spatial(), dtype)
+            return lambda: fn(x, w, b, method=method, out=out, **kw)
+        gy = np.random.default_rng(1).standard_normal((problem.batch, problem.out_channels) + problem.output_spatial()).astype(dtype)
+        return lambda: fn(gy, x, w, method=method, **kw)
+    (x,) = arrays
+    if not backward:
+        return lambda: fn(x, method=method, **kw)
+    gy = np.ones((problem.batch, problem.in_channels) + problem.output_spatial(), dtype)
+    if problem.op == "max_pool2d":
+        _, idx = _pool.max_pool2d(x, return_indices=True, **kw)
+        return lambda: fn(gy, idx, x.shape, method=method)
+    return lambda: fn(gy, x.shape, method=method, **kw)
+
+
+def make_torch_call(problem: Problem, dtype=np.float32, backward: bool = False):
+    """The same problem in PyTorch (``torch.nn.functional``; autograd for backward), or None."""
+    torch = torch_or_none()
+    if torch is None:
+        return None
+    F = torch.nn.functional
+    arrays = [torch.from_numpy(a) for a in problem.arrays(dtype)]
+    kw = problem.kwargs()
+    if problem.is_conv:
+        fn = F.conv1d if problem.nd == 1 else F.conv2d
+        x, w, b = arrays
+        if not backward:
+            def call():
+                with torch.no_grad():
+                    return fn(x, w, b, **kw)
+            return call
+        x = x.clone().requires_grad_(True)
+        w = w.clone().requires_grad_(True)
+        gy = torch.from_numpy(np.random.default_rng(1).standard_normal(
+            (problem.batch, problem.out_channels) + problem.output_spatial()).astype(dtype))
+
+        def call():
+            x.grad = w.grad = None
+            fn(x, w, None, **kw).backward(gy)
+        return call
+    fn = {"max_pool2d": F.max_pool2d, "avg_pool2d": F.avg_pool2d}[problem.op]
+    (x,) = arrays
+    if not backward:
+        def call():
+            with torch.no_grad():
+                return fn(x, **kw)
+        return call
+    x = x.clone().requires_grad_(True)
+
+    def call():
+        x.grad = None
+        fn(x, **kw).sum().backward()
+    return call
+
+
+def shrink(problem: Problem) -> Problem:
+    """A copy of ``problem`` small enough for the pure-Python loop (same kernel, stride, padding)."""
+    groups = min(problem.groups, 2)
+    in_ch = groups * max(1, min(problem.in_channels // problem.groups, 4))
+    out_ch = groups * max(1, min(problem.out_channels // problem.groups, 4)) if problem.is_conv else in_ch
+    limit = 96 if problem.nd == 1 else 14
+    spatial = tuple(max(min(n, limit), k + 2 * problem.stride) for n, k in zip(problem.spatial, problem.kernel))
+    if problem.nd == 1:
+        spatial = (max(spatial[0], problem.kernel[0] + 4 * problem.stride),)
+    return dataclasses.replace(problem, name=problem.name + "/loop", batch=1, in_channels=in_ch,
+                               out_channels=out_ch, spatial=spatial, groups=groups)
+
+
+def gemm_gflops(flops: float, dtype=np.float32) -> float:
+    """np.matmul's GFLOP/s on a square ``dtype`` problem of about ``flops`` FLOPs (BLAS, current threads)."""
+    n = int(round((flops / 2) ** (1 / 3)))
+    n = max(128, min(n, 2048))
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((n, n)).astype(dtype), rng.standard_normal((n, n)).astype(dtype)
+    out = np.empty((n, n), dtype)
+    t = median_time(lambda: np.matmul(a, b, out=out))
+    return 2 * n**3 / t / 1e9
+
+
+@dataclasses.dataclass
+class Row:
+    """One measured (problem, method) pair."""
+
+    op: str
+    shape: str
+    method: str
+    ms: float
+    gflops: float
+    gbps: float
+    flops: int
+    extrapolated: bool = False
+    speedup_vs_torch: float | None = None
+    speedup_vs_vectorized: float | None = None
+    speedup_vs_loop: float | None = None
+    fraction_of_gemm: float | None = None
+    chosen: str | None = None
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def measure(problem: Problem, methods=METHODS, threads: int = 2, dtype=np.float32, backward: bool = False,
+            gemm: float | None = None) -> list[Row]:
+    """Time ``problem`` with each of ``methods`` and return one :class:`Row` each, with ratios filled in."""
+    torch = torch_or_none()
+    flops = problem.flops() * (2 if backward and problem.is_conv else 1)
+    nbytes = problem.bytes_moved(np.dtype(dtype).itemsize) * (2 if backward else 1)
+    op = problem.op + ("_backward" if backward else "")
+    rows = []
+    with num_threads(threads):
+        if torch is not None:
+            torch.set_num_threads(threads)
+        for method in methods:
+            if method == "torch":
+                call = make_torch_call(problem, dtype, backward)
+                if call is None:
+                    continue
+                seconds, extrapolated = median_time(call), False
+            elif method == "loop":
+                small = shrink(problem)
+                t_small = median_time(make_call(small, "loop", dtype, backward), min_repeats=1, min_seconds=0.0,
+                                      max_repeats=1)
+                small_flops = small.flops() * (2 if backward and small.is_conv else 1)
+                seconds, extrapolated = t_small * flops / small_flops, True
+            else:
+                seconds, extrapolated = median_time(make_call(problem, method, dtype, backward)), False
+            chosen = None
+            if method == "auto":
+                from . import dispatch
+
+                chosen = dispatch.auto_method_for(problem, dtype, backward)
+            rows.append(Row(op, problem.name, method, seconds * 1e3, flops / seconds / 1e9,
+                            nbytes / seconds / 1e9, flops, extrapolated, chosen=chosen))
+    by_method = {r.method: r for r in rows}
+    for r in rows:
+        if "torch" in by_method:
+            r.speedup_vs_torch = by_method["torch"].ms / r.ms
+        if "vectorized" in by_method:
+            r.speedup_vs_vectorized = by_method["vectorized"].ms / r.ms
+        if "loop" in by_method:
+            r.speedup_vs_loop = by_method["loop"].ms / r.ms
+        if gemm and problem.is_conv:
+            r.fraction_of_gemm = r.gflops / gemm
+    return rows
+
+
+class Progress:
+    """A one-line progress bar on stderr (no dependency); silent when stderr is not a terminal."""
+
+    def __init__(self, total: int, enabled: bool | None = None):
+        self.total, self.done = total, 0
+        self.enabled = sys.stderr.isatty() if enabled is None else enabled
+        self.start = time.perf_counter()
+
+    def step(self, label: str):
+        self.done += 1
+        if not self.enabled:
+            return
+        width = 30
+        filled = int(width * self.done / max(self.total, 1))
+        elapsed = time.perf_counter() - self.start
+        sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total} "
+                         f"{elapsed:5.0f}s {label[:40]:<40}")
+        sys.stderr.flush()
+
+    def clear(self):
+        """Erase the bar so that the next line printed starts clean."""
+        if self.enabled:
+            sys.stderr.write("\r" + " " * 90 + "\r")
+            sys.stderr.flush()

@@ -1,0 +1,213 @@
+"""``fastconv bench``: loop vs vectorized vs JIT (vs PyTorch), in GFLOP/s, on the shape set or yours."""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import sys
+
+import numpy as np
+
+from . import bench, shapes
+
+SCHEMA_VERSION = 1
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def environment(threads: int, dtype: str) -> dict:
+    """What a reader needs to interpret the numbers: date, CPU, threads, versions."""
+    import numba
+
+    from . import __version__
+
+    torch = bench.torch_or_none()
+    return {
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "cpu": _cpu_model(),
+        "cores": os.cpu_count(),
+        "threads": threads,
+        "dtype": dtype,
+        "python": platform.python_version(),
+        "fastconv": __version__,
+        "numpy": np.__version__,
+        "numba": numba.__version__,
+        "torch": None if torch is None else torch.__version__,
+    }
+
+
+def _fmt(value, spec, suffix=""):
+    return "-" if value is None else f"{value:{spec}}{suffix}"
+
+
+def format_table(problem, rows, backward=False) -> str:
+    """The per-shape table of the report."""
+    unit = "GFLOP/s" if problem.is_conv else "GB/s"
+    head = f"{problem.name}{' (backward)' if backward else ''}: {problem.describe()}"
+    lines = [head, f"  {'method':<20}{'ms':>10}{unit:>10}{'x torch':>9}{'x vect':>9}{'x loop':>10}{'of GEMM':>9}"]
+    for r in rows:
+        speed = r.gflops if problem.is_conv else r.gbps
+        method = r.method + ("*" if r.extrapolated else "") + (f"->{r.chosen}" if r.chosen else "")
+        lines.append(
+            f"  {method:<20}{r.ms:>10.3f}{speed:>10.2f}{_fmt(r.speedup_vs_torch, '.2f', 'x'):>9}"
+            f"{_fmt(r.speedup_vs_vectorized, '.2f', 'x'):>9}{_fmt(r.speedup_vs_loop, '.0f', 'x'):>10}"
+            f"{_fmt(None if r.fraction_of_gemm is None else 100 * r.fraction_of_gemm, '.0f', '%'):>9}"
+        )
+    return "\n".join(lines)
+
+
+def plot(results, path):
+    """A PNG: GFLOP/s (GB/s for pooling) per method per shape, log scale."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise SystemExit(
+            "fastconv bench: --plot needs matplotlib, which is not installed; "
+            "install it with: pip install 'fastconv[plot]'"
+        ) from None
+    names = list(dict.fromkeys(r["shape"] + ("/bwd" if r["op"].endswith("_backward") else "") for r in results))
+    methods = list(dict.fromkeys(r["method"] for r in results))
+    fig, ax = plt.subplots(figsize=(max(8, 0.9 * len(names) + 2), 4.8))
+    width = 0.8 / max(len(methods), 1)
+    for m_i, method in enumerate(methods):
+        xs, ys = [], []
+        for s_i, name in enumerate(names):
+            for r in results:
+                key = r["shape"] + ("/bwd" if r["op"].endswith("_backward") else "")
+                if key == name and r["method"] == method:
+                    xs.append(s_i + (m_i - (len(methods) - 1) / 2) * width)
+                    ys.append(r["gflops"] if not r["op"].startswith(("max_pool", "avg_pool")) else r["gbps"])
+        ax.bar(xs, ys, width, label=method)
+    ax.set_yscale("log")
+    ax.set_xticks(range(len(names)))
+    ax.set_xticklabels(names, rotation=35, ha="right", fontsize=8)
+    ax.set_ylabel("GFLOP/s (pooling: GB/s), log scale")
+    ax.set_title("fastconv strategies per shape (higher is better; loop extrapolated)")
+    ax.legend(fontsize=8, ncol=3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fastconv", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    b = sub.add_parser("bench", help="time every strategy on the shape set (or your shapes) and print ratios")
+    b.add_argument("--quick", action="store_true", help=f"only the quick subset: {', '.join(shapes.QUICK)}")
+    b.add_argument("--shapes", help="comma-separated shape names (see --list)")
+    b.add_argument("--shape", action="append", default=[], metavar="SPEC",
+                   help="your own problem, e.g. conv2d:1,64,56,56,64,3,3,1,1 "
+                        "(conv2d:N,C_in,H,W,C_out,kH,kW,stride,pad[,groups]; conv1d:N,C_in,L,C_out,k,stride,pad; "
+                        "max_pool2d|avg_pool2d:N,C,H,W,k,stride,pad); repeatable")
+    b.add_argument("--methods", help=f"comma-separated, from {', '.join(bench.METHODS)} (default: all)")
+    b.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1), help="threads for fastconv, BLAS and torch")
+    b.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    b.add_argument("--backward", action="store_true", help="time the backward passes (dx and dw together)")
+    b.add_argument("--json", metavar="PATH", help="write machine-readable results")
+    b.add_argument("--plot", metavar="PATH", help="write a PNG bar chart (needs matplotlib)")
+    b.add_argument("--list", action="store_true", help="list the shape set and exit")
+    b.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parser
+
+
+def _problems(args, parser):
+    if args.shapes and args.quick:
+        parser.error("--shapes and --quick cannot be combined")
+    try:
+        if args.shapes:
+            chosen = [shapes.get(n.strip()) for n in args.shapes.split(",") if n.strip()]
+        elif args.shape:
+            chosen = []
+        elif args.quick:
+            chosen = [shapes.SHAPES[n] for n in shapes.QUICK]
+        elif args.backward:
+            chosen = [shapes.SHAPES[n] for n in shapes.BACKWARD]
+        else:
+            chosen = list(shapes.SHAPES.values())
+        chosen += [shapes.parse_problem(s) for s in args.shape]
+    except ValueError as exc:
+        parser.error(str(exc))
+    if args.backward:
+        chosen = [p for p in chosen if p.is_conv or p.op in ("max_pool2d", "avg_pool2d")]
+    return chosen
+
+
+def _methods(args, parser):
+    if not args.methods:
+        return bench.METHODS
+    methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
+    unknown = [m for m in methods if m not in bench.METHODS]
+    if unknown:
+        parser.error(f"unknown method {unknown[0]!r}; choose from {', '.join(bench.METHODS)}")
+    return methods
+
+
+def bench_main(args, parser) -> int:
+    if args.list:
+        for p in shapes.SHAPES.values():
+            print(f"{p.name:<18} {p.describe():<62} {p.description}")
+        return 0
+    problems = _problems(args, parser)
+    methods = _methods(args, parser)
+    if args.threads < 1:
+        parser.error("--threads must be >= 1")
+    dtype = np.dtype(args.dtype)
+    env = environment(args.threads, args.dtype)
+    print(f"fastconv bench  {env['date']}  {env['cpu']}  threads={args.threads}  dtype={args.dtype}")
+    print(f"  fastconv {env['fastconv']}, numpy {env['numpy']}, numba {env['numba']}, torch {env['torch'] or 'not installed'}")
+    if "torch" in methods and env["torch"] is None:
+        print("  (PyTorch is not installed: no 'x torch' column; pip install torch to compare)")
+    from .threads import num_threads
+
+    with num_threads(args.threads):
+        conv_flops = [p.flops() for p in problems if p.is_conv]
+        gemm = bench.gemm_gflops(float(np.median(conv_flops)), dtype) if conv_flops else None
+    if gemm:
+        print(f"  np.matmul reference: {gemm:.1f} GFLOP/s (square {args.dtype} problem of similar FLOPs)")
+    print("  * loop timed on a shrunken copy of each problem and extrapolated by FLOP count")
+    print()
+    progress = bench.Progress(len(problems), enabled=None if not args.no_progress else False)
+    results = []
+    for problem in problems:
+        progress.step(problem.name)
+        rows = bench.measure(problem, methods, args.threads, dtype, args.backward, gemm)
+        results += [r.as_dict() for r in rows]
+        progress.clear()
+        print(format_table(problem, rows, args.backward), flush=True)
+        print()
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"schema": SCHEMA_VERSION, "environment": env, "gemm_gflops": gemm, "results": results}, f, indent=1)
+        print(f"wrote {args.json}")
+    if args.plot:
+        plot(results, args.plot)
+        print(f"wrote {args.plot}")
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "bench":
+        return bench_main(args, parser)
+    parser.error(f"unknown command {args.command}")
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

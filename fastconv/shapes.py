@@ -1,0 +1,176 @@
+"""The benchmark shape set: the problems fastconv's speed is judged on.
+
+Carried from the team's BENCHMARKS.md (fp32, NCHW). A :class:`Problem` builds
+its inputs and knows its FLOP / byte counts, so the benchmark suite, the
+``fastconv bench`` report and the dispatcher's tuning script share one table.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+__all__ = ["Problem", "SHAPES", "QUICK", "BACKWARD", "get", "parse_problem"]
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One benchmark problem: an op and its geometry.
+
+    ``op`` is ``"conv2d"``, ``"conv1d"``, ``"max_pool2d"`` or ``"avg_pool2d"``.
+    For convolutions ``spatial`` is ``(H, W)`` or ``(L,)`` and ``kernel`` the
+    kernel size; for pooling ``out_channels`` is unused.
+    """
+
+    name: str
+    op: str
+    batch: int
+    in_channels: int
+    spatial: tuple
+    out_channels: int
+    kernel: tuple
+    stride: int = 1
+    padding: int = 0
+    groups: int = 1
+    description: str = ""
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def nd(self) -> int:
+        return len(self.spatial)
+
+    @property
+    def is_conv(self) -> bool:
+        return self.op.startswith("conv")
+
+    @property
+    def input_shape(self) -> tuple:
+        return (self.batch, self.in_channels) + tuple(self.spatial)
+
+    @property
+    def weight_shape(self) -> tuple:
+        return (self.out_channels, self.in_channels // self.groups) + tuple(self.kernel)
+
+    def output_spatial(self) -> tuple:
+        from .geometry import conv_output_size, pool_output_size
+
+        if self.is_conv:
+            return tuple(conv_output_size(n, k, self.stride, self.padding) for n, k in zip(self.spatial, self.kernel))
+        return tuple(pool_output_size(n, k, self.stride, self.padding) for n, k in zip(self.spatial, self.kernel))
+
+    def flops(self) -> int:
+        """``2 * N * C_out * (C_in/groups) * prod(k) * prod(out)`` for convolutions; window reads for pooling."""
+        out = int(np.prod(self.output_spatial()))
+        k = int(np.prod(self.kernel))
+        if self.is_conv:
+            return 2 * self.batch * self.out_channels * (self.in_channels // self.groups) * k * out
+        return self.batch * self.in_channels * k * out
+
+    def bytes_moved(self, itemsize: int = 4) -> int:
+        """Bytes read (the input) plus written (the output): what a memory-bound op must move."""
+        out_channels = self.out_channels if self.is_conv else self.in_channels
+        out = self.batch * out_channels * int(np.prod(self.output_spatial()))
+        return itemsize * (int(np.prod(self.input_shape)) + out)
+
+    def arrays(self, dtype=np.float32, seed: int = 0):
+        """Random inputs: ``(x, weight, bias)`` for convolutions, ``(x,)`` for pooling."""
+        rng = np.random.default_rng(seed)
+        x = rng.standard_normal(self.input_shape, dtype=np.float64).astype(dtype)
+        if not self.is_conv:
+            return (x,)
+        w = (rng.standard_normal(self.weight_shape) / np.sqrt(np.prod(self.weight_shape[1:]))).astype(dtype)
+        return x, w, rng.standard_normal(self.out_channels).astype(dtype)
+
+    def kwargs(self) -> dict:
+        """Keyword arguments of the fastconv call (and, under the same names, of torch's)."""
+        if self.is_conv:
+            return dict(stride=self.stride, padding=self.padding, groups=self.groups)
+        return dict(kernel_size=self.kernel, stride=self.stride, padding=self.padding)
+
+    def describe(self) -> str:
+        if self.is_conv:
+            dims = "x".join(map(str, self.spatial))
+            k = "x".join(map(str, self.kernel))
+            g = f", groups={self.groups}" if self.groups > 1 else ""
+            return (f"{self.op} N={self.batch} {self.in_channels}x{dims} -> {self.out_channels}, "
+                    f"k={k} s={self.stride} p={self.padding}{g}")
+        dims = "x".join(map(str, self.spatial))
+        return f"{self.op} N={self.batch} C={self.in_channels} {dims}, k={self.kernel[0]} s={self.stride} p={self.padding}"
+
+
+def _conv2d(name, n, c, h, w, co, kh, kw, s, p, groups=1, description=""):
+    return Problem(name, "conv2d", n, c, (h, w), co, (kh, kw), s, p, groups, description)
+
+
+def _conv1d(name, n, c, length, co, k, s, p, description=""):
+    return Problem(name, "conv1d", n, c, (length,), co, (k,), s, p, 1, description)
+
+
+def _pool(name, op, n, c, h, w, k, s, p, description=""):
+    return Problem(name, op, n, c, (h, w), c, (k, k), s, p, 1, description)
+
+
+_ALL = [
+    _conv2d("resnet_conv1", 1, 3, 224, 224, 64, 7, 7, 2, 3, description="ResNet stem"),
+    _conv2d("resnet_3x3_56", 1, 64, 56, 56, 64, 3, 3, 1, 1, description="ResNet stage 1"),
+    _conv2d("resnet_3x3_28", 1, 128, 28, 28, 128, 3, 3, 1, 1, description="ResNet stage 2"),
+    _conv2d("resnet_3x3_14", 1, 256, 14, 14, 256, 3, 3, 1, 1, description="ResNet stage 3"),
+    _conv2d("resnet_3x3_7", 1, 512, 7, 7, 512, 3, 3, 1, 1, description="ResNet stage 4"),
+    _conv2d("batch8_3x3_56", 8, 64, 56, 56, 64, 3, 3, 1, 1, description="training-size batch"),
+    _conv2d("pointwise_expand", 1, 64, 56, 56, 256, 1, 1, 1, 0, description="1x1 expand"),
+    _conv2d("pointwise_stride2", 1, 256, 56, 56, 128, 1, 1, 2, 0, description="strided 1x1"),
+    _conv2d("depthwise_112", 1, 32, 112, 112, 32, 3, 3, 1, 1, groups=32, description="MobileNet depthwise"),
+    _conv2d("lenet_conv1", 32, 1, 28, 28, 8, 5, 5, 1, 0, description="MNIST-size first layer"),
+    _conv2d("lenet_conv2", 32, 8, 12, 12, 16, 5, 5, 1, 0, description="MNIST-size second layer"),
+    _conv2d("image_filter", 1, 1, 512, 512, 1, 3, 3, 1, 1, description="single-channel image filter"),
+    _conv1d("audio_frontend", 8, 1, 16000, 128, 80, 4, 0, description="raw-waveform first layer"),
+    _conv1d("audio_3", 8, 64, 4000, 64, 3, 1, 1, description="1D ResNet block"),
+    _pool("resnet_maxpool", "max_pool2d", 1, 64, 112, 112, 3, 2, 1, description="ResNet stem pooling"),
+    _pool("lenet_maxpool", "max_pool2d", 32, 8, 24, 24, 2, 2, 0, description="LeNet pooling"),
+    _pool("global_avgpool", "avg_pool2d", 1, 2048, 7, 7, 7, 7, 0, description="global average pooling"),
+    _pool("avgpool_3x3", "avg_pool2d", 8, 256, 28, 28, 3, 1, 1, description="3x3 average pooling"),
+]
+
+#: Every problem of the shape set, by name, in the order of BENCHMARKS.md.
+SHAPES = {p.name: p for p in _ALL}
+
+#: A subset that runs quickly (``fastconv bench --quick``).
+QUICK = ("resnet_3x3_28", "depthwise_112", "lenet_conv1", "image_filter", "audio_3", "resnet_maxpool", "lenet_maxpool")
+
+#: The shapes backward is judged on.
+BACKWARD = ("resnet_3x3_28", "batch8_3x3_56", "lenet_conv1", "lenet_conv2")
+
+
+def get(name: str) -> Problem:
+    """The problem called ``name``; an unknown name is a ValueError listing the known ones."""
+    try:
+        return SHAPES[name]
+    except KeyError:
+        raise ValueError(f"unknown shape {name!r}; known shapes: {', '.join(SHAPES)}") from None
+
+
+def parse_problem(spec: str) -> Problem:
+    """A user's own problem from the command line.
+
+    ``conv2d:N,C_in,H,W,C_out,kH,kW,stride,pad[,groups]``,
+    ``conv1d:N,C_in,L,C_out,k,stride,pad``,
+    ``max_pool2d:N,C,H,W,k,stride,pad`` or ``avg_pool2d:N,C,H,W,k,stride,pad``.
+    """
+    op, _, numbers = spec.partition(":")
+    try:
+        v = [int(t) for t in numbers.split(",")]
+    except ValueError:
+        raise ValueError(f"shape {spec!r}: expected op:int,int,...") from None
+    counts = {"conv2d": (9, 10), "conv1d": (7,), "max_pool2d": (7,), "avg_pool2d": (7,)}
+    if op not in counts:
+        raise ValueError(f"shape {spec!r}: op must be one of {', '.join(counts)}")
+    if len(v) not in counts[op]:
+        raise ValueError(f"shape {spec!r}: {op} takes {' or '.join(map(str, counts[op]))} numbers, got {len(v)}")
+    if min(v) < 0 or (op != "conv2d" and min(v[:-1]) < 1):
+        raise ValueError(f"shape {spec!r}: sizes must be positive")
+    if op == "conv2d":
+        return _conv2d(spec, *v)
+    if op == "conv1d":
+        return _conv1d(spec, *v)
+    return _pool(spec, op, *v)
