@@ -23,6 +23,7 @@ from .pool import (
     max_pool2d_backward,
 )
 from .threads import get_num_threads, num_threads, set_num_threads
+from .workspace import get_workspace_limit, set_workspace_limit
 
 __version__ = "0.1.0.dev0"
 
@@ -45,6 +46,8 @@ __all__ = [
     "max_pool2d_backward",
     "num_threads",
     "get_num_threads",
+    "get_workspace_limit",
+    "set_workspace_limit",
     "set_num_threads",
     "pool_output_size",
     "resolve_padding",

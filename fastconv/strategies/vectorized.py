@@ -13,8 +13,12 @@ strided slices of the padded input, which keeps every pass contiguous.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
+
+from ..workspace import chunk_size, get_workspace_limit
 
 
 def _pad(x, pads, value=0.0):
@@ -60,12 +64,37 @@ def im2col(x, geom):
 
 
 @np.errstate(invalid="ignore", over="ignore")  # inf - inf is NaN, silently, as in the JIT kernels
+def _column_chunks(geom, itemsize):
+    """Split the batch (and if need be the output rows) so each chunk's columns fit the workspace cap.
+
+    Yields ``(n0, n1, r0, r1, sub)``: images ``n0:n1``, output rows ``r0:r1``, and
+    the geometry of that chunk (its input starts at padded row ``r0 * sH``).
+    """
+    N = geom.batch
+    oH, oW = geom.out_size
+    kH, kW = geom.kernel
+    per_row = geom.in_channels * kH * kW * oW * itemsize
+    if per_row * oH <= get_workspace_limit():
+        images, rows = chunk_size(per_row * oH, N), oH
+    else:
+        images, rows = 1, chunk_size(per_row, oH)
+    for n0 in range(0, N, images):
+        for r0 in range(0, oH, rows):
+            r1 = min(r0 + rows, oH)
+            yield n0, min(n0 + images, N), r0, r1, dataclasses.replace(geom, out_size=(r1 - r0, oW))
+
+
+@np.errstate(invalid="ignore", over="ignore")  # inf - inf is NaN, silently, as in the JIT kernels
 def conv2d(x, weight, bias, geom, out):
-    """img2col + one batched matmul per group, or shift-and-accumulate for 1-channel groups."""
-    N = x.shape[0]
+    """img2col + one batched matmul per group, or shift-and-accumulate for 1-channel groups.
+
+    The column matrix is built and multiplied in chunks of images (or output
+    rows) that fit the workspace cap (:mod:`fastconv.workspace`).
+    """
     C_out, C_per_group, kH, kW = weight.shape
     G = geom.groups
-    oH, oW = geom.out_size
+    oW = geom.out_size[1]
+    sH = geom.stride[0]
     xp = _pad(x, geom.padding)
     if C_per_group == 1 and C_out == G:
         # Every output channel reads one input channel: depthwise or a single-channel filter.
@@ -74,9 +103,14 @@ def conv2d(x, weight, bias, geom, out):
             for b in range(kW):
                 out += _tap(xp, geom, a, b) * weight[None, :, 0, a, b, None, None]
     else:
-        cols = _windows(xp, geom).reshape(N, G, C_per_group * kH * kW, oH * oW)
         w = weight.reshape(G, C_out // G, C_per_group * kH * kW)
-        np.matmul(w, cols, out=out.reshape(N, G, C_out // G, oH * oW))
+        for n0, n1, r0, r1, sub in _column_chunks(geom, x.itemsize):
+            cols = _windows(xp[n0:n1, :, r0 * sH :], sub).reshape(n1 - n0, G, C_per_group * kH * kW, (r1 - r0) * oW)
+            target = out[n0:n1, :, r0:r1]
+            if target.flags.c_contiguous:
+                np.matmul(w, cols, out=target.reshape(n1 - n0, G, C_out // G, (r1 - r0) * oW))
+            else:
+                target[...] = np.matmul(w, cols).reshape(target.shape)
     if bias is not None:
         out += bias[None, :, None, None]
 
@@ -171,37 +205,45 @@ def _grad_on_padded(grad_x, pads, fill):
 
 @np.errstate(invalid="ignore", over="ignore")
 def conv2d_backward(grad_out, x, weight, geom, grad_x, grad_w, grad_b):
-    """The lecture's backward: ``dW = dY X̂ᵀ``, ``dX̂ = Wᵀ dY`` then col2im (by taps)."""
-    N = x.shape[0]
+    """The lecture's backward: ``dW = dY X̂ᵀ``, ``dX̂ = Wᵀ dY`` then col2im (by taps), in workspace-capped chunks."""
     C_out, C_per_group, kH, kW = weight.shape
     G = geom.groups
-    oH, oW = geom.out_size
-    one_channel = C_per_group == 1 and C_out == G
+    oW = geom.out_size[1]
+    sH = geom.stride[0]
+    K = C_per_group * kH * kW
     if grad_b is not None:
         grad_b[...] = grad_out.sum(axis=(0, 2, 3))
-    if grad_w is not None:
-        xp = _pad(x, geom.padding)
-        if one_channel:
+    if C_per_group == 1 and C_out == G:  # one input channel per output channel: by taps
+        if grad_w is not None:
+            xp = _pad(x, geom.padding)
             for a in range(kH):
                 for b in range(kW):
                     grad_w[:, 0, a, b] = np.einsum("nchw,nchw->c", grad_out, _tap(xp, geom, a, b))
-        else:
-            cols = _windows(xp, geom).reshape(N, G, C_per_group * kH * kW, oH * oW)
-            dy = grad_out.reshape(N, G, C_out // G, oH * oW)
-            for g in range(G):
-                grad_w.reshape(G, C_out // G, -1)[g] = np.tensordot(dy[:, g], cols[:, g], axes=([0, 2], [0, 2]))
-    if grad_x is not None:
-        if one_channel:
-            def contribution(a, b):
-                return grad_out * weight[None, :, 0, a, b, None, None]
-        else:
-            w = weight.reshape(G, C_out // G, C_per_group * kH * kW)
-            dcols = np.matmul(w.transpose(0, 2, 1), grad_out.reshape(N, G, C_out // G, oH * oW))
-            dcols = dcols.reshape(N, G * C_per_group, kH, kW, oH, oW)
+        if grad_x is not None:
+            _grad_on_padded(grad_x, geom.padding, lambda buf: _add_taps(
+                buf, lambda a, b: grad_out * weight[None, :, 0, a, b, None, None], geom))
+        return
+    w = weight.reshape(G, C_out // G, K)
+    xp = _pad(x, geom.padding) if grad_w is not None else None
+    gw = np.zeros((G, C_out // G, K), x.dtype) if grad_w is not None else None
 
-            def contribution(a, b):
-                return dcols[:, :, a, b]
-        _grad_on_padded(grad_x, geom.padding, lambda buf: _add_taps(buf, contribution, geom))
+    def backward_chunks(grad_xp):
+        for n0, n1, r0, r1, sub in _column_chunks(geom, x.itemsize):
+            dy = grad_out[n0:n1, :, r0:r1].reshape(n1 - n0, G, C_out // G, (r1 - r0) * oW)
+            if gw is not None:
+                cols = _windows(xp[n0:n1, :, r0 * sH :], sub).reshape(n1 - n0, G, K, (r1 - r0) * oW)
+                for g in range(G):
+                    gw[g] += np.tensordot(dy[:, g], cols[:, g], axes=([0, 2], [0, 2]))
+            if grad_xp is not None:
+                dcols = np.matmul(w.transpose(0, 2, 1), dy).reshape(n1 - n0, G * C_per_group, kH, kW, r1 - r0, oW)
+                _add_taps(grad_xp[n0:n1, :, r0 * sH :], lambda a, b: dcols[:, :, a, b], sub)
+
+    if grad_x is not None:
+        _grad_on_padded(grad_x, geom.padding, backward_chunks)
+    else:
+        backward_chunks(None)
+    if grad_w is not None:
+        grad_w[...] = gw.reshape(grad_w.shape)
 
 
 def max_pool2d_backward(grad_out, indices, geom, grad_x):

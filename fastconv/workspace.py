@@ -1,0 +1,59 @@
+"""The workspace cap: no strategy allocates a scratch buffer larger than this.
+
+im2col's column matrix is ``C_in*kH*kW x oH*oW`` per image: for 16 images of
+64x224x224 and a 9x9 kernel that would be ~15 GiB. Strategies that need such
+a buffer process the batch in chunks of images (and, if one image's columns
+alone exceed the cap, in chunks of output rows) so that the buffer stays under
+:func:`get_workspace_limit` bytes. The default is 1 GiB; the environment
+variable ``FASTCONV_WORKSPACE_LIMIT`` (bytes, or with a K/M/G suffix) or
+:func:`set_workspace_limit` changes it.
+"""
+
+from __future__ import annotations
+
+import os
+
+__all__ = ["get_workspace_limit", "set_workspace_limit", "chunk_size"]
+
+_DEFAULT = 1 << 30
+_SUFFIX = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+
+
+def _parse(text: str) -> int:
+    t = text.strip().upper().removesuffix("B").removesuffix("I")
+    scale = _SUFFIX.get(t[-1:], 1)
+    if t[-1:] in _SUFFIX:
+        t = t[:-1]
+    try:
+        value = int(float(t) * scale)
+    except ValueError:
+        raise ValueError(f"FASTCONV_WORKSPACE_LIMIT must be a byte count like 512M or 2G, got {text!r}") from None
+    if value < 1:
+        raise ValueError(f"FASTCONV_WORKSPACE_LIMIT must be positive, got {text!r}")
+    return value
+
+
+_limit = _parse(os.environ["FASTCONV_WORKSPACE_LIMIT"]) if os.environ.get("FASTCONV_WORKSPACE_LIMIT") else _DEFAULT
+
+
+def get_workspace_limit() -> int:
+    """The largest scratch buffer, in bytes, a strategy may allocate."""
+    return _limit
+
+
+def set_workspace_limit(nbytes: int) -> None:
+    """Set the workspace cap in bytes (at least 1)."""
+    global _limit
+    if isinstance(nbytes, bool) or not isinstance(nbytes, int):
+        raise TypeError(f"set_workspace_limit: nbytes must be an int, got {nbytes!r}")
+    if nbytes < 1:
+        raise ValueError(f"set_workspace_limit: nbytes must be >= 1, got {nbytes}")
+    _limit = nbytes
+
+
+def chunk_size(bytes_per_item: int, items: int, limit: int | None = None) -> int:
+    """How many items (images, output rows) fit in the cap at once: between 1 and ``items``."""
+    limit = get_workspace_limit() if limit is None else limit
+    if bytes_per_item <= 0:
+        return max(items, 1)
+    return max(1, min(items, limit // bytes_per_item))
