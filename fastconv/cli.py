@@ -12,19 +12,9 @@ import sys
 import numpy as np
 
 from . import bench, shapes
+from ._machine import cpu_model
 
 SCHEMA_VERSION = 1
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def environment(threads: int, dtype: str) -> dict:
@@ -36,7 +26,7 @@ def environment(threads: int, dtype: str) -> dict:
     torch = bench.torch_or_none()
     return {
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "cores": os.cpu_count(),
         "threads": threads,
         "dtype": dtype,

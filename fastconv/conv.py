@@ -11,20 +11,20 @@ from .geometry import ConvGeometry, conv_output_size, normalize_tuple, resolve_p
 __all__ = ["conv1d", "conv2d", "conv1d_backward", "conv2d_backward"]
 
 
-def _prepare_conv(fn, nd, x, weight, bias, stride, padding, dilation, groups):
-    """Check every argument; return 4D contiguous arrays, the geometry and the user's output shape."""
-    x = v.as_array(x, "x", fn)
-    weight = v.as_array(weight, "weight", fn)
+def conv_geometry(fn, nd, x_shape, weight_shape, bias_shape, stride, padding, dilation, groups):
+    """Check a convolution's shapes and arguments; return its :class:`ConvGeometry` and the result's shape."""
     spatial = "L" if nd == 1 else "H, W"
-    v.check_ndim(x, "x", fn, (nd + 1, nd + 2), f"(N, C_in, {spatial}) or unbatched (C_in, {spatial})")
-    kernel_dims = "k" if nd == 1 else "kH, kW"
-    v.check_ndim(weight, "weight", fn, (nd + 2,), f"(C_out, C_in/groups, {kernel_dims})")
-    batched = x.ndim == nd + 2
-    xb = x if batched else x[None]
-    N, C_in = xb.shape[:2]
-    C_out, C_per_group = weight.shape[:2]
-    kernel = weight.shape[2:]
-
+    if len(x_shape) not in (nd + 1, nd + 2):
+        raise ValueError(f"{fn}: x must be (N, C_in, {spatial}) or unbatched (C_in, {spatial}), "
+                         f"got a {len(x_shape)}-D array of shape {tuple(x_shape)}")
+    if len(weight_shape) != nd + 2:
+        kernel_dims = "k" if nd == 1 else "kH, kW"
+        raise ValueError(f"{fn}: weight must be (C_out, C_in/groups, {kernel_dims}), "
+                         f"got a {len(weight_shape)}-D array of shape {tuple(weight_shape)}")
+    batched = len(x_shape) == nd + 2
+    N, C_in = ((x_shape[0],) if batched else (1,)) + (x_shape[-nd - 1],)
+    C_out, C_per_group = weight_shape[:2]
+    kernel = tuple(weight_shape[2:])
     groups = _as_int(groups, "groups", fn)
     if groups < 1:
         raise ValueError(f"{fn}: groups must be >= 1, got {groups}")
@@ -38,15 +38,13 @@ def _prepare_conv(fn, nd, x, weight, bias, stride, padding, dilation, groups):
             f"{C_per_group} * {groups} = {C_per_group * groups}"
         )
     if C_per_group == 0 or min(kernel) == 0:
-        raise ValueError(f"{fn}: weight must not be empty, got shape {weight.shape}")
-    if bias is not None:
-        bias = v.as_array(bias, "bias", fn)
-        if bias.shape != (C_out,):
-            raise ValueError(f"{fn}: bias must have shape ({C_out},) (C_out), got {bias.shape}")
+        raise ValueError(f"{fn}: weight must not be empty, got shape {tuple(weight_shape)}")
+    if bias_shape is not None and tuple(bias_shape) != (C_out,):
+        raise ValueError(f"{fn}: bias must have shape ({C_out},) (C_out), got {tuple(bias_shape)}")
 
     stride = normalize_tuple(stride, nd, "stride", fn)
     dilation = normalize_tuple(dilation, nd, "dilation", fn)
-    in_size = xb.shape[2:]
+    in_size = tuple(x_shape[-nd:])
     pads = resolve_padding(padding, in_size, kernel, stride, dilation, fn=fn)
     out_size = tuple(
         conv_output_size(n, k, s, p, d) for n, k, s, p, d in zip(in_size, kernel, stride, pads, dilation)
@@ -57,19 +55,29 @@ def _prepare_conv(fn, nd, x, weight, bias, stride, padding, dilation, groups):
             f"than the dilated kernel {tuple(d * (k - 1) + 1 for k, d in zip(kernel, dilation))}; "
             "the output would be empty"
         )
-
-    dtype = v.result_dtype(x, weight, *(() if bias is None else (bias,)))
     if nd == 1:  # a 1D problem is a 2D problem of height 1
         in_size, kernel, out_size = (1,) + in_size, (1,) + kernel, (1,) + out_size
         stride, dilation, pads = (1,) + stride, (1,) + dilation, ((0, 0),) + pads
     geom = ConvGeometry(
-        batch=N, in_channels=C_in, out_channels=C_out, groups=groups, in_size=tuple(in_size),
-        kernel=tuple(kernel), stride=stride, dilation=dilation, padding=pads, out_size=tuple(out_size),
+        batch=N, in_channels=C_in, out_channels=C_out, groups=groups, in_size=in_size,
+        kernel=kernel, stride=stride, dilation=dilation, padding=pads, out_size=out_size,
     )
-    x4 = v.contiguous(xb, dtype).reshape((N, C_in) + geom.in_size)
-    w4 = v.contiguous(weight, dtype).reshape((C_out, C_per_group) + geom.kernel)
-    b = None if bias is None else v.contiguous(bias, dtype)
     user_shape = ((N,) if batched else ()) + (C_out,) + geom.out_size[2 - nd:]
+    return geom, user_shape
+
+
+def _prepare_conv(fn, nd, x, weight, bias, stride, padding, dilation, groups):
+    """Check every argument; return 4D contiguous arrays, the geometry and the user's output shape."""
+    x = v.as_array(x, "x", fn)
+    weight = v.as_array(weight, "weight", fn)
+    if bias is not None:
+        bias = v.as_array(bias, "bias", fn)
+    geom, user_shape = conv_geometry(fn, nd, x.shape, weight.shape, None if bias is None else bias.shape,
+                                     stride, padding, dilation, groups)
+    dtype = v.result_dtype(x, weight, *(() if bias is None else (bias,)))
+    x4 = v.contiguous(x, dtype).reshape((geom.batch, geom.in_channels) + geom.in_size)
+    w4 = v.contiguous(weight, dtype).reshape(weight.shape[:2] + geom.kernel)
+    b = None if bias is None else v.contiguous(bias, dtype)
     return x4, w4, b, geom, user_shape, (("x", x), ("weight", weight), ("bias", bias))
 
 
@@ -81,8 +89,7 @@ def _conv(fn, nd, x, weight, bias, stride, padding, dilation, groups, method, ou
     else:
         v.check_out(out, user_shape, x4.dtype, fn, inputs)
     if out.size:
-        strategy = dispatch.resolve(method, "conv2d", geom, x4.dtype, fn)
-        strategy.conv2d(x4, w4, b, geom, out.reshape(geom.output_shape))
+        dispatch.run(method, "conv2d", geom, x4.dtype, fn, (x4, w4, b, geom, out.reshape(geom.output_shape)))
     return out
 
 
@@ -196,8 +203,7 @@ def _conv_backward(fn, nd, grad_output, x, weight, stride, padding, dilation, gr
             if g is not None:
                 g[...] = 0
     else:
-        strategy = dispatch.resolve(method, "conv2d_backward", geom, dtype, fn)
-        strategy.conv2d_backward(g4, x4, w4, geom, grad_x, grad_w, grad_b)
+        dispatch.run(method, "conv2d_backward", geom, dtype, fn, (g4, x4, w4, geom, grad_x, grad_w, grad_b))
     x_shape = np.shape(x)
     return (
         None if grad_x is None else grad_x.reshape(x_shape),

@@ -90,11 +90,8 @@ def _max_pool(fn, nd, x, kernel_size, stride, padding, dilation, ceil_mode, retu
     out = np.empty(user_shape, dtype=x4.dtype)
     indices = np.empty(user_shape, dtype=np.int64) if return_indices else None
     if out.size:
-        strategy = dispatch.resolve(method, "max_pool2d", geom, x4.dtype, fn)
-        strategy.max_pool2d(
-            x4, geom, out.reshape(geom.output_shape),
-            None if indices is None else indices.reshape(geom.output_shape),
-        )
+        i4 = None if indices is None else indices.reshape(geom.output_shape)
+        dispatch.run(method, "max_pool2d", geom, x4.dtype, fn, (x4, geom, out.reshape(geom.output_shape), i4))
     return (out, indices) if return_indices else out
 
 
@@ -103,8 +100,7 @@ def _avg_pool(fn, nd, x, kernel_size, stride, padding, ceil_mode, count_include_
     x4, geom, user_shape = _prepare_pool(fn, nd, x, kernel_size, stride, padding, 1, ceil_mode, count_include_pad)
     out = np.empty(user_shape, dtype=x4.dtype)
     if out.size:
-        strategy = dispatch.resolve(method, "avg_pool2d", geom, x4.dtype, fn)
-        strategy.avg_pool2d(x4, geom, out.reshape(geom.output_shape))
+        dispatch.run(method, "avg_pool2d", geom, x4.dtype, fn, (x4, geom, out.reshape(geom.output_shape)))
     return out
 
 
@@ -251,8 +247,7 @@ def _max_pool_backward(fn, nd, grad_output, indices, input_shape, method):
     if grad_x.size and grad_output.size:
         g4 = v.contiguous(grad_output, dtype).reshape(geom.output_shape)
         i4 = v.contiguous(indices, np.int64).reshape(geom.output_shape)
-        strategy = dispatch.resolve(method, "max_pool2d_backward", geom, dtype, fn)
-        strategy.max_pool2d_backward(g4, i4, geom, grad_x.reshape((N, C) + in_size))
+        dispatch.run(method, "max_pool2d_backward", geom, dtype, fn, (g4, i4, geom, grad_x.reshape((N, C) + in_size)))
     return grad_x
 
 
@@ -267,8 +262,8 @@ def _avg_pool_backward(fn, nd, grad_output, input_shape, kernel_size, stride, pa
     grad_x = np.empty(shape, dtype)
     if grad_x.size:
         g4 = v.contiguous(grad_output, dtype).reshape(geom.output_shape)
-        strategy = dispatch.resolve(method, "avg_pool2d_backward", geom, dtype, fn)
-        strategy.avg_pool2d_backward(g4, geom, grad_x.reshape((geom.batch, geom.channels) + geom.in_size))
+        gx4 = grad_x.reshape((geom.batch, geom.channels) + geom.in_size)
+        dispatch.run(method, "avg_pool2d_backward", geom, dtype, fn, (g4, geom, gx4))
     return grad_x
 
 

@@ -36,7 +36,7 @@ def conv(**kw):
         (dict(padding=((0, -2), (1, 1))), ValueError, r"padding must be >= 0"),
         (dict(padding="full"), ValueError, r"padding must be an int, a tuple, 'valid' or 'same'"),
         (dict(padding=(1, 2, 3)), ValueError, r"padding must have one entry per spatial dimension"),
-        (dict(method="fastest"), ValueError, r"method must be one of 'auto', 'loop', 'vectorized', 'direct', 'img2col'"),
+        (dict(method="fastest"), ValueError, r"method must be one of 'auto', 'measure', 'loop', 'vectorized', 'direct', 'img2col'"),
         (dict(x=np.zeros((1, 4, 2, 8))), ValueError, r"padded input \(2, 8\) is smaller than the dilated kernel \(3, 3\)"),
         (dict(dilation=5), ValueError, r"smaller than the dilated kernel \(11, 11\)"),
         (dict(weight=np.zeros((6, 2, 0, 3))), ValueError, r"weight must not be empty"),
