@@ -13,9 +13,18 @@ _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 def as_array(value, name: str, fn: str):
-    """``np.asarray(value)`` that refuses dtypes convolution cannot mean anything for."""
+    """``np.asarray(value)`` that refuses dtypes convolution cannot mean anything for.
+
+    Arrays of other libraries are taken through DLPack (no copy; a CPU torch
+    tensor, for example) or ``__array__``.
+    """
     if value is None:
         raise TypeError(f"{fn}: {name} must be an array, got None")
+    if not isinstance(value, np.ndarray) and hasattr(value, "__dlpack__"):
+        try:
+            return as_array(np.from_dlpack(value), name, fn)
+        except (TypeError, ValueError, BufferError, RuntimeError):
+            pass  # e.g. a device the CPU cannot read, or a tensor that requires grad: try __array__
     try:
         arr = np.asarray(value)
     except Exception as exc:  # ragged lists, objects that refuse conversion

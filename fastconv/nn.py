@@ -1,0 +1,227 @@
+"""Layers with forward and backward, for NumPy training loops and teaching frameworks.
+
+Each layer follows the lecture's contract: ``forward(x)`` computes the output and
+keeps what the gradient needs; ``backward(grad_output)`` returns dL/dx and stores
+the parameter gradients. Parameters and gradients are plain dicts of NumPy
+arrays (``layer.params``, ``layer.grads``, keys ``"weight"`` and ``"bias"``), so
+any optimiser can update them in place::
+
+    conv = fastconv.nn.Conv2d(1, 8, 3, padding=1, rng=0)
+    y = conv(x)                       # forward
+    gx = conv.backward(gy)            # backward: conv.grads["weight"], conv.grads["bias"]
+    for k in conv.params:
+        conv.params[k] -= lr * conv.grads[k]
+
+Constructors mirror ``torch.nn``; weights get PyTorch's default initialisation
+(Kaiming-uniform with a = sqrt(5), i.e. U(-1/sqrt(fan_in), 1/sqrt(fan_in)), and
+the same bound for the bias) from a seedable generator.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from . import conv as _conv
+from . import pool as _pool
+from ._validate import as_array
+
+__all__ = ["Conv1d", "Conv2d", "MaxPool1d", "MaxPool2d", "AvgPool1d", "AvgPool2d", "Layer"]
+
+
+class Layer:
+    """Base class: ``__call__`` is ``forward``; ``params``/``grads`` are dicts of arrays (empty for pooling)."""
+
+    def __init__(self):
+        self.params: dict = {}
+        self.grads: dict = {}
+        self._saved = None
+
+    def __call__(self, x):
+        return self.forward(x)
+
+    def forward(self, x):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def backward(self, grad_output):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _need_forward(self):
+        if self._saved is None:
+            raise RuntimeError(f"{type(self).__name__}.backward called before forward: run forward(x) first")
+        return self._saved
+
+    def zero_grad(self):
+        """Set every stored gradient to zero."""
+        for g in self.grads.values():
+            g[...] = 0
+
+
+def _generator(rng):
+    return rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
+
+
+class _ConvNd(Layer):
+    _nd = 2
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
+                 bias=True, dtype=np.float32, *, rng=None, method="auto"):
+        super().__init__()
+        name = type(self).__name__
+        kernel = tuple(kernel_size) if isinstance(kernel_size, (tuple, list)) else (kernel_size,) * self._nd
+        if len(kernel) != self._nd or any(not isinstance(k, (int, np.integer)) or k < 1 for k in kernel):
+            raise ValueError(f"{name}: kernel_size must be a positive int or {self._nd} of them, got {kernel_size!r}")
+        for label, value in (("in_channels", in_channels), ("out_channels", out_channels), ("groups", groups)):
+            if not isinstance(value, (int, np.integer)) or value < 1:
+                raise ValueError(f"{name}: {label} must be a positive int, got {value!r}")
+        if in_channels % groups or out_channels % groups:
+            raise ValueError(f"{name}: groups={groups} must divide in_channels={in_channels} and "
+                             f"out_channels={out_channels}")
+        dtype = np.dtype(dtype)
+        if dtype not in (np.float32, np.float64):
+            raise TypeError(f"{name}: dtype must be float32 or float64, got {dtype}")
+        self.in_channels, self.out_channels, self.kernel_size = in_channels, out_channels, kernel
+        self.stride, self.padding, self.dilation, self.groups = stride, padding, dilation, groups
+        self.method = method
+        fan_in = (in_channels // groups) * math.prod(kernel)
+        bound = 1.0 / math.sqrt(fan_in)
+        gen = _generator(rng)
+        shape = (out_channels, in_channels // groups) + kernel
+        self.params["weight"] = gen.uniform(-bound, bound, shape).astype(dtype)
+        self.grads["weight"] = np.zeros(shape, dtype)
+        if bias:
+            self.params["bias"] = gen.uniform(-bound, bound, out_channels).astype(dtype)
+            self.grads["bias"] = np.zeros(out_channels, dtype)
+
+    @property
+    def weight(self):
+        return self.params["weight"]
+
+    @property
+    def bias(self):
+        return self.params.get("bias")
+
+    def _geometry(self):
+        return dict(stride=self.stride, padding=self.padding, dilation=self.dilation, groups=self.groups)
+
+    def forward(self, x):
+        """``conv(x)``; keeps ``x`` for backward."""
+        x = as_array(x, "x", f"{type(self).__name__}.forward")
+        fn = _conv.conv1d if self._nd == 1 else _conv.conv2d
+        y = fn(x, self.weight, self.bias, method=self.method, **self._geometry())
+        self._saved = x
+        return y
+
+    def backward(self, grad_output):
+        """dL/dx for the last forward's input; stores dL/dW (and dL/db) in ``grads``."""
+        x = self._need_forward()
+        fn = _conv.conv1d_backward if self._nd == 1 else _conv.conv2d_backward
+        gx, gw, gb = fn(grad_output, x, self.weight, method=self.method,
+                        output_mask=(True, True, "bias" in self.params), **self._geometry())
+        self.grads["weight"][...] = gw
+        if gb is not None:
+            self.grads["bias"][...] = gb
+        return gx
+
+    def __repr__(self):
+        return (f"{type(self).__name__}({self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+                f"stride={self.stride}, padding={self.padding}, dilation={self.dilation}, groups={self.groups}, "
+                f"bias={'bias' in self.params}, dtype={self.weight.dtype})")
+
+
+class Conv1d(_ConvNd):
+    """1D convolution layer, constructed like ``torch.nn.Conv1d`` (plus ``dtype``, ``rng``, ``method``)."""
+
+    _nd = 1
+
+
+class Conv2d(_ConvNd):
+    """2D convolution layer, constructed like ``torch.nn.Conv2d`` (plus ``dtype``, ``rng``, ``method``).
+
+    Examples
+    --------
+    >>> import numpy as np, fastconv.nn as nn
+    >>> conv = nn.Conv2d(1, 4, 3, padding=1, rng=0)
+    >>> y = conv(np.ones((2, 1, 8, 8), np.float32))
+    >>> gx = conv.backward(np.ones_like(y))
+    >>> y.shape, gx.shape, conv.grads["weight"].shape
+    ((2, 4, 8, 8), (2, 1, 8, 8), (4, 1, 3, 3))
+    """
+
+    _nd = 2
+
+
+class _MaxPoolNd(Layer):
+    _nd = 2
+
+    def __init__(self, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, *, method="auto"):
+        super().__init__()
+        self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
+        self.dilation, self.ceil_mode, self.method = dilation, ceil_mode, method
+
+    def forward(self, x):
+        """Max pooling; keeps the argmax indices and the input's shape for backward."""
+        x = as_array(x, "x", f"{type(self).__name__}.forward")
+        fn = _pool.max_pool1d if self._nd == 1 else _pool.max_pool2d
+        y, idx = fn(x, self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode,
+                    return_indices=True, method=self.method)
+        self._saved = (idx, x.shape)
+        return y
+
+    def backward(self, grad_output):
+        """dL/dx: each output's gradient to the input element its maximum came from."""
+        idx, shape = self._need_forward()
+        fn = _pool.max_pool1d_backward if self._nd == 1 else _pool.max_pool2d_backward
+        return fn(grad_output, idx, shape, method=self.method)
+
+
+class MaxPool1d(_MaxPoolNd):
+    """1D max pooling layer, constructed like ``torch.nn.MaxPool1d``."""
+
+    _nd = 1
+
+
+class MaxPool2d(_MaxPoolNd):
+    """2D max pooling layer, constructed like ``torch.nn.MaxPool2d``."""
+
+    _nd = 2
+
+
+class _AvgPoolNd(Layer):
+    _nd = 2
+
+    def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True, *,
+                 method="auto"):
+        super().__init__()
+        self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
+        self.ceil_mode, self.count_include_pad, self.method = ceil_mode, count_include_pad, method
+
+    def _args(self):
+        return (self.kernel_size, self.stride, self.padding, self.ceil_mode, self.count_include_pad)
+
+    def forward(self, x):
+        """Average pooling; keeps the input's shape for backward."""
+        x = as_array(x, "x", f"{type(self).__name__}.forward")
+        fn = _pool.avg_pool1d if self._nd == 1 else _pool.avg_pool2d
+        y = fn(x, *self._args(), method=self.method)
+        self._saved = x.shape
+        return y
+
+    def backward(self, grad_output):
+        """dL/dx: each output's gradient spread evenly over its window."""
+        shape = self._need_forward()
+        fn = _pool.avg_pool1d_backward if self._nd == 1 else _pool.avg_pool2d_backward
+        return fn(grad_output, shape, *self._args(), method=self.method)
+
+
+class AvgPool1d(_AvgPoolNd):
+    """1D average pooling layer, constructed like ``torch.nn.AvgPool1d``."""
+
+    _nd = 1
+
+
+class AvgPool2d(_AvgPoolNd):
+    """2D average pooling layer, constructed like ``torch.nn.AvgPool2d``."""
+
+    _nd = 2
