@@ -10,7 +10,8 @@ from :data:`fastconv.METHODS`.
 """
 
 from .conv import conv1d, conv1d_backward, conv2d, conv2d_backward
-from .dispatch import METHODS
+from . import nn
+from .dispatch import METHODS, choose_method, explain
 from .geometry import ConvGeometry, PoolGeometry, conv_output_size, pool_output_size, resolve_padding, same_padding
 from .pool import (
     avg_pool1d,
@@ -32,6 +33,9 @@ __all__ = [
     "ConvGeometry",
     "PoolGeometry",
     "avg_pool1d",
+    "choose_method",
+    "explain",
+    "nn",
     "avg_pool1d_backward",
     "avg_pool2d",
     "avg_pool2d_backward",
