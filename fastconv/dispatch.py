@@ -327,7 +327,7 @@ def _read_disk(path: str) -> dict:
     try:
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return {}
     except (OSError, ValueError) as exc:
         warnings.warn(f"fastconv: ignoring unreadable measure cache {path} ({exc}); it will be rebuilt",

@@ -1,0 +1,178 @@
+"""The dispatcher: deterministic rules, explain(), FASTCONV_METHOD, and measure mode's cache."""
+
+import json
+import multiprocessing
+import os
+import warnings
+
+import numpy as np
+import pytest
+
+import fastconv
+from fastconv import dispatch, shapes, strategies
+
+
+@pytest.fixture
+def cache_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("FASTCONV_CACHE_DIR", str(tmp_path))
+    monkeypatch.delenv("FASTCONV_METHOD", raising=False)
+    dispatch.clear_memory()
+    yield tmp_path
+    dispatch.clear_memory()
+
+
+@pytest.fixture
+def spy(monkeypatch):
+    """Records which strategy module each call actually ran."""
+    ran = []
+    real_get = strategies.get
+
+    def get(name):
+        ran.append(name)
+        return real_get(name)
+
+    monkeypatch.setattr(strategies, "get", get)
+    return ran
+
+
+def _call(problem, method="auto"):
+    arrays = problem.arrays(np.float32)
+    fn = getattr(fastconv, problem.op)
+    return fn(*arrays, method=method, **problem.kwargs())
+
+
+@pytest.mark.parametrize("name", list(shapes.SHAPES))
+def test_explain_matches_what_auto_runs(name, spy, cache_dir):
+    problem = shapes.SHAPES[name]
+    small = problem if problem.flops() < 3e8 else None
+    expected = dispatch.auto_method_for(problem, np.float32)
+    if small is None:  # keep the test fast: check the decision only, not the run
+        assert expected in dispatch.CANDIDATES
+        return
+    spy.clear()
+    _call(problem)
+    assert spy == [expected]
+
+
+def test_explain_accepts_arrays_or_shapes_and_reads_well():
+    x = np.zeros((2, 8, 20, 20), np.float64)
+    w = np.zeros((16, 8, 3, 3), np.float64)
+    from_arrays = fastconv.explain("conv2d", x, w, padding=1)
+    from_shapes = fastconv.explain("conv2d", x.shape, w.shape, padding=1, dtype=np.float64)
+    assert from_arrays.method == from_shapes.method
+    assert from_arrays.flops == 2 * 2 * 16 * 8 * 9 * 20 * 20
+    assert set(from_arrays.workspace) == set(dispatch.CANDIDATES)
+    assert from_arrays.workspace["img2col"] >= 8 * 9 * 20 * 20 * 8
+    text = str(from_arrays)
+    assert "conv2d: method=" in text and "why:" in text and "workspace" in text
+    pool = fastconv.explain("max_pool2d", (1, 4, 12, 12), kernel_size=3, stride=2, padding=1)
+    assert pool.method in dispatch.CANDIDATES and "window" in str(pool)
+
+
+def test_explain_rejects_bad_calls():
+    with pytest.raises(ValueError, match="explain: unknown op 'conv3d'"):
+        fastconv.explain("conv3d", (1, 1, 4, 4, 4), (1, 1, 2, 2, 2))
+    with pytest.raises(ValueError, match="needs kernel_size"):
+        fastconv.explain("avg_pool2d", (1, 1, 4, 4))
+    with pytest.raises(TypeError, match="unexpected argument"):
+        fastconv.explain("conv2d", (1, 1, 4, 4), (1, 1, 2, 2), strides=2)
+    with pytest.raises(ValueError, match=r"explain\(conv2d\): input has 3 channels"):
+        fastconv.explain("conv2d", (1, 3, 4, 4), (1, 2, 2, 2))
+
+
+def test_choice_is_a_pure_function_of_the_problem():
+    geom, _ = fastconv.conv.conv_geometry("t", 2, (1, 64, 56, 56), (64, 64, 3, 3), None, 1, 1, 1, 1)
+    first = [dispatch.choose_method(op, geom, np.float32, threads=2) for op in ("conv2d", "conv2d_backward")]
+    again = [dispatch.choose_method(op, geom, np.float32, threads=2) for op in ("conv2d", "conv2d_backward")]
+    assert first == again
+
+
+def test_environment_forces_a_method(monkeypatch, spy, cache_dir):
+    x, w = np.ones((1, 2, 6, 6)), np.ones((3, 2, 3, 3))
+    monkeypatch.setenv("FASTCONV_METHOD", "loop")
+    spy.clear()
+    fastconv.conv2d(x, w)
+    assert spy == ["loop"]
+    assert fastconv.explain("conv2d", x, w).method == "loop"
+    assert "FASTCONV_METHOD" in fastconv.explain("conv2d", x, w).reason
+    spy.clear()
+    fastconv.conv2d(x, w, method="vectorized")  # an explicit argument still wins
+    assert spy == ["vectorized"]
+
+
+def test_unknown_environment_method_lists_the_valid_ones(monkeypatch):
+    monkeypatch.setenv("FASTCONV_METHOD", "fft")
+    with pytest.raises(ValueError, match=r"FASTCONV_METHOD must be one of 'auto', 'measure', 'loop'"):
+        fastconv.conv2d(np.ones((1, 1, 4, 4)), np.ones((1, 1, 3, 3)))
+
+
+def test_measure_remembers_in_memory_and_on_disk(cache_dir, spy):
+    rng = np.random.default_rng(0)
+    x, w = rng.standard_normal((2, 4, 12, 12)), rng.standard_normal((6, 4, 3, 3))
+    ref = fastconv.conv2d(x, w, padding=1, method="loop")
+    spy.clear()
+    y = fastconv.conv2d(x, w, padding=1, method="measure")
+    np.testing.assert_allclose(y, ref, rtol=1e-10, atol=1e-10)
+    assert set(spy) == set(dispatch.CANDIDATES)  # every candidate was timed
+    path = dispatch.cache_path()
+    assert os.path.dirname(path) == str(cache_dir) and os.path.exists(path)
+    data = json.loads(open(path).read())
+    assert data["machine"]["numba"] and len(data["entries"]) == 1
+    (entry,) = data["entries"].values()
+    winner = entry["method"]
+    assert winner in dispatch.CANDIDATES and set(entry["seconds"]) == set(dispatch.CANDIDATES)
+    spy.clear()
+    np.testing.assert_allclose(fastconv.conv2d(x, w, padding=1, method="measure"), ref, rtol=1e-10, atol=1e-10)
+    assert spy == [winner]  # memory hit: no timing
+    dispatch.clear_memory()
+    spy.clear()
+    fastconv.conv2d(x, w, padding=1, method="measure")
+    assert spy == [winner]  # disk hit
+
+
+@pytest.mark.parametrize("content", ["{not json", json.dumps({"machine": "x", "entries": []}), "\x00\x01"])
+def test_corrupt_cache_is_ignored_with_a_warning_and_rebuilt(cache_dir, content):
+    path = dispatch.cache_path()
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        f.write(content)
+    x, w = np.ones((1, 2, 8, 8)), np.ones((2, 2, 3, 3))
+    with pytest.warns(RuntimeWarning, match="ignoring"):
+        y = fastconv.conv2d(x, w, method="measure")
+    np.testing.assert_allclose(y, fastconv.conv2d(x, w, method="loop"))
+    data = json.loads(open(path).read())  # rebuilt, valid
+    assert len(data["entries"]) == 1
+
+
+def test_unwritable_cache_dir_warns_and_still_answers(tmp_path, monkeypatch):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    monkeypatch.setenv("FASTCONV_CACHE_DIR", str(blocker / "sub"))  # a directory below a file: cannot exist
+    dispatch.clear_memory()
+    x, w = np.ones((1, 1, 6, 6)), np.ones((1, 1, 3, 3))
+    with pytest.warns(RuntimeWarning, match="could not write the measure cache"):
+        y = fastconv.conv2d(x, w, method="measure")
+    np.testing.assert_allclose(y, 9.0)
+    dispatch.clear_memory()
+
+
+def _tune_in_child(args):
+    cache, size = args
+    os.environ["FASTCONV_CACHE_DIR"] = cache
+    import numpy as np
+
+    import fastconv
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a torn or corrupt file would warn: fail instead
+        fastconv.conv2d(np.ones((1, 2, size, size)), np.ones((2, 2, 3, 3)), method="measure")
+    return size
+
+
+def test_concurrent_writers_keep_every_entry(cache_dir):
+    sizes = list(range(6, 14))
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(4) as pool:
+        assert sorted(pool.map(_tune_in_child, [(str(cache_dir), s) for s in sizes])) == sizes
+    data = json.loads(open(dispatch.cache_path()).read())
+    assert len(data["entries"]) == len(sizes)

@@ -1,0 +1,121 @@
+"""Properties of the Numba strategies beyond matching the oracle: determinism, threads, JIT options."""
+
+import ast
+import os
+import pathlib
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+
+import fastconv
+from conftest import JIT_METHODS
+
+PACKAGE = pathlib.Path(fastconv.__file__).parent
+
+
+def _problems(rng):
+    x = rng.standard_normal((3, 8, 21, 19)).astype(np.float32)
+    w = rng.standard_normal((12, 4, 3, 3)).astype(np.float32)
+    b = rng.standard_normal(12).astype(np.float32)
+    return x, w, b
+
+
+@pytest.mark.parametrize("method", JIT_METHODS)
+def test_results_do_not_depend_on_thread_count(method, rng):
+    x, w, b = _problems(rng)
+    kw = dict(padding=((1, 0), (2, 1)), stride=(1, 2), groups=2)
+    gy = rng.standard_normal(fastconv.conv2d(x, w, b, **kw).shape).astype(np.float32)
+    xd = rng.standard_normal((2, 32, 28, 28)).astype(np.float32)
+    wd = rng.standard_normal((32, 1, 3, 3)).astype(np.float32)
+    results = {}
+    for threads in (1, 2):
+        with fastconv.num_threads(threads):
+            results[threads] = (
+                fastconv.conv2d(x, w, b, **kw, method=method),
+                *fastconv.conv2d_backward(gy, x, w, **kw, method=method),
+                fastconv.conv2d(xd, wd, padding=1, groups=32, method=method),
+                *fastconv.conv2d_backward(np.ones((2, 32, 28, 28), np.float32), xd, wd, padding=1, groups=32,
+                                          method=method),
+                *fastconv.max_pool2d(x, 3, 2, 1, return_indices=True, method=method),
+                fastconv.avg_pool2d(x, 3, 2, 1, method=method),
+            )
+    for one, two in zip(results[1], results[2]):
+        np.testing.assert_array_equal(one, two)  # bitwise
+
+
+@pytest.mark.parametrize("method", JIT_METHODS)
+def test_concurrent_calls_from_eight_threads(method, rng):
+    x, w, b = _problems(rng)
+    expected_conv = fastconv.conv2d(x, w, b, padding=1, groups=2, method=method)
+    expected_pool = fastconv.max_pool2d(x, 2, method=method)
+    errors, barrier = [], threading.Barrier(8)
+
+    def work():
+        try:
+            barrier.wait()
+            for _ in range(5):
+                np.testing.assert_array_equal(fastconv.conv2d(x, w, b, padding=1, groups=2, method=method), expected_conv)
+                np.testing.assert_array_equal(fastconv.max_pool2d(x, 2, method=method), expected_pool)
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[0]
+
+
+def test_no_kernel_sets_its_own_jit_options():
+    """JIT options live in fastconv/_jit.py only (fastmath must stay NaN-safe everywhere)."""
+    offenders = []
+    for path in PACKAGE.rglob("*.py"):
+        if path.name == "_jit.py":
+            continue
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call):
+                name = getattr(node.func, "attr", getattr(node.func, "id", ""))
+                keywords = {k.arg for k in node.keywords}
+                if name == "kernel":  # fastconv._jit.kernel(parallel=...) is the one sanctioned switch
+                    keywords -= {"parallel"}
+                if name in ("njit", "jit", "vectorize", "guvectorize") or keywords & {"fastmath", "parallel", "cache"}:
+                    offenders.append(f"{path.name}:{node.lineno}")
+    assert not offenders, offenders
+
+
+def test_fastmath_flags_keep_nan_and_inf():
+    from fastconv import _jit
+
+    assert not _jit.FASTMATH & {"nnan", "ninf", "fast"}
+
+
+CACHE_PROBE = """
+import numpy as np, numba, fastconv
+from fastconv.strategies import direct, img2col
+x = np.ones((1, 3, 16, 16), np.float32); w = np.ones((4, 3, 3, 3), np.float32)
+fastconv.conv2d(x, w, padding=1, method="direct"); fastconv.conv2d(x, w, padding=1, method="img2col")
+fastconv.max_pool2d(x, 2, method="direct")
+hits = misses = 0
+import sys
+for mod in [m for name, m in sys.modules.items() if name.startswith("fastconv.strategies")]:
+    for obj in vars(mod).values():
+        if isinstance(obj, numba.core.registry.CPUDispatcher) and obj.signatures:
+            hits += sum(obj.stats.cache_hits.values()); misses += sum(obj.stats.cache_misses.values())
+print(hits, misses)
+"""
+
+
+def test_second_process_loads_kernels_from_cache(tmp_path):
+    """With cache=True a fresh process finds every kernel it runs in the cache and compiles none."""
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path)}
+    env.pop("NUMBA_DISABLE_JIT", None)
+    runs = [subprocess.run([sys.executable, "-c", CACHE_PROBE], env=env, capture_output=True, text=True,
+                           check=True).stdout.split() for _ in range(2)]
+    (cold_hits, cold_misses), (warm_hits, warm_misses) = [map(int, r) for r in runs]
+    assert cold_misses > 0  # compiled (kernels called from kernels are compiled into their callers)
+    assert warm_misses == 0 and warm_hits > 0
