@@ -1,0 +1,646 @@
+"""Numba kernels for 2D max and average pooling (the ``direct`` strategy's pooling).
+
+The four public functions have the strategy signatures; ``loop.py`` defines
+the semantics, which are PyTorch's: padding never wins a max, ``v > best or
+isnan(v)`` replaces the best (NaN propagates, the last NaN's index is kept),
+the best starts at the window's first in-image element (the same as starting
+at ``-inf`` with that element's index), and the average divides by PyTorch's
+divisor. Every path below visits a window's taps in row-major order, so
+values *and* indices match PyTorch exactly.
+
+Layout. The kernels take flat views of the ``P = N*C`` planes and index them
+with integer offsets. Inner loops index with unsigned offsets (:data:`_U`),
+which lets LLVM drop Numba's negative-index wrap-around and vectorise.
+Inside the parallel loop nothing makes array views, and the helpers it calls
+make no calls themselves: Numba keeps reference counts (atomics on the array
+shared by all threads) on the arrays of any function that slices or calls,
+which cost more than the pooling when paid per row.
+
+Forward work. One ``prange`` over runs of ``rows_per_item`` output rows of
+the ``P*oH`` (plane-major): a run holds a few hundred outputs, so a batch of
+small planes and one large image both split over the cores. Within a run,
+rows go one of three ways:
+
+* fixed window: (kW, sW) = (2, 2), (3, 2) or (3, 1), dilation 1 along the
+  row, a square window (any row dilation) or a one-row window (1D pooling),
+  on the rows whose window rows are all in-image. Window width and stride
+  are literals, so the taps unroll; on the interior columns the window stays
+  in registers and LLVM vectorises across outputs (for stride 1 "same"
+  pooling one vector run crosses all rows of the plane), and the few border
+  columns skip their out-of-image taps one by one;
+* tap-major, any other geometry on rows of at least
+  :data:`_TAP_MAJOR_MIN_WIDTH` outputs: per tap, one strided compare-select
+  (or add) pass over the output row, vectorised across outputs, each tap
+  limited to the outputs for which it is in-image;
+* window-major, narrower rows (global pooling): one window at a time; an
+  average over whole rows sums one contiguous run.
+
+Backward:
+
+* max: ``grad_x`` is zeroed in parallel chunks, then one thread per plane
+  scatter-adds the plane's gradients in output order (only the indices are
+  known here, and windows may overlap);
+* avg: a gather, parallel over runs of input rows: ``grad / divisor`` is
+  computed once per output, then each input row adds the values of the
+  windows covering it, in output row-major order (PyTorch's order of
+  additions, so the result is bit-identical to PyTorch's).
+
+Each output element is written by one thread in a fixed order: results do
+not depend on the thread count.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import prange
+
+from .. import _jit
+from .._jit import kernel
+
+__all__ = ["avg_pool2d", "avg_pool2d_backward", "max_pool2d", "max_pool2d_backward"]
+
+#: Offsets in inner loops are unsigned: Numba then skips its negative-index wrap-around,
+#: whose per-element select otherwise hides the consecutive loads from LLVM's vectoriser.
+_U = np.uint64
+
+#: Narrower output rows are computed window-major: a tap-major pass costs a
+#: loop setup per tap, which a row of a few outputs does not amortise.
+_TAP_MAJOR_MIN_WIDTH = 8
+#: Outputs (backward: input elements) per ``prange`` item, about: keeps the
+#: per-item overhead small next to the work.
+_OUTPUTS_PER_ITEM = 512
+#: Work items wanted at least, so one big image still splits over the cores.
+#: (On the 2-core AVX-512 Xeon these were measured on: 128..8192 outputs and
+#: 8..128 items all gave the benchmark shapes' times within about 5%.)
+_MIN_ITEMS = 32
+
+
+# --------------------------------------------------------------------------- geometry tables
+
+
+@kernel(parallel=False)
+def _axis_tables(out_len, in_len, size, stride, dilation, padding, count_include_pad):
+    """Per output position along one axis: window start, in-image taps ``[lo, hi)``, avg divisor factor."""
+    start = np.empty(out_len, np.int64)
+    tap_lo = np.empty(out_len, np.int64)
+    tap_hi = np.empty(out_len, np.int64)
+    factor = np.empty(out_len, np.int64)
+    for o in range(out_len):
+        s = o * stride - padding
+        lo = 0 if s >= 0 else (-s + dilation - 1) // dilation
+        hi = min(size, (in_len - 1 - s) // dilation + 1)
+        start[o] = s
+        tap_lo[o] = lo
+        tap_hi[o] = hi
+        # PyTorch's divisor: the window clipped to the padded input, or only its in-image part.
+        factor[o] = min(s + size, in_len + padding) - s if count_include_pad else hi - lo
+    return start, tap_lo, tap_hi, factor
+
+
+@kernel(parallel=False)
+def _tap_spans(out_len, in_len, size, stride, dilation, padding):
+    """Per tap along one axis: the output positions ``[first, end)`` for which the tap is in-image."""
+    first = np.empty(size, np.int64)
+    end = np.empty(size, np.int64)
+    for b in range(size):
+        off = b * dilation - padding
+        lo = 0 if off >= 0 else (-off + stride - 1) // stride
+        hi = min(out_len, (in_len - 1 - off) // stride + 1)
+        first[b] = lo
+        end[b] = max(hi, lo)
+    return first, end
+
+
+@kernel(parallel=False)
+def _fixed_ranges(window, out_size, row_taps, col_taps):
+    """Output rows ``(begin, end)`` and columns ``(begin, end)`` the fixed-window path computes.
+
+    The rows are those whose window rows are all in-image and the columns
+    those whose window columns are, for the windows with a fixed-window path:
+    (kW, sW) = (2, 2), (3, 2) or (3, 1), column dilation 1, and square
+    (``kH == kW``, any row dilation) or one row high (1D pooling). For any
+    other geometry the row range is empty.
+    """
+    kH, kW, sH, sW, dH, dW, pH, pW = window
+    oH, oW = out_size
+    width_stride = (kW == 2 and sW == 2) or (kW == 3 and (sW == 1 or sW == 2))
+    fixed = width_stride and dW == 1 and (kH == 1 or kH == kW)
+    i0 = row_taps[0][0]
+    i1 = max(row_taps[1][kH - 1], i0)
+    j0 = col_taps[0][0]
+    j1 = max(col_taps[1][kW - 1], j0)
+    if not fixed or j1 == j0:
+        return (oH, oH), (oW, oW)
+    return (i0, i1), (j0, j1)
+
+
+@kernel(parallel=False)
+def _next_fixed_rows(t, t_end, out_rows, full):
+    """The next rows ``[begin, end)`` of the run ``[t, t_end)`` that take the fixed-window path.
+
+    ``full = (begin, end)`` are the fixed-window rows of every plane (empty if
+    the geometry has no such path: then the whole run is returned as general).
+    """
+    if full[1] <= full[0]:
+        return t_end, t_end
+    plane_row = t - t % out_rows
+    if t < plane_row + full[1]:
+        return min(max(t, plane_row + full[0]), t_end), min(plane_row + full[1], t_end)
+    return min(plane_row + out_rows + full[0], t_end), min(plane_row + out_rows + full[1], t_end)
+
+
+# --------------------------------------------------------------------------- max pooling, forward
+#
+# Helpers compute a run ``[t_begin, t_end)`` of the P*oH output rows (plane-major);
+# output row t is row ``t % oH`` of plane ``t // oH``.
+
+
+@kernel(parallel=False)
+def _max_fixed(x, out, indices, shape, window, rows, cols, t_begin, t_end, interior, kw, sw):
+    """Full rows ``[t_begin, t_end)`` of one plane (every window row in-image), ``kw`` and ``sw`` literal.
+
+    The window is square (``kH == kw``) or one row high (1D pooling). On the
+    interior columns its taps unroll, the window stays in registers and LLVM
+    vectorises across outputs; the few border columns then skip their
+    out-of-image taps one by one.
+    """
+    _, H, W, oH, oW = shape
+    kH, kW, sH, sW, dH, dW, pH, pW = window
+    j0, j1 = interior
+    row_start = rows[0]
+    col_start = cols[0]
+    plane = t_begin // oH
+    x_plane = plane * H * W
+    i_begin = t_begin - plane * oH
+    runs = t_end - t_begin
+    count = j1 - j0
+    if sH * W == sw * oW:
+        # Output rows are as far apart in the input as sw*oW outputs (stride 1, same size):
+        # one vector run crosses all rows. The border outputs it passes over are rewritten below.
+        count += (runs - 1) * oW
+        runs = 1
+    for run in range(runs):
+        corner = row_start[i_begin + run] * W + col_start[j0]  # in-plane index of output j0's corner
+        dst = _U((t_begin + run) * oW + j0)
+        first = _U(x_plane + corner)
+        pitch = _U(dH * W)
+        if kH == 1:
+            # One window row (1D pooling).
+            for k in range(_U(count)):
+                at = first + _U(sw) * k
+                best = x[at]
+                pos = 0
+                for b in range(1, kw):
+                    v = x[at + _U(b)]
+                    wins = (v > best) | (v != v)
+                    best = v if wins else best
+                    pos = b if wins else pos
+                out[dst + k] = best
+                if indices is not None:
+                    indices[dst + k] = corner + sw * np.int64(k) + pos
+        else:
+            # Square window (every common 2D case): the whole window in registers.
+            for k in range(_U(count)):
+                at = first + _U(sw) * k
+                best = x[at]
+                pos = 0
+                for a in range(kw):
+                    for b in range(kw):
+                        v = x[at + _U(a) * pitch + _U(b)]
+                        wins = (v > best) | (v != v)
+                        best = v if wins else best
+                        pos = a * dH * W + b if wins else pos
+                out[dst + k] = best
+                if indices is not None:
+                    indices[dst + k] = corner + sw * np.int64(k) + pos
+    for t in range(t_begin, t_end):
+        r0 = row_start[t - plane * oH]
+        for part in range(2):
+            for j in range(0 if part == 0 else j1, j0 if part == 0 else oW):
+                c0 = col_start[j]
+                pos = r0 * W + max(c0, 0)
+                best = x[x_plane + pos]
+                for a in range(kw):  # kH is kw or 1: a literal bound unrolls the loop
+                    for b in range(kw):
+                        if a < kH and 0 <= c0 + b < W:
+                            at = (r0 + a * dH) * W + c0 + b
+                            v = x[x_plane + at]
+                            if (v > best) | (v != v):
+                                best = v
+                                pos = at
+                out[t * oW + j] = best
+                if indices is not None:
+                    indices[t * oW + j] = pos
+
+
+@kernel(parallel=False)
+def _max_windows(x, out, indices, shape, window, rows, cols, t_begin, t_end):
+    """One window at a time (any geometry): for rows too narrow for tap-major passes."""
+    _, H, W, oH, oW = shape
+    kH, kW, sH, sW, dH, dW, pH, pW = window
+    row_start, row_lo, row_hi, _ = rows
+    col_start, col_lo, col_hi, _ = cols
+    plane = t_begin // oH
+    i = t_begin - plane * oH
+    for t in range(t_begin, t_end):
+        x_plane = plane * H * W
+        for j in range(oW):
+            pos = (row_start[i] + row_lo[i] * dH) * W + col_start[j] + col_lo[j] * dW
+            best = x[x_plane + pos]
+            # (No range() with a runtime step: its zero-step raise path keeps Numba's
+            # reference counts on the arrays, atomics the threads then contend for.)
+            for a in range(row_lo[i], row_hi[i]):
+                r = row_start[i] + a * dH
+                for b in range(col_lo[j], col_hi[j]):
+                    c = col_start[j] + b * dW
+                    v = x[x_plane + r * W + c]
+                    if (v > best) | (v != v):
+                        best = v
+                        pos = r * W + c
+            out[t * oW + j] = best
+            if indices is not None:
+                indices[t * oW + j] = pos
+        i += 1
+        if i == oH:
+            i = 0
+            plane += 1
+
+
+@kernel(parallel=False)
+def _max_taps(x, out, indices, shape, window, rows, cols, col_taps, t_begin, t_end):
+    """Tap by tap (any geometry): each tap is one strided compare-select pass over an output row."""
+    _, H, W, oH, oW = shape
+    kH, kW, sH, sW, dH, dW, pH, pW = window
+    row_start, row_lo, row_hi, _ = rows
+    col_start, col_lo, _, _ = cols
+    tap_first, tap_end = col_taps
+    step = _U(sW)
+    plane = t_begin // oH
+    i = t_begin - plane * oH
+    for t in range(t_begin, t_end):
+        x_plane = plane * H * W
+        o_row = t * oW
+        # Start from each window's first in-image element (what -inf would give, up to NaN and index).
+        r_first = row_start[i] + row_lo[i] * dH
+        for j in range(oW):
+            pos = r_first * W + col_start[j] + col_lo[j] * dW
+            out[o_row + j] = x[x_plane + pos]
+            if indices is not None:
+                indices[o_row + j] = pos
+        for a in range(row_lo[i], row_hi[i]):
+            r = row_start[i] + a * dH
+            for b in range(kW):
+                j0 = tap_first[b]
+                pos = r * W + col_start[j0] + b * dW  # the tap's input position for output j0
+                src = _U(x_plane + pos)
+                dst = _U(o_row + j0)
+                # x[src + sW*k] competes for out[dst + k].
+                for k in range(_U(max(tap_end[b] - j0, 0))):
+                    v = x[src + step * k]
+                    best = out[dst + k]
+                    wins = (v > best) | (v != v)
+                    out[dst + k] = v if wins else best
+                    if indices is not None:
+                        held_index = indices[dst + k]
+                        indices[dst + k] = pos + sW * np.int64(k) if wins else held_index
+        i += 1
+        if i == oH:
+            i = 0
+            plane += 1
+
+
+@kernel
+def _max_pool_kernel(x, out, indices, shape, window, rows_per_item):
+    """Max pooling of flat ``(P, H, W)`` planes into flat ``(P, oH, oW)`` (and indices, unless None)."""
+    P, H, W, oH, oW = shape
+    kH, kW, sH, sW, dH, dW, pH, pW = window
+    rows = _axis_tables(oH, H, kH, sH, dH, pH, False)
+    cols = _axis_tables(oW, W, kW, sW, dW, pW, False)
+    col_taps = _tap_spans(oW, W, kW, sW, dW, pW)
+    full, interior = _fixed_ranges(window, (oH, oW), _tap_spans(oH, H, kH, sH, dH, pH), col_taps)
+    n_rows = P * oH
+    # One item is a run of rows_per_item output rows. Helpers are called a few times per run,
+    # never per row: a call costs reference-count atomics on shared arrays unless the helper
+    # makes no calls itself (all of these are written so).
+    for item in prange((n_rows + rows_per_item - 1) // rows_per_item):
+        t = item * rows_per_item
+        t_end = min(t + rows_per_item, n_rows)
+        while t < t_end:
+            # [t, fixed_begin) takes a general path, [fixed_begin, fixed_end) the fixed-window one.
+            fixed_begin, fixed_end = _next_fixed_rows(t, t_end, oH, full)
+            if fixed_begin > t:
+                if oW >= _TAP_MAJOR_MIN_WIDTH:
+                    _max_taps(x, out, indices, shape, window, rows, cols, col_taps, t, fixed_begin)
+                else:
+                    _max_windows(x, out, indices, shape, window, rows, cols, t, fixed_begin)
+            if fixed_end > fixed_begin:
+                if kW == 2:
+                    _max_fixed(x, out, indices, shape, window, rows, cols, fixed_begin, fixed_end, interior,
+                               2, 2)
+                elif sW == 2:
+                    _max_fixed(x, out, indices, shape, window, rows, cols, fixed_begin, fixed_end, interior,
+                               3, 2)
+                else:
+                    _max_fixed(x, out, indices, shape, window, rows, cols, fixed_begin, fixed_end, interior,
+                               3, 1)
+            t = fixed_end
+
+
+# --------------------------------------------------------------------------- average pooling, forward
+
+
+@kernel(parallel=False)
+def _avg_fixed(x, out, shape, window, rows, cols, t_begin, t_end, interior, kw, sw):
+    """Full rows of one plane, ``kw`` and ``sw`` literal: sums of unrolled taps; see ``_max_fixed``."""
+    _, H, W, oH, oW = shape
+    kH, kW, sH, sW, dH, dW, pH, pW = window
+    j0, j1 = interior
+    row_start, _, _, row_factor = rows
+    col_start, _, _, col_factor = cols
+    divisor = x.dtype.type(kH * kw)  # interior windows lie wholly in the image
+    plane = t_begin // oH
+    x_plane = plane * H * W
+    i_begin = t_begin - plane * oH
+    runs = t_end - t_begin
+    count = j1 - j0
+    if sH * W == sw * oW:
+        count += (runs - 1) * oW
+        runs = 1
+    for run in range(runs):
+        corner = row_start[i_begin + run] * W + col_start[j0]
+        dst = _U((t_begin + run) * oW + j0)
+        first = _U(x_plane + corner)
+        pitch = _U(W)
+        if kH == 1:
+            for k in range(_U(count)):
+                at = first + _U(sw) * k
+                total = x[at]
+                for b in range(1, kw):
+                    total += x[at + _U(b)]
+                out[dst + k] = total / divisor
+        else:
+            for k in range(_U(count)):
+                at = first + _U(sw) * k
+                total = x.dtype.type(0)
+                for a in range(kw):
+                    for b in range(kw):
+                        total += x[at + _U(a) * pitch + _U(b)]
+                out[dst + k] = total / divisor
+    for t in range(t_begin, t_end):
+        i = t - plane * oH
+        for part in range(2):
+            for j in range(0 if part == 0 else j1, j0 if part == 0 else oW):
+                c0 = col_start[j]
+                total = x.dtype.type(0)
+                for a in range(kw):  # kH is kw or 1: a literal bound unrolls the loop
+                    for b in range(kw):
+                        if a < kH and 0 <= c0 + b < W:
+                            total += x[x_plane + (row_start[i] + a) * W + c0 + b]
+                out[t * oW + j] = total / x.dtype.type(row_factor[i] * col_factor[j])
+
+
+@kernel(parallel=False)
+def _avg_windows(x, out, shape, rows, cols, t_begin, t_end):
+    """One window at a time: for rows too narrow for tap-major passes (e.g. global pooling)."""
+    _, H, W, oH, oW = shape
+    row_start, row_lo, row_hi, row_factor = rows
+    col_start, col_lo, col_hi, col_factor = cols
+    plane = t_begin // oH
+    i = t_begin - plane * oH
+    for t in range(t_begin, t_end):
+        r_first = row_start[i] + row_lo[i]
+        for j in range(oW):
+            c_first = col_start[j] + col_lo[j]
+            runs = row_hi[i] - row_lo[i]
+            run_length = col_hi[j] - col_lo[j]
+            if run_length == W:
+                # The window spans whole rows (global pooling): one contiguous run.
+                run_length *= runs
+                runs = 1
+            total = x.dtype.type(0)
+            for run in range(runs):
+                at = _U(plane * H * W + (r_first + run) * W + c_first)
+                for c in range(_U(run_length)):
+                    total += x[at + c]
+            out[t * oW + j] = total / x.dtype.type(row_factor[i] * col_factor[j])
+        i += 1
+        if i == oH:
+            i = 0
+            plane += 1
+
+
+@kernel(parallel=False)
+def _avg_taps(x, out, shape, window, rows, cols, col_taps, t_begin, t_end):
+    """Tap by tap: each tap is one strided add pass over an output row, then the divisors."""
+    _, H, W, oH, oW = shape
+    kH, kW, sH, sW, dH, dW, pH, pW = window
+    row_start, row_lo, row_hi, row_factor = rows
+    col_start, _, _, col_factor = cols
+    tap_first, tap_end = col_taps
+    step = _U(sW)
+    plane = t_begin // oH
+    i = t_begin - plane * oH
+    for t in range(t_begin, t_end):
+        o_row = t * oW
+        for j in range(oW):
+            out[o_row + j] = 0
+        for r in range(row_start[i] + row_lo[i], row_start[i] + row_hi[i]):
+            for b in range(kW):
+                j0 = tap_first[b]
+                src = _U(plane * H * W + r * W + col_start[j0] + b)
+                dst = _U(o_row + j0)
+                for k in range(_U(max(tap_end[b] - j0, 0))):
+                    out[dst + k] += x[src + step * k]
+        for j in range(oW):
+            out[o_row + j] = out[o_row + j] / x.dtype.type(row_factor[i] * col_factor[j])
+        i += 1
+        if i == oH:
+            i = 0
+            plane += 1
+
+
+@kernel
+def _avg_pool_kernel(x, out, shape, window, count_include_pad, rows_per_item):
+    """Average pooling of flat ``(P, H, W)`` planes into flat ``(P, oH, oW)``."""
+    P, H, W, oH, oW = shape
+    kH, kW, sH, sW, dH, dW, pH, pW = window
+    rows = _axis_tables(oH, H, kH, sH, 1, pH, count_include_pad)
+    cols = _axis_tables(oW, W, kW, sW, 1, pW, count_include_pad)
+    col_taps = _tap_spans(oW, W, kW, sW, 1, pW)
+    full, interior = _fixed_ranges(window, (oH, oW), _tap_spans(oH, H, kH, sH, 1, pH), col_taps)
+    n_rows = P * oH
+    for item in prange((n_rows + rows_per_item - 1) // rows_per_item):
+        t = item * rows_per_item
+        t_end = min(t + rows_per_item, n_rows)
+        while t < t_end:
+            fixed_begin, fixed_end = _next_fixed_rows(t, t_end, oH, full)
+            if fixed_begin > t:
+                if oW >= _TAP_MAJOR_MIN_WIDTH:
+                    _avg_taps(x, out, shape, window, rows, cols, col_taps, t, fixed_begin)
+                else:
+                    _avg_windows(x, out, shape, rows, cols, t, fixed_begin)
+            if fixed_end > fixed_begin:
+                if kW == 2:
+                    _avg_fixed(x, out, shape, window, rows, cols, fixed_begin, fixed_end, interior, 2, 2)
+                elif sW == 2:
+                    _avg_fixed(x, out, shape, window, rows, cols, fixed_begin, fixed_end, interior, 3, 2)
+                else:
+                    _avg_fixed(x, out, shape, window, rows, cols, fixed_begin, fixed_end, interior, 3, 1)
+            t = fixed_end
+
+
+# --------------------------------------------------------------------------- backward
+
+#: Elements zeroed per ``prange`` item in the max-pooling backward pass.
+_ZERO_CHUNK = 1 << 15
+
+
+@kernel
+def _max_pool_backward_kernel(grad_out, indices, grad_x, shape):
+    """Zero ``grad_x`` (in parallel chunks), then scatter-add each plane's gradients at its indices.
+
+    One thread per plane for the scatter: windows may overlap and the indices
+    are all we know of them, so a plane's additions stay in one thread, in
+    output order (PyTorch's).
+    """
+    P, H, W, oH, oW = shape
+    size = P * H * W
+    for chunk in prange((size + _ZERO_CHUNK - 1) // _ZERO_CHUNK):
+        first = _U(chunk * _ZERO_CHUNK)
+        for k in range(_U(min(_ZERO_CHUNK, size - chunk * _ZERO_CHUNK))):
+            grad_x[first + k] = 0
+    for plane in prange(P):
+        x_at = plane * H * W
+        o_at = _U(plane * oH * oW)
+        for k in range(_U(oH * oW)):
+            grad_x[_U(x_at + indices[o_at + k])] += grad_out[o_at + k]
+
+
+@kernel(parallel=False)
+def _covering_rows(in_len, out_len, size, stride, padding):
+    """Per input row ``r``: the output rows ``[begin, end)`` whose windows ``[i*s - p, i*s-p+k)`` hold it."""
+    begin = np.empty(in_len, np.int64)
+    end = np.empty(in_len, np.int64)
+    for r in range(in_len):
+        begin[r] = max(0, -((size - 1 - r - padding) // stride))
+        end[r] = max(min(out_len, (r + padding) // stride + 1), begin[r])
+    return begin, end
+
+
+@kernel(parallel=False)
+def _avg_backward_rows(scaled, grad_x, shape, window, cols, col_taps, covering, t_begin, t_end):
+    """Input rows ``[t_begin, t_end)`` of the P*H: each element sums the scaled gradients covering it."""
+    _, H, W, oH, oW = shape
+    kH, kW, sH, sW, dH, dW, pH, pW = window
+    col_start, col_lo, col_hi, _ = cols
+    tap_first, tap_end = col_taps
+    cover_begin, cover_end = covering
+    step = _U(sW)
+    plane = t_begin // H
+    r = t_begin - plane * H
+    for t in range(t_begin, t_end):
+        g_row = _U(t * W)
+        for c in range(_U(W)):
+            grad_x[g_row + c] = 0
+        for i in range(cover_begin[r], cover_end[r]):
+            s_row = (plane * oH + i) * oW
+            if oW >= _TAP_MAJOR_MIN_WIDTH:
+                # Taps right to left, so each element receives its windows left to right:
+                # PyTorch's (row-major) order of additions.
+                for b in range(kW - 1, -1, -1):
+                    j0 = tap_first[b]
+                    src = _U(s_row + j0)
+                    dst = g_row + _U(col_start[j0] + b)
+                    for k in range(_U(max(tap_end[b] - j0, 0))):
+                        grad_x[dst + step * k] += scaled[src + k]
+            else:
+                for j in range(oW):
+                    g = scaled[s_row + j]
+                    for c in range(col_start[j] + col_lo[j], col_start[j] + col_hi[j]):
+                        grad_x[g_row + _U(c)] += g
+        r += 1
+        if r == H:
+            r = 0
+            plane += 1
+
+
+@kernel
+def _avg_pool_backward_kernel(grad_out, grad_x, shape, window, count_include_pad, rows_per_item):
+    """Average pooling's input gradient: a gather, parallel over runs of input rows (race-free)."""
+    P, H, W, oH, oW = shape
+    kH, kW, sH, sW, dH, dW, pH, pW = window
+    rows = _axis_tables(oH, H, kH, sH, 1, pH, count_include_pad)
+    cols = _axis_tables(oW, W, kW, sW, 1, pW, count_include_pad)
+    col_taps = _tap_spans(oW, W, kW, sW, 1, pW)
+    covering = _covering_rows(H, oH, kH, sH, pH)
+    row_factor = rows[3]
+    col_factor = cols[3]
+    # grad / divisor, once per output (PyTorch divides each contribution the same way).
+    scaled = np.empty(P * oH * oW, grad_out.dtype)
+    n_out = P * oH
+    for item in prange((n_out + rows_per_item - 1) // rows_per_item):
+        for t in range(item * rows_per_item, min((item + 1) * rows_per_item, n_out)):
+            i = t % oH
+            for j in range(oW):
+                scaled[t * oW + j] = grad_out[t * oW + j] / grad_out.dtype.type(row_factor[i] * col_factor[j])
+    n_rows = P * H
+    for item in prange((n_rows + rows_per_item - 1) // rows_per_item):
+        t = item * rows_per_item
+        t_end = min(t + rows_per_item, n_rows)
+        _avg_backward_rows(scaled, grad_x, shape, window, cols, col_taps, covering, t, t_end)
+
+
+# --------------------------------------------------------------------------- strategy functions
+
+
+def _window(geom):
+    """``(kH, kW, sH, sW, dH, dW, pH, pW)`` as plain ints."""
+    return tuple(map(int, (*geom.kernel, *geom.stride, *geom.dilation, *geom.padding)))
+
+
+def _shape(planes, in_size, out_size):
+    """``(P, H, W, oH, oW)`` as plain ints."""
+    return (int(planes), int(in_size[0]), int(in_size[1]), int(out_size[0]), int(out_size[1]))
+
+
+def _rows_per_item(planes, rows, width):
+    """Rows per ``prange`` item: about :data:`_OUTPUTS_PER_ITEM` values, at least :data:`_MIN_ITEMS` items."""
+    per_item = -(-_OUTPUTS_PER_ITEM // max(width, 1))
+    return max(1, min(per_item, -(-(planes * rows) // _MIN_ITEMS)))
+
+
+def max_pool2d(x, geom, out, indices):
+    """Max pooling with PyTorch's rules (NaN wins, padding never does); ``indices`` may be None."""
+    N, C, H, W = x.shape
+    oH, oW = geom.out_size
+    flat_indices = None if indices is None else indices.reshape(-1)
+    with _jit.launch():
+        _max_pool_kernel(x.reshape(-1), out.reshape(-1), flat_indices, _shape(N * C, (H, W), (oH, oW)),
+                         _window(geom), _rows_per_item(N * C, oH, oW))
+
+
+def avg_pool2d(x, geom, out):
+    """Average pooling with PyTorch's divisor (``count_include_pad``, ``ceil_mode`` overhang excluded)."""
+    N, C, H, W = x.shape
+    oH, oW = geom.out_size
+    with _jit.launch():
+        _avg_pool_kernel(x.reshape(-1), out.reshape(-1), _shape(N * C, (H, W), (oH, oW)), _window(geom),
+                         bool(geom.count_include_pad), _rows_per_item(N * C, oH, oW))
+
+
+def max_pool2d_backward(grad_out, indices, geom, grad_x):
+    """Scatter-add ``grad_out`` into a zeroed ``grad_x`` at ``indices``, plane by plane."""
+    N, C, H, W = grad_x.shape
+    oH, oW = grad_out.shape[2:]
+    with _jit.launch():
+        _max_pool_backward_kernel(grad_out.reshape(-1), indices.reshape(-1), grad_x.reshape(-1),
+                                  _shape(N * C, (H, W), (oH, oW)))
+
+
+def avg_pool2d_backward(grad_out, geom, grad_x):
+    """Each output's ``grad / divisor`` added to its window's in-image elements (gathered per input row)."""
+    N, C, H, W = grad_x.shape
+    oH, oW = geom.out_size
+    with _jit.launch():
+        _avg_pool_backward_kernel(grad_out.reshape(-1), grad_x.reshape(-1), _shape(N * C, (H, W), (oH, oW)),
+                                  _window(geom), bool(geom.count_include_pad), _rows_per_item(N * C, H, W))

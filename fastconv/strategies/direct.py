@@ -1,0 +1,584 @@
+"""The direct strategy: Numba sliding-window kernels, no im2col.
+
+Forward convolution
+-------------------
+``Y[n, l, i, j] = b[l] + sum_{d, a, b} Xpad[n, g*Cg + d, i*sH + a*dH, j*sW + b*dW] * W[l, d, a, b]``
+is computed as a sum over the ``R = Cg*kH*kW`` kernel taps of *shifted
+contiguous rows*: for a fixed tap, the input values that neighbouring output
+positions read lie next to each other in memory once the input has the right
+layout, so every inner loop is a unit-stride multiply-add
+``acc[j] += w * xrow[j]`` that LLVM turns into ``vfmadd231ps`` on ``ymm``
+registers (Numba's LLVM prefers 256-bit vectors on this AVX-512 machine).
+
+Two kernels, chosen from the geometry alone (:func:`conv2d`):
+
+* :func:`_conv_tiles`, the general one. A cheap padded copy of the input
+  (:func:`_pack_phases`) removes the stride: it is split into *phase planes*
+  ``Xpad[u*sH + rh, v*sW + rw]``, one per phase ``(rh, rw)`` some tap reads,
+  and tap ``(a, b)`` then reads phase ``(a*dH % sH, b*dW % sW)`` at the
+  stride-1 offset ``(a*dH // sH, b*dW // sW)``. A plane's rows are ``Wq``
+  wide (the output width plus the kernel's overhang), so output ``(i, j)`` is
+  the flat position ``p = i*Wq + j`` and tap ``t`` reads ``plane[p + offset[t]]``:
+  one long unit-stride loop over the whole output plane, whatever the stride,
+  dilation or padding. The ``Wq - oW`` extra columns of each row are computed
+  and dropped. With stride 1 and no padding the input itself has this layout
+  and is read in place (no copy).
+  Work is split into tiles of :data:`TILE` positions x blocks of
+  :data:`CO_BLOCK` = 8 output channels. A tile's accumulators (8 x 256, 8 KB
+  in float32) stay in L1; each pass over the tile applies :data:`TAP_BLOCK` =
+  4 taps to the 8 channels, so each loaded input vector feeds 8 FMAs: 32 FMAs
+  per 4 input loads + 8 accumulator loads and 8 stores. Channel blocks of 4
+  or fewer (depthwise, 1-4 channels per group) run one channel at a time,
+  4 taps per pass.
+* :func:`_conv_rows`, for convolutions with fewer than 4 output channels per
+  group, few taps, long output rows and stride 1 along the width (3x3
+  depthwise on large maps, single-channel image filters, 1D depthwise). There
+  the padded copy would cost as much as the convolution, so this kernel reads
+  the input in place: taps are grouped by the range of output columns they
+  reach inside the image (the padding clips it), kernel rows outside the image
+  are skipped, and each output row accumulates in place, up to 4 taps per pass.
+
+Parallelism and determinism
+---------------------------
+Every kernel ``prange``s over independent items: (image, group, tile, channel
+block), (image, channel, block of rows) or, for the copy, (image, channel,
+phase, block of rows). Each output element is summed by one item in a fixed
+order (taps in order, 4 per pass), so results are bitwise the same for every
+thread count and for an image alone or within a batch.
+
+Workspace: the padded phase copy, about the size of the padded input (only
+the phases that some tap reads: a strided 1x1 convolution copies
+``1/(sH*sW)`` of the input). When it would exceed
+:func:`fastconv.workspace.get_workspace_limit` the batch is processed in chunks
+of images, and a single image too large for the cap in slices of input
+channels: each later slice is computed into a temporary of one image's output
+and added.
+
+Tuned on the 2-core machine this was written on (Xeon with AVX-512, Numba 0.68,
+LLVM 22); the notes at each constant say what was measured.
+"""
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+import numpy as np
+from numba import prange
+
+from .. import _jit
+from .._jit import kernel
+from ..workspace import get_workspace_limit
+
+#: Output channels computed together: each loaded input vector feeds this many
+#: accumulators. 8 channels x 4 taps (32 broadcast weights; LLVM keeps most in
+#: the 32 ymm registers of AVX-512VL and reads the rest as memory operands) was
+#: 5-30% faster than 4 x 4 on every benchmark shape that has 8+ channels per group.
+CO_BLOCK = 8
+#: Taps applied per pass over an accumulator tile (the unrolled code in the kernels).
+#: 8 taps per pass (with 4 channels) gained nothing over 4.
+TAP_BLOCK = 4
+#: Flat output positions per tile. 256 (32 ymm vectors per pass) was ~10% faster
+#: than 128 (pass setup amortised); 512 was within +-5%.
+TILE = 256
+#: Slack after each packed channel so that tiles can be rounded up to whole
+#: vectors (a plane's positions are rounded up to a multiple of this).
+VECTOR = 8
+#: Elements a :func:`_pack_phases` iteration copies (about): with one row per
+#: iteration, packing the 0.2 MB input of a 512x7x7 layer took 80 us of
+#: per-iteration overhead; 4096 (16 KB of float32) halved that.
+PACK_ITEM = 4096
+#: Output rows per :func:`_conv_rows` iteration (amortises its index arithmetic).
+ROWS_PER_ITEM = 8
+#: When :func:`_conv_rows` beats a padded copy + :func:`_conv_tiles` (for fewer
+#: than 4 output channels per group, stride 1 along the width): rows at least
+#: this long and at most this many taps per output. Measured: 3x3 depthwise at
+#: 112x112 1.15x faster in rows, 1x512x512 3x3 2.0x, 1D depthwise k=3 L=4000
+#: 2.1x; but 3x3 depthwise at 56x56 / 80x80 1.35x / 1.08x slower, 5x5 depthwise
+#: 1.45x slower and 16 channels per group 1.2x slower (per-row overhead and
+#: more passes).
+ROWS_MIN_WIDTH = 96
+ROWS_MAX_TAPS = 12
+
+
+# --------------------------------------------------------------------------- kernels
+
+
+@kernel
+def _pack_phases(x, channel_start, groups, layout, phase_h, phase_w, xs):
+    """``xs[n, k, s*plane + u*plane_w + v] = Xpad[n, c, u*sH + phase_h[s], v*sW + phase_w[s]]`` (zero outside ``x``).
+
+    ``layout = (top, left, sH, sW, plane_h, plane_w, rows_per_item)``. Packed channel
+    ``k`` is input channel ``channel_start + k % width`` of group ``k // width``
+    (``width = xs.shape[1] // groups``); the tail of each channel after its phase
+    planes is zeroed. One iteration fills ``rows_per_item`` rows of one phase plane.
+    """
+    top, left, stride_h, stride_w, plane_h, plane_w, rows_per_item = layout
+    C_in, H, W = x.shape[1], x.shape[2], x.shape[3]
+    n_images, n_channels, channel_len = xs.shape
+    n_phases = phase_h.shape[0]
+    plane = plane_h * plane_w
+    width = n_channels // groups
+    blocks = (plane_h + rows_per_item - 1) // rows_per_item
+    for item in prange(n_images * n_channels * n_phases * blocks):
+        block = item % blocks
+        r1 = item // blocks
+        s = r1 % n_phases
+        r2 = r1 // n_phases
+        k = r2 % n_channels
+        n = r2 // n_channels
+        c = (k // width) * (C_in // groups) + channel_start + k % width
+        if s == n_phases - 1 and block == blocks - 1:
+            for v in range(n_phases * plane, channel_len):
+                xs[n, k, v] = 0
+        # plane columns v with 0 <= v*sW + rw - left < W
+        rw = phase_w[s]
+        v0 = min(plane_w, max(0, (left - rw + stride_w - 1) // stride_w))
+        v1 = max(v0, min(plane_w, (W - 1 + left - rw) // stride_w + 1))
+        first = v0 * stride_w + rw - left
+        for u in range(block * rows_per_item, min(plane_h, (block + 1) * rows_per_item)):
+            dst = xs[n, k, s * plane + u * plane_w : s * plane + (u + 1) * plane_w]
+            row = u * stride_h + phase_h[s] - top
+            if row < 0 or row >= H:
+                for v in range(plane_w):
+                    dst[v] = 0
+                continue
+            for v in range(v0):
+                dst[v] = 0
+            for v in range(v1, plane_w):
+                dst[v] = 0
+            src = x[n, c, row, first:]
+            copy = dst[v0:v1]
+            if stride_w == 1:
+                for v in range(v1 - v0):
+                    copy[v] = src[v]
+            elif stride_w == 2:  # a constant stride lets LLVM vectorise the gather
+                for v in range(v1 - v0):
+                    copy[v] = src[2 * v]
+            else:
+                for v in range(v1 - v0):
+                    copy[v] = src[v * stride_w]
+
+
+@kernel
+def _conv_tiles(xs, weight, bias, tap_offset, layout, out_size, out):
+    """Forward conv over a phase-packed input, one (image, group, tile, channel block) per iteration.
+
+    ``xs`` is the flat ``(N, G*Cg', channel_len)`` packed input and
+    ``layout = (G*Cg', channel_len, groups, row_pitch, n_positions, tile_len)``;
+    ``tap_offset[d*kH*kW + a*kW + b]`` is tap ``(d, a, b)``'s flat offset from its
+    group's first channel; ``weight`` is ``(C_out', Cg'*kH*kW)``, with 8 zero rows
+    appended when a block of 5-7 channels can end the array (a block reads 8 rows
+    and drops the sums it does not own). ``out`` is ``(N, C_out, oH*oW)``, ``out_size``
+    ``(oH, oW)``; flat position ``p`` is output ``(p // row_pitch, p % row_pitch)``
+    and columns ``>= oW`` are dropped.
+    """
+    n_channels, channel_len, groups, row_pitch, n_positions, tile_len = layout
+    n_images, C_out = out.shape[0], out.shape[1]
+    R = weight.shape[1]
+    per_group = n_channels // groups
+    out_per_group = C_out // groups
+    blocks = (out_per_group + CO_BLOCK - 1) // CO_BLOCK
+    tiles = (n_positions + tile_len - 1) // tile_len
+    for item in prange(n_images * groups * tiles * blocks):
+        block = item % blocks
+        r1 = item // blocks
+        tile = r1 % tiles
+        r2 = r1 // tiles
+        g = r2 % groups
+        n = r2 // groups
+        co = g * out_per_group + block * CO_BLOCK
+        count = min(CO_BLOCK, (g + 1) * out_per_group - co)
+        p0 = tile * tile_len
+        length = min(tile_len, n_positions - p0)
+        acc = np.empty((CO_BLOCK, TILE), dtype=xs.dtype)
+        for q in range(count):
+            b = bias[co + q] if bias.shape[0] > 0 else 0
+            for j in range(length):
+                acc[q, j] = b
+        base = (n * n_channels + g * per_group) * channel_len + p0
+        if count > CO_BLOCK // 2:
+            # 8 output channels x 4 taps per pass: 32 FMAs per 4 input loads + 8 accumulator loads/stores
+            a0 = acc[0]
+            a1 = acc[1]
+            a2 = acc[2]
+            a3 = acc[3]
+            a4 = acc[4]
+            a5 = acc[5]
+            a6 = acc[6]
+            a7 = acc[7]
+            w0 = weight[co]
+            w1 = weight[co + 1]
+            w2 = weight[co + 2]
+            w3 = weight[co + 3]
+            w4 = weight[co + 4]
+            w5 = weight[co + 5]
+            w6 = weight[co + 6]
+            w7 = weight[co + 7]
+            for t in range(0, R - TAP_BLOCK + 1, TAP_BLOCK):
+                o = base + tap_offset[t]
+                xa = xs[o : o + length]
+                o = base + tap_offset[t + 1]
+                xb = xs[o : o + length]
+                o = base + tap_offset[t + 2]
+                xc = xs[o : o + length]
+                o = base + tap_offset[t + 3]
+                xd = xs[o : o + length]
+                w0a, w0b, w0c, w0d = w0[t], w0[t + 1], w0[t + 2], w0[t + 3]
+                w1a, w1b, w1c, w1d = w1[t], w1[t + 1], w1[t + 2], w1[t + 3]
+                w2a, w2b, w2c, w2d = w2[t], w2[t + 1], w2[t + 2], w2[t + 3]
+                w3a, w3b, w3c, w3d = w3[t], w3[t + 1], w3[t + 2], w3[t + 3]
+                w4a, w4b, w4c, w4d = w4[t], w4[t + 1], w4[t + 2], w4[t + 3]
+                w5a, w5b, w5c, w5d = w5[t], w5[t + 1], w5[t + 2], w5[t + 3]
+                w6a, w6b, w6c, w6d = w6[t], w6[t + 1], w6[t + 2], w6[t + 3]
+                w7a, w7b, w7c, w7d = w7[t], w7[t + 1], w7[t + 2], w7[t + 3]
+                for j in range(length):
+                    va = xa[j]
+                    vb = xb[j]
+                    vc = xc[j]
+                    vd = xd[j]
+                    a0[j] += w0a * va + w0b * vb + w0c * vc + w0d * vd
+                    a1[j] += w1a * va + w1b * vb + w1c * vc + w1d * vd
+                    a2[j] += w2a * va + w2b * vb + w2c * vc + w2d * vd
+                    a3[j] += w3a * va + w3b * vb + w3c * vc + w3d * vd
+                    a4[j] += w4a * va + w4b * vb + w4c * vc + w4d * vd
+                    a5[j] += w5a * va + w5b * vb + w5c * vc + w5d * vd
+                    a6[j] += w6a * va + w6b * vb + w6c * vc + w6d * vd
+                    a7[j] += w7a * va + w7b * vb + w7c * vc + w7d * vd
+            for t in range(R - R % TAP_BLOCK, R):
+                o = base + tap_offset[t]
+                xa = xs[o : o + length]
+                w0a, w1a, w2a, w3a = w0[t], w1[t], w2[t], w3[t]
+                w4a, w5a, w6a, w7a = w4[t], w5[t], w6[t], w7[t]
+                for j in range(length):
+                    va = xa[j]
+                    a0[j] += w0a * va
+                    a1[j] += w1a * va
+                    a2[j] += w2a * va
+                    a3[j] += w3a * va
+                    a4[j] += w4a * va
+                    a5[j] += w5a * va
+                    a6[j] += w6a * va
+                    a7[j] += w7a * va
+        else:
+            # blocks of 1-4 channels, one channel at a time (8-channel passes with
+            # dropped rows were 12% slower at 4 channels), 4 taps per pass
+            for q in range(count):
+                a0 = acc[q]
+                w0 = weight[co + q]
+                for t in range(0, R - TAP_BLOCK + 1, TAP_BLOCK):
+                    o = base + tap_offset[t]
+                    xa = xs[o : o + length]
+                    o = base + tap_offset[t + 1]
+                    xb = xs[o : o + length]
+                    o = base + tap_offset[t + 2]
+                    xc = xs[o : o + length]
+                    o = base + tap_offset[t + 3]
+                    xd = xs[o : o + length]
+                    w0a, w0b, w0c, w0d = w0[t], w0[t + 1], w0[t + 2], w0[t + 3]
+                    for j in range(length):
+                        a0[j] += w0a * xa[j] + w0b * xb[j] + w0c * xc[j] + w0d * xd[j]
+                for t in range(R - R % TAP_BLOCK, R):
+                    o = base + tap_offset[t]
+                    xa = xs[o : o + length]
+                    w0a = w0[t]
+                    for j in range(length):
+                        a0[j] += w0a * xa[j]
+        _store_tile(acc, count, p0, length, row_pitch, out_size, out, n, co)
+
+
+@kernel(parallel=False)
+def _store_tile(acc, count, p0, length, row_pitch, out_size, out, n, co):
+    """Write the valid columns of an accumulator tile (flat positions ``p0 ..``) to ``out[n, co:co+count]``.
+
+    ``out`` is ``(N, C_out, oH*oW)``; position ``p`` is output ``(p // row_pitch, p % row_pitch)``.
+    """
+    oH, oW = out_size
+    i = p0 // row_pitch
+    j = p0 - i * row_pitch
+    t = 0
+    while t < length and i < oH:
+        seg = min(row_pitch - j, length - t)
+        valid = min(seg, oW - j)
+        if valid > 0:
+            for q in range(count):
+                src = acc[q, t : t + valid]
+                dst = out[n, co + q, i * oW + j : i * oW + j + valid]
+                for k in range(valid):
+                    dst[k] = src[k]
+        t += seg
+        i += 1
+        j = 0
+
+
+@kernel(parallel=False)
+def _row_taps(y, x, count, oa, ob, oc, od, wa, wb, wc, wd):
+    """``y[j] += wa * x[oa + j] + wb * x[ob + j] + ...`` over the first ``count`` (1-4) taps, in one pass.
+
+    A function of its own because LLVM left the 1-3 tap loops scalar when they
+    were written inline in :func:`_conv_rows`; compiled separately, every one is
+    vectorised.
+    """
+    length = y.shape[0]
+    xa = x[oa : oa + length]
+    if count == 4:
+        xb = x[ob : ob + length]
+        xc = x[oc : oc + length]
+        xd = x[od : od + length]
+        for j in range(length):
+            y[j] += wa * xa[j] + wb * xb[j] + wc * xc[j] + wd * xd[j]
+    elif count == 3:
+        xb = x[ob : ob + length]
+        xc = x[oc : oc + length]
+        for j in range(length):
+            y[j] += wa * xa[j] + wb * xb[j] + wc * xc[j]
+    elif count == 2:
+        xb = x[ob : ob + length]
+        for j in range(length):
+            y[j] += wa * xa[j] + wb * xb[j]
+    else:
+        for j in range(length):
+            y[j] += wa * xa[j]
+
+
+@kernel
+def _conv_rows(x, tap_weight, bias, layout, span_lo, span_len, row_class, class_start, class_taps, tap_shift, out):
+    """Forward conv in place, stride 1 along the width: :data:`ROWS_PER_ITEM` output rows of one channel per iteration.
+
+    ``layout = (groups, sH, top)``. Taps are grouped into *spans* that reach the
+    same output columns ``[span_lo, span_lo + span_len)``. Output row ``i``
+    applies, for span ``s``, the taps ``class_taps[class_start[c, s] : class_start[c, s + 1]]``
+    with ``c = row_class[i]`` (the taps whose kernel row lies inside the image), 4
+    per pass. Tap ``t`` reads flat offset ``tap_shift[t]`` (channel, row and column
+    shift) from the row's origin in ``x``, with weight ``tap_weight[l, t]``.
+    """
+    groups, stride_h, top = layout
+    N, C_in, H, W = x.shape
+    C_out, oH = out.shape[1], out.shape[2]
+    blocks = (oH + ROWS_PER_ITEM - 1) // ROWS_PER_ITEM
+    flat = x.reshape(-1)
+    for item in prange(N * C_out * blocks):
+        block = item % blocks
+        r1 = item // blocks
+        co = r1 % C_out
+        n = r1 // C_out
+        b = bias[co] if bias.shape[0] > 0 else 0
+        w = tap_weight[co]
+        plane = (n * C_in + (co // (C_out // groups)) * (C_in // groups)) * H * W
+        for i in range(block * ROWS_PER_ITEM, min(oH, (block + 1) * ROWS_PER_ITEM)):
+            origin = plane + (i * stride_h - top) * W
+            y = out[n, co, i]
+            for j in range(y.shape[0]):
+                y[j] = b
+            c = row_class[i]
+            for s in range(span_lo.shape[0]):
+                ys = y[span_lo[s] : span_lo[s] + span_len[s]]
+                base = origin + span_lo[s]
+                first = class_start[c, s]
+                last = class_start[c, s + 1] - 1
+                for k in range(first, last + 1, 4):
+                    ta = class_taps[k]
+                    tb = class_taps[min(k + 1, last)]
+                    tc = class_taps[min(k + 2, last)]
+                    td = class_taps[min(k + 3, last)]
+                    _row_taps(ys, flat, min(4, last + 1 - k), base + tap_shift[ta], base + tap_shift[tb],
+                              base + tap_shift[tc], base + tap_shift[td], w[ta], w[tb], w[tc], w[td])
+
+
+# --------------------------------------------------------------------------- planning
+
+
+def _uses_rows_kernel(geom):
+    """:func:`_conv_rows` for unblockable channels (< 4 per group), stride 1 along the width, long rows, few taps."""
+    out_per_group = geom.out_channels // geom.groups
+    taps = geom.in_channels // geom.groups * geom.kernel[0] * geom.kernel[1]
+    return (geom.stride[1] == 1 and out_per_group < CO_BLOCK // 2 and geom.out_size[1] >= ROWS_MIN_WIDTH
+            and taps <= ROWS_MAX_TAPS)
+
+
+@functools.lru_cache(maxsize=64)
+def _row_plan(geom):
+    """Tap tables of :func:`_conv_rows` (see its docstring); the taps' ``(d, a, b)`` index the weight.
+
+    Taps are ordered by span (kernel columns reaching the same output columns),
+    then kernel column, channel, kernel row. Output rows whose kernel rows fall
+    inside the image in the same way share a *row class* and a list of taps.
+    Returns ``(span_lo, span_len, row_class, class_start, class_taps, tap_shift, (d, a, b))``.
+    """
+    per_group = geom.in_channels // geom.groups
+    kH, kW = geom.kernel
+    sH = geom.stride[0]
+    dH, dW = geom.dilation
+    top, left = geom.padding[0][0], geom.padding[1][0]
+    H, W = geom.in_size
+    oH, oW = geom.out_size
+    by_range = {}
+    for b in range(kW):
+        shift = b * dW - left
+        lo, hi = max(0, -shift), min(oW, W - shift)
+        if hi > lo:
+            by_range.setdefault((lo, hi), []).append(b)
+    span_lo = np.array([lo for lo, _ in by_range], dtype=np.int64)
+    span_len = np.array([hi - lo for lo, hi in by_range], dtype=np.int64)
+    taps = [(s, d, a, b) for s, cols in enumerate(by_range.values()) for b in cols for d in range(per_group)
+            for a in range(kH)]
+    span, d, a, b = (np.array([t[k] for t in taps], dtype=np.int64).reshape(-1) for k in range(4))
+    tap_shift = d * H * W + a * dH * W + b * dW - left
+    rows = np.arange(oH)[:, None] * sH - top + np.arange(kH)[None, :] * dH
+    inside, row_class = np.unique((rows >= 0) & (rows < H), axis=0, return_inverse=True)
+    class_start = np.zeros((len(inside), len(span_lo) + 1), dtype=np.int64)
+    class_taps = []
+    for c, rows_in in enumerate(inside):
+        class_start[c, 0] = len(class_taps)
+        for s in range(len(span_lo)):
+            class_taps += [t for t in range(len(taps)) if span[t] == s and rows_in[a[t]]]
+            class_start[c, s + 1] = len(class_taps)
+    return (span_lo, span_len, row_class.reshape(-1).astype(np.int64), class_start,
+            np.array(class_taps, dtype=np.int64), tap_shift, (d, a, b))
+
+
+@functools.lru_cache(maxsize=64)
+def _phase_layout(geom):
+    """Phase planes the taps read: ``(phase_h, phase_w, plane_h, plane_w, tap_in_plane)``.
+
+    ``tap_in_plane[a*kW + b]`` is tap ``(a, b)``'s offset inside one packed channel.
+    """
+    kH, kW = geom.kernel
+    sH, sW = geom.stride
+    dH, dW = geom.dilation
+    oH, oW = geom.out_size
+    plane_h = -(-((oH - 1) * sH + (kH - 1) * dH + 1) // sH)
+    plane_w = -(-((oW - 1) * sW + (kW - 1) * dW + 1) // sW)
+    used_h = sorted({a * dH % sH for a in range(kH)})
+    used_w = sorted({b * dW % sW for b in range(kW)})
+    phases = [(rh, rw) for rh in used_h for rw in used_w]
+    slot = {p: k for k, p in enumerate(phases)}
+    plane = plane_h * plane_w
+    tap = np.empty(kH * kW, dtype=np.int64)
+    for a in range(kH):
+        for b in range(kW):
+            s = slot[(a * dH % sH, b * dW % sW)]
+            tap[a * kW + b] = s * plane + (a * dH // sH) * plane_w + (b * dW // sW)
+    phase_h = np.array([p[0] for p in phases], dtype=np.int64)
+    phase_w = np.array([p[1] for p in phases], dtype=np.int64)
+    return phase_h, phase_w, plane_h, plane_w, tap
+
+
+def _tap_offsets(tap_in_plane, channels, channel_len):
+    """Flat offset of tap ``(d, a, b)`` from a group's first channel, ``d`` in ``range(channels)``."""
+    return (np.arange(channels, dtype=np.int64)[:, None] * channel_len + tap_in_plane[None, :]).reshape(-1)
+
+
+class _TilesPlan(NamedTuple):
+    """How :func:`conv2d` runs :func:`_conv_tiles` for one geometry (see :func:`_tiles_plan`)."""
+
+    packed: bool            # False: the input is read in place
+    phase_h: np.ndarray     # phases of the packed copy
+    phase_w: np.ndarray
+    plane_h: int
+    plane_w: int            # row pitch of the flat positions
+    channel_len: int        # elements per packed channel
+    n_positions: int        # flat positions computed per image
+    tile_len: int
+    offsets: np.ndarray     # tap offsets for a slice of `width` channels
+    images: int             # images per chunk of the packed copy
+    width: int              # input channels per group per slice
+    rows_per_item: int      # rows per iteration of the packing kernel
+
+
+@functools.lru_cache(maxsize=64)
+def _tiles_plan(geom, itemsize, limit):
+    """Layout, tiling and chunking of :func:`_conv_tiles` for ``geom`` (a pure function of its arguments)."""
+    kH, kW = geom.kernel
+    dH, dW = geom.dilation
+    H, W = geom.in_size
+    oH, oW = geom.out_size
+    per_group = geom.in_channels // geom.groups
+    if geom.stride == (1, 1) and geom.padding == ((0, 0), (0, 0)):
+        # The input already has the layout: one phase, rows of width W, read in place.
+        taps = (np.arange(kH)[:, None] * dH * W + np.arange(kW)[None, :] * dW).reshape(-1)
+        phase_h = phase_w = np.zeros(1, dtype=np.int64)
+        packed, plane_h, plane_w, channel_len = False, H, W, H * W
+        n_positions = (oH - 1) * W + oW
+        images, width = geom.batch, per_group
+    else:
+        phase_h, phase_w, plane_h, plane_w, taps = _phase_layout(geom)
+        packed = True
+        channel_len = phase_h.size * plane_h * plane_w + VECTOR
+        n_positions = -(-((oH - 1) * plane_w + oW) // VECTOR) * VECTOR
+        per_image = geom.in_channels * channel_len * itemsize
+        if per_image <= limit:
+            images, width = max(1, min(geom.batch, limit // per_image)), per_group
+        else:
+            images, width = 1, max(1, min(per_group, limit // (geom.groups * channel_len * itemsize)))
+    tiles = -(-n_positions // TILE)
+    tile_len = min(TILE, -(-n_positions // (tiles * VECTOR)) * VECTOR)
+    return _TilesPlan(packed, phase_h, phase_w, plane_h, plane_w, channel_len, n_positions, tile_len,
+                      _tap_offsets(taps, width, channel_len), images, width, max(1, PACK_ITEM // plane_w))
+
+
+def _run_tiles(xs, weight, bias, offsets, groups, plan, out):
+    """Launch :func:`_conv_tiles` on ``xs`` (N, G*Cg', channel_len) into ``out`` (N, C_out, oH, oW)."""
+    if (weight.shape[0] // groups) % CO_BLOCK > CO_BLOCK // 2:
+        # blocks of 5-7 channels read 8 weight rows: give the last block rows to read
+        weight = np.concatenate([weight, np.zeros((CO_BLOCK, weight.shape[1]), dtype=weight.dtype)])
+    layout = (xs.shape[1], xs.shape[2], groups, plan.plane_w, plan.n_positions, plan.tile_len)
+    with _jit.launch():
+        _conv_tiles(xs.reshape(-1), weight, bias, offsets, layout, (out.shape[2], out.shape[3]),
+                    out.reshape(out.shape[0], out.shape[1], -1))
+
+
+# --------------------------------------------------------------------------- public
+
+
+def conv2d(x, weight, bias, geom, out):
+    """Direct sliding-window convolution into ``out`` (see the module docstring for the method)."""
+    N, C_in, H, W = x.shape
+    C_out, per_group, kH, kW = weight.shape
+    G = geom.groups
+    (top, _), (left, _) = geom.padding
+    sH, sW = geom.stride
+    if bias is None:
+        bias = np.empty(0, dtype=x.dtype)
+    if _uses_rows_kernel(geom):
+        span_lo, span_len, row_class, class_start, class_taps, tap_shift, (d, a, b) = _row_plan(geom)
+        tap_weight = np.ascontiguousarray(weight[:, d, a, b])
+        with _jit.launch():
+            _conv_rows(x, tap_weight, bias, (G, sH, top), span_lo, span_len, row_class, class_start, class_taps,
+                       tap_shift, out)
+        return
+    plan = _tiles_plan(geom, x.itemsize, get_workspace_limit())
+    if not plan.packed:
+        _run_tiles(x.reshape(N, C_in, H * W), weight.reshape(C_out, -1), bias, plan.offsets, G, plan, out)
+        return
+    layout = (top, left, sH, sW, plan.plane_h, plan.plane_w, plan.rows_per_item)
+    buffer = np.empty(plan.images * G * plan.width * plan.channel_len, dtype=x.dtype)
+    for n0 in range(0, N, plan.images):
+        n1 = min(N, n0 + plan.images)
+        for d0 in range(0, per_group, plan.width):
+            d1 = min(per_group, d0 + plan.width)
+            xs = buffer[: (n1 - n0) * G * (d1 - d0) * plan.channel_len].reshape(n1 - n0, -1, plan.channel_len)
+            with _jit.launch():
+                _pack_phases(x[n0:n1], d0, G, layout, plan.phase_h, plan.phase_w, xs)
+            w = (weight if d1 - d0 == per_group else np.ascontiguousarray(weight[:, d0:d1])).reshape(C_out, -1)
+            offsets = plan.offsets[: (d1 - d0) * kH * kW]
+            if d0 == 0:
+                _run_tiles(xs, w, bias, offsets, G, plan, out[n0:n1])
+            else:  # a later slice of input channels: add its part of the sum
+                part = np.empty_like(out[n0:n1])
+                _run_tiles(xs, w, np.empty(0, dtype=x.dtype), offsets, G, plan, part)
+                out[n0:n1] += part
+
+
+def workspace_bytes(geom, itemsize):
+    """Scratch bytes :func:`conv2d` allocates for ``geom``: the packed phase copy (0 when it reads in place)."""
+    if _uses_rows_kernel(geom):
+        return 0
+    plan = _tiles_plan(geom, itemsize, get_workspace_limit())
+    if not plan.packed:
+        return 0
+    return plan.images * geom.groups * plan.width * plan.channel_len * itemsize
+
+
+# pooling and backward kernels are imported at the bottom
+from ._direct_backward import conv2d_backward  # noqa: E402,F401
+from ._pool_kernels import avg_pool2d, avg_pool2d_backward, max_pool2d, max_pool2d_backward  # noqa: E402,F401
