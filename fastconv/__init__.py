@@ -9,6 +9,7 @@ Every function takes ``method=``: ``"auto"`` (the default) or a strategy name
 from :data:`fastconv.METHODS`.
 """
 
+from .columns import col2im, im2col
 from .conv import conv1d, conv1d_backward, conv2d, conv2d_backward
 from . import nn
 from .dispatch import METHODS, choose_method, explain
@@ -34,6 +35,8 @@ __all__ = [
     "PoolGeometry",
     "avg_pool1d",
     "choose_method",
+    "col2im",
+    "im2col",
     "explain",
     "nn",
     "avg_pool1d_backward",

@@ -11,7 +11,10 @@ library's JIT behaviour can be read and changed here.
   process on a machine pays the compile time. ``FASTCONV_JIT_CACHE=0`` turns
   it off.
 * Bounds checking follows ``NUMBA_BOUNDSCHECK`` (CI runs the kernel tests with
-  it on, in a separate ``NUMBA_CACHE_DIR``).
+  it on, in a separate ``NUMBA_CACHE_DIR``). Numba does not check accesses
+  inside a parallel ``prange`` loop (numba issue #9380), so with bounds
+  checking on every kernel is compiled serial (``prange`` runs as ``range``)
+  and every access is checked.
 """
 
 from __future__ import annotations
@@ -20,10 +23,22 @@ import contextlib
 import os
 import threading
 
-import numba
+# GNU OpenMP threads (Numba's "omp" threading layer) spin for ~300k iterations after each
+# parallel region by default; the spinning thread then steals a core from the BLAS call
+# that follows (img2col's GEMM). Measured on the 2-core dev machine: max_pool2d (direct)
+# followed by conv2d (img2col) 8.0 ms by default, 1.9 ms with GOMP_SPINCOUNT=10000, 2.5 ms
+# with OMP_WAIT_POLICY=passive (which slowed a 40 us pooling call to 73 us; 10000 did not).
+# Must be set before libgomp starts, i.e. before the first parallel kernel; a user's own
+# setting wins.
+os.environ.setdefault("GOMP_SPINCOUNT", "10000")
+
+import numba  # noqa: E402
 
 #: LLVM fast-math flags for every kernel: FMA + reassociation, NaN/inf-safe.
 FASTMATH = frozenset({"contract", "reassoc", "nsz"})
+
+#: Whether kernels run in parallel: always, except under bounds checking (see above).
+PARALLEL = not numba.config.BOUNDSCHECK
 
 #: Whether compiled kernels are cached on disk.
 CACHE = os.environ.get("FASTCONV_JIT_CACHE", "1").strip().lower() not in ("0", "false", "no", "off")
@@ -35,7 +50,7 @@ def kernel(fn=None, *, parallel: bool = True):
     def wrap(f):
         return numba.njit(
             f,
-            parallel=parallel,
+            parallel=parallel and PARALLEL,
             fastmath=set(FASTMATH),
             cache=CACHE,
             nogil=True,

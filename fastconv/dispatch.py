@@ -75,8 +75,10 @@ def workspace_bytes(op: str, method: str, geom, itemsize: int) -> int:
     Counts the buffers a strategy allocates besides its inputs and outputs:
     padded copies and im2col columns (the dominant term).
     """
-    if method == "loop" or not op.startswith("conv"):
+    if method == "loop" or op.endswith("pool2d_backward"):
         return 0
+    if not op.startswith("conv"):
+        return strategies.get("img2col").workspace_bytes(geom, itemsize, op) if method == "img2col" else 0
     N, C = geom.batch, geom.in_channels
     H, W = geom.in_size
     kH, kW = geom.kernel
@@ -87,15 +89,15 @@ def workspace_bytes(op: str, method: str, geom, itemsize: int) -> int:
     one_channel = geom.in_channels == geom.groups and geom.out_channels == geom.groups
     per_image_cols = C * kH * kW * oH * oW * itemsize
     if method == "direct":
+        if op == "conv2d":
+            return strategies.get("direct").workspace_bytes(geom, itemsize)
         return padded
     if method == "vectorized":
         if one_channel:
             return padded + (geom.batch * geom.out_channels * oH * oW * itemsize)  # one tap product at a time
         return padded + min(per_image_cols * N, max(get_workspace_limit(), C * kH * kW * oW * itemsize))
     if method == "img2col":
-        if kH == kW == 1 and geom.stride == (1, 1) and padded == 0:
-            return 0
-        return min(per_image_cols * N, max(get_workspace_limit(), C * kH * kW * oW * itemsize))
+        return strategies.get("img2col").workspace_bytes(geom, itemsize, op)
     return 0
 
 

@@ -75,3 +75,42 @@ def test_average_pooling_is_a_convolution_with_constant_kernel():
     x = rng.standard_normal((2, 3, 9, 9))
     conv = fastconv.conv2d(x, np.full((3, 1, 3, 3), 1 / 9), stride=3, groups=3)
     np.testing.assert_allclose(fastconv.avg_pool2d(x, 3), conv, rtol=1e-12)
+
+
+FMAP0 = [[1, 2, 1, 2, 3, 4], [2, 2, 3, 1, 2, 0], [1, 1, 2, 1, 0, 1], [2, 1, 2, 1, 1, 3]]
+FMAP1 = [[0, 2, 3, 2, 0, 1], [1, 0, 1, 1, 2, 0], [2, 0, 1, 1, 1, 1], [1, 1, 2, 1, 1, 2]]
+LECTURE_COLUMNS = [
+    [1, 1, 3, 1, 2, 0],
+    [2, 2, 4, 1, 1, 1],
+    [2, 3, 2, 2, 2, 1],
+    [2, 1, 0, 1, 1, 3],
+    [0, 3, 0, 2, 1, 1],
+    [2, 2, 1, 0, 1, 1],
+    [1, 1, 2, 1, 2, 1],
+    [0, 1, 0, 1, 1, 2],
+]
+
+
+def test_img2col_matrix_of_the_two_4x6_feature_maps():
+    # c_i*k_h*k_w = 2*2*2 = 8 rows, o_h*o_w = 2*3 = 6 columns: a 2x2 kernel with stride 2.
+    x = np.array([FMAP0, FMAP1], dtype=np.float64)
+    cols = fastconv.im2col(x, 2, stride=2)
+    np.testing.assert_array_equal(cols, LECTURE_COLUMNS)
+    from fastconv.strategies import vectorized
+
+    geom, _ = fastconv.conv.conv_geometry("t", 2, (1, 2, 4, 6), (1, 2, 2, 2), None, 2, 0, 1, 1)
+    np.testing.assert_array_equal(vectorized.im2col(x[None], geom)[0], LECTURE_COLUMNS)
+
+
+def test_col2im_is_the_adjoint_of_im2col():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 3, 9, 8))
+    kw = dict(kernel_size=(3, 2), stride=(2, 1), padding=((1, 0), (2, 1)), dilation=(1, 2))
+    cols = fastconv.im2col(x, **kw)
+    c = rng.standard_normal(cols.shape)
+    back = fastconv.col2im(c, x.shape, **kw)
+    assert back.shape == x.shape
+    np.testing.assert_allclose((cols * c).sum(), (x * back).sum(), rtol=1e-12)
+    # With non-overlapping windows col2im(im2col(x)) puts every element back once.
+    y = rng.standard_normal((1, 2, 4, 6))
+    np.testing.assert_array_equal(fastconv.col2im(fastconv.im2col(y, 2, stride=2), y.shape, 2, stride=2), y)
