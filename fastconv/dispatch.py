@@ -41,7 +41,8 @@ OPS = ("conv2d", "conv2d_backward", "max_pool2d", "max_pool2d_backward", "avg_po
 CANDIDATES = ("vectorized", "direct", "img2col")
 
 #: Where and when the rule constants below were measured.
-TUNED_ON = "not yet tuned"
+TUNED_ON = ("2026-11-25, 2 cores of an Intel Xeon (AVX-512), numba 0.68.1, numpy 2.4.6 with OpenBLAS, "
+            "float32, 2 threads; re-derive with benchmarks/derive_dispatch.py")
 
 
 def check_method(method, fn: str) -> str:
@@ -105,11 +106,34 @@ def workspace_bytes(op: str, method: str, geom, itemsize: int) -> int:
 # The rules of "auto"
 
 
+#: Output channels per group from which BLAS's GEMM (img2col) beats the direct kernels'
+#: 8-channel tiles. On the shape set: 64 channels -> direct won (resnet_3x3_56 1.28 vs
+#: 1.47 ms, batch8_3x3_56 11.1 vs 12.0, resnet_conv1 1.39 vs 1.68, audio_3 5.19 vs 5.37);
+#: 128 and more -> img2col won (resnet_3x3_28 1.13 vs 1.30, resnet_3x3_14 1.10 vs 1.35,
+#: resnet_3x3_7 1.34 vs 1.95, pointwise_expand 0.49 vs 0.66, audio_frontend 3.53 vs 4.77).
+GEMM_MIN_OUT_CHANNELS = 128
+#: Reduction length (C_in/groups * kH * kW) from which img2col wins whatever C_out: a GEMM's
+#: cache blocking over K beats re-reading the accumulator tiles once per 4 taps.
+GEMM_MIN_REDUCTION = 2048
+
+
 def _rules(op: str, geom, dtype, threads: int):
-    """``(method, reason)`` for ``op`` on ``geom``: the measured rules."""
+    """``(method, reason)`` for ``op`` on ``geom``: the measured rules (see :data:`TUNED_ON`)."""
     if op.startswith(("max_pool", "avg_pool")):
-        return "vectorized", "pooling: the only fast strategy so far"
-    return "vectorized", "the only fast strategy so far"
+        return "direct", ("pooling is memory-bound: the direct Numba kernels stream each plane once "
+                          "(4-50x PyTorch on the shape set), img2col copies every window first")
+    per_group_out = geom.out_channels // geom.groups
+    per_group_in = geom.in_channels // geom.groups
+    reduction = per_group_in * geom.kernel[0] * geom.kernel[1]
+    if per_group_out >= GEMM_MIN_OUT_CHANNELS or reduction >= GEMM_MIN_REDUCTION:
+        why = (f"{per_group_out} output channels per group >= {GEMM_MIN_OUT_CHANNELS}"
+               if per_group_out >= GEMM_MIN_OUT_CHANNELS
+               else f"reduction length {reduction} >= {GEMM_MIN_REDUCTION}")
+        return "img2col", f"{why}: a large GEMM, where BLAS beats the direct kernels"
+    if geom.groups > 1 and per_group_in == 1:
+        return "direct", "depthwise: one input channel per group, no GEMM to speak of; direct reads the input in place"
+    return "direct", (f"{per_group_out} output channels per group < {GEMM_MIN_OUT_CHANNELS} and reduction "
+                      f"length {reduction} < {GEMM_MIN_REDUCTION}: the direct kernels beat im2col + a small GEMM")
 
 
 def choose_method(op: str, geom, dtype=np.float32, threads: int | None = None) -> str:
