@@ -12,7 +12,7 @@ from :data:`fastconv.METHODS`.
 from .columns import col2im, im2col
 from .conv import conv1d, conv1d_backward, conv2d, conv2d_backward
 from . import nn
-from .dispatch import METHODS, choose_method, explain
+from .dispatch import METHODS, choose_method, explain, warmup
 from .geometry import ConvGeometry, PoolGeometry, conv_output_size, pool_output_size, resolve_padding, same_padding
 from .pool import (
     avg_pool1d,
@@ -55,6 +55,7 @@ __all__ = [
     "get_num_threads",
     "get_workspace_limit",
     "set_workspace_limit",
+    "warmup",
     "set_num_threads",
     "pool_output_size",
     "resolve_padding",

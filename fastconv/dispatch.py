@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -92,7 +93,9 @@ def workspace_bytes(op: str, method: str, geom, itemsize: int) -> int:
     if method == "direct":
         if op == "conv2d":
             return strategies.get("direct").workspace_bytes(geom, itemsize)
-        return padded
+        from .strategies._direct_backward import backward_workspace_bytes
+
+        return backward_workspace_bytes(geom, itemsize)
     if method == "vectorized":
         if one_channel:
             return padded + (geom.batch * geom.out_channels * oH * oW * itemsize)  # one tap product at a time
@@ -117,8 +120,13 @@ GEMM_MIN_OUT_CHANNELS = 128
 GEMM_MIN_REDUCTION = 2048
 
 
+@functools.lru_cache(maxsize=1024)
 def _rules(op: str, geom, dtype, threads: int):
-    """``(method, reason)`` for ``op`` on ``geom``: the measured rules (see :data:`TUNED_ON`)."""
+    """``(method, reason)`` for ``op`` on ``geom``: the measured rules (see :data:`TUNED_ON`).
+
+    Cached: geometries are frozen dataclasses, and a 30 us pooling call should not spend
+    microseconds re-deciding.
+    """
     if op.startswith(("max_pool", "avg_pool")):
         return "direct", ("pooling is memory-bound: the direct Numba kernels stream each plane once "
                           "(4-50x PyTorch on the shape set), img2col copies every window first")
@@ -486,3 +494,29 @@ def auto_method_for(problem, dtype, backward: bool = False) -> str:
     if problem.is_conv:
         return explain(op, problem.input_shape, problem.weight_shape, dtype=dtype, **kw).method
     return explain(op, problem.input_shape, dtype=dtype, **kw).method
+
+
+def warmup(dtypes=("float32",), methods=("direct", "img2col")) -> float:
+    """Compile (or load from the disk cache) every kernel ``methods`` use, for ``dtypes``; return seconds.
+
+    The first call of each kernel in a process otherwise pays this: about 18 s for all
+    float32 kernels on a cold cache, 0.5 s from the cache (2-core dev machine).
+    """
+    from . import conv as _conv
+    from . import pool as _pool
+
+    start = time.perf_counter()
+    for dtype in dtypes:
+        x = np.ones((2, 4, 9, 9), dtype)
+        for method in methods:
+            for kw in (dict(padding=1), dict(padding="same", stride=2, dilation=2), dict(groups=4)):
+                w = np.ones((4, 4 // kw.get("groups", 1), 3, 3), dtype)
+                y = _conv.conv2d(x, w, np.ones(4, dtype), **kw, method=method)
+                _conv.conv2d_backward(y, x, w, **kw, method=method)
+            for kw in (dict(kernel_size=2), dict(kernel_size=3, stride=2, padding=1), dict(kernel_size=3, stride=1)):
+                y, idx = _pool.max_pool2d(x, **kw, return_indices=True, method=method)
+                _pool.max_pool2d(x, **kw, method=method)
+                _pool.max_pool2d_backward(y, idx, x.shape, method=method)
+                a = _pool.avg_pool2d(x, **kw, method=method)
+                _pool.avg_pool2d_backward(a, x.shape, **kw, method=method)
+    return time.perf_counter() - start

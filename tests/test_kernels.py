@@ -119,3 +119,7 @@ def test_second_process_loads_kernels_from_cache(tmp_path):
     (cold_hits, cold_misses), (warm_hits, warm_misses) = [map(int, r) for r in runs]
     assert cold_misses > 0  # compiled (kernels called from kernels are compiled into their callers)
     assert warm_misses == 0 and warm_hits > 0
+
+
+def test_warmup_compiles_every_kernel_and_says_how_long():
+    assert fastconv.warmup() > 0

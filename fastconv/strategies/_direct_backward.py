@@ -38,17 +38,18 @@ the row-by-row loops, so inf and NaN propagate exactly as in the sums above.
 Parallelism and determinism
 ---------------------------
 Every output element is owned by one prange iteration and summed in a fixed
-order: ``grad_b`` and ``gop`` per output channel; ``grad_w`` per (group, input
-channel, chunk of its output channels), each iteration packing its own input
-channel and summing over the whole batch; ``grad_x`` per (group, block of 4
-input channels, phase, tile of rows). No iteration writes another's elements,
-and which iteration computes an element does not change how it is summed, so
-the results do not depend on the thread count.
+order: ``grad_b`` and ``gop`` per output channel; ``grad_w`` per (group, block
+of up to 4 input channels, chunk of the output channels), each iteration
+packing its own input channels and summing over the whole batch; ``grad_x``
+per (group, block of 4 input channels, phase, tile). No iteration writes
+another's elements, and which iteration computes an element does not change
+how it is summed (the block sizes depend on the problem only, never on the
+thread count), so the results do not depend on the thread count.
 
-Workspace: ``gop`` (about the size of dY, plus a border for short rows), and
-per iteration one input channel's phase planes (``grad_w``) or one tile
-(``grad_x``). Batches whose ``gop`` would exceed the workspace cap are
-processed in chunks of images.
+Workspace (:func:`backward_workspace_bytes`): ``gop`` (about the size of dY,
+plus a border for short rows), and per running iteration a block of input
+channels' phase planes (``grad_w``) or a tile (``grad_x``). Batches whose
+``gop`` would exceed the workspace cap are processed in chunks of images.
 """
 
 from __future__ import annotations
@@ -65,7 +66,7 @@ from .. import _jit
 from .._jit import kernel
 from ..workspace import get_workspace_limit
 
-__all__ = ["conv2d_backward"]
+__all__ = ["backward_workspace_bytes", "conv2d_backward"]
 
 #: Elements per channel of a grad_x tile, and per pass of a grad_w dot product.
 #: Tuned on the 2-core Xeon (Sapphire Rapids, 48 KiB L1d, 2 MiB L2) this was
@@ -79,7 +80,10 @@ TILE = 2048
 #: cannot amortise.
 MIN_ROW = 128
 
-PER_TASK = 4
+#: grad_w tasks wanted before blocks of input channels share a task: a block shares each dY
+#: load among its channels and fills the 4 x 4 kernels, but fewer tasks balance worse. A fixed
+#: number, not the thread count: the block size decides which loop sums each element.
+MIN_WEIGHT_TASKS = 8
 
 
 # ----------------------------------------------------------------------------------------------
@@ -92,11 +96,12 @@ class _Layout(NamedTuple):
     n: int              # images per chunk
     go_size: int        # elements of gop
     blocks: int         # blocks of 4 output channels per group
+    per_task: int       # input channels per grad_w task
     whole_planes: bool  # short rows: sums over whole planes, gop with a zero border
     dims: np.ndarray    # int64 numbers the kernels read, in _dims' order
     tap_row: np.ndarray     # (kH*kW,) stride-1 row offset a*dH // sH of each tap
     tap_col: np.ndarray     # (kH*kW,) stride-1 column offset b*dW // sW
-    pair_offset: np.ndarray   # (4*kH*kW,) offset of (channel i, tap t) from the input under dY[.., 0, 0]
+    pair_offset: np.ndarray   # (per_task*kH*kW,) offset of (channel i, tap t) from the input under dY[.., 0, 0]
     phase_start: np.ndarray   # (phases + 1,) taps of phase f: phase_taps[phase_start[f]:phase_start[f+1]]
     phase_taps: np.ndarray    # tap indices a*kW + b ordered by phase
 
@@ -156,12 +161,14 @@ def _layout(geom, n):
     tap_col = np.array([col_off[b] for _, b in taps], dtype=np.int64)
     x_plane = x_rows * width * n
     tap_x_offset = tap_phase * x_plane + (tap_row * width + tap_col) * n
-    # (input channel i of a block of 4, tap t) -> offset in a grad_w task's buffer of 4 channels
-    pair_offset = (np.arange(PER_TASK)[:, None] * (sH * sW * x_plane) + tap_x_offset[None, :]).reshape(-1)
+    # input channels per grad_w task, and (channel i of such a block, tap t) -> offset in its buffer
+    Cg = geom.in_channels // geom.groups
+    per_task = next(d for d in (4, 2, 1) if d == 1 or geom.groups * -(-Cg // d) >= MIN_WEIGHT_TASKS)
+    pair_offset = (np.arange(per_task)[:, None] * (sH * sW * x_plane) + tap_x_offset[None, :]).reshape(-1)
     order = np.argsort(tap_phase, kind="stable").astype(np.int64)
     phase_start = np.searchsorted(tap_phase[order], np.arange(sH * sW + 1)).astype(np.int64)
     return _Layout(n=n, go_size=geom.out_channels * go_rows * go_width * n,
-                   blocks=-(-(geom.out_channels // geom.groups) // 4),
+                   blocks=-(-(geom.out_channels // geom.groups) // 4), per_task=per_task,
                    whole_planes=whole_planes, dims=dims,
                    tap_row=tap_row, tap_col=tap_col, pair_offset=pair_offset, phase_start=phase_start,
                    phase_taps=order)
@@ -637,6 +644,21 @@ def conv2d_backward(grad_out, x, weight, geom, grad_x, grad_w, grad_b):
                          None if grad_x is None else grad_x[n0:n1], grad_w, grad_b, n0 > 0)
 
 
+def backward_workspace_bytes(geom, itemsize):
+    """Scratch bytes :func:`conv2d_backward` allocates for ``geom`` with the current thread count.
+
+    ``gop`` for one chunk of images, plus, per thread, the private buffers of a running
+    iteration: a block of input channels' phase planes (grad_w) or a 4-channel tile (grad_x).
+    """
+    if geom.batch == 0:
+        return 0
+    lay = _layout(geom, _images_per_chunk(geom, itemsize, get_workspace_limit()))
+    d = lay.dims
+    channel = d[4] * d[5] * d[9] * d[8] * lay.n          # sH * sW * x_rows * width * n
+    tile = 4 * d[13] * d[15] * lay.n                      # channels * tile_rows * tile_cols * n
+    return int(lay.go_size + numba.get_num_threads() * max(lay.per_task * channel, tile)) * itemsize
+
+
 @functools.lru_cache(maxsize=128)
 def _images_per_chunk(geom, itemsize, limit):
     """Images per chunk so that ``gop`` stays under ``limit`` bytes."""
@@ -652,9 +674,9 @@ def _backward_images(grad_out, x, weight, lay, grad_x, grad_w, grad_b, accumulat
             # Split each block of input channels' output channels into chunks when there are fewer
             # blocks than two tasks per thread: each chunk packs the channels once more, far less
             # work than its dot products. (Which task computes an element never changes its sum.)
-            in_blocks = lay.dims[1] * -(-weight.shape[1] // PER_TASK)  # groups x blocks of input channels
+            in_blocks = lay.dims[1] * -(-weight.shape[1] // lay.per_task)  # groups x blocks of input channels
             chunks = min(lay.blocks, max(1, -(-2 * numba.get_num_threads() // in_blocks)))
-            _grad_weight(x, gop, lay.dims, lay.pair_offset, PER_TASK, chunks, lay.whole_planes, accumulate,
+            _grad_weight(x, gop, lay.dims, lay.pair_offset, lay.per_task, chunks, lay.whole_planes, accumulate,
                          grad_w.reshape(weight.shape[0], -1))
         if grad_x is not None:
             _grad_input(gop, weight, lay.dims, lay.tap_row, lay.tap_col, lay.phase_start, lay.phase_taps,
