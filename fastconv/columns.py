@@ -17,27 +17,17 @@ import numpy as np
 
 from . import _validate as v
 from . import strategies
-from .geometry import _as_int, conv_output_size, normalize_tuple, resolve_padding
+from .conv import conv_geometry
+from .geometry import _as_int, normalize_tuple
 
 __all__ = ["col2im", "im2col"]
 
 
 def _geometry(fn, in_size, kernel_size, stride, padding, dilation):
-    """Check the window arguments; return kernel, stride, dilation, padding pairs and ``(oH, oW)``."""
+    """Check the window arguments (as conv2d would); return kernel, stride, dilation, padding pairs, ``(oH, oW)``."""
     kernel = normalize_tuple(kernel_size, 2, "kernel_size", fn)
-    stride = normalize_tuple(stride, 2, "stride", fn)
-    dilation = normalize_tuple(dilation, 2, "dilation", fn)
-    pads = resolve_padding(padding, in_size, kernel, stride, dilation, fn=fn)
-    out_size = tuple(
-        conv_output_size(n, k, s, p, d) for n, k, s, p, d in zip(in_size, kernel, stride, pads, dilation)
-    )
-    if min(out_size) < 1:
-        raise ValueError(
-            f"{fn}: padded input {tuple(n + lo + hi for n, (lo, hi) in zip(in_size, pads))} is smaller "
-            f"than the dilated kernel {tuple(d * (k - 1) + 1 for k, d in zip(kernel, dilation))}; "
-            "there would be no columns"
-        )
-    return kernel, stride, dilation, pads, out_size
+    geom, _ = conv_geometry(fn, 2, (1, 1) + tuple(in_size), (1, 1) + kernel, None, stride, padding, dilation, 1)
+    return geom.kernel, geom.stride, geom.dilation, geom.padding, geom.out_size
 
 
 def _kernels_and_layout(kernel, stride, dilation, pads, out_size):

@@ -253,3 +253,25 @@ class PoolGeometry:
     def output_shape(self) -> tuple:
         """``(N, C, oH, oW)``."""
         return (self.batch, self.channels) + tuple(self.out_size)
+
+
+def avg_pool_divisors(geom: PoolGeometry):
+    """PyTorch's average-pooling divisor for every output position, an int array ``(oH, oW)``.
+
+    Per dimension the window ``[start, start + k)`` is clipped to the padded input
+    ``[-p, n + p)``; with ``count_include_pad`` the divisor is the clipped window's
+    size (padding counts, ``ceil_mode``'s overhang does not), otherwise the number of
+    input elements in it. The 2D divisor is the product of the two.
+    """
+    import numpy as np
+
+    counts = []
+    for n, k, s, p, o in zip(geom.in_size, geom.kernel, geom.stride, geom.padding, geom.out_size):
+        start = np.arange(o) * s - p
+        end = np.minimum(start + k, n + p)
+        if geom.count_include_pad:
+            counts.append(end - start)
+        else:
+            counts.append(np.minimum(end, n) - np.maximum(start, 0))
+    return counts[0][:, None] * counts[1][None, :]
+

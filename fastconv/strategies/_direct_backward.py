@@ -526,7 +526,7 @@ def _grad_input(gop, weight, dims, tap_row, tap_col, phase_start, phase_taps, ex
     """
     (N, groups, oH, oW, stride_h, stride_w, top, left, width, x_rows, gx_rows, gx_row0, gx_col0,
      tile_rows, row_tiles, tile_cols, col_tiles, go_width, go_rows, go_top, go_left) = _dims(dims)
-    C, H, W = grad_x.shape[1], grad_x.shape[2], grad_x.shape[3]
+    H, W = grad_x.shape[2], grad_x.shape[3]
     C_out, Cg, kH, kW = weight.shape
     out_per_group = C_out // groups
     phases = stride_h * stride_w

@@ -56,6 +56,7 @@ from numba import prange
 
 from .. import _jit
 from .._jit import kernel
+from ..geometry import avg_pool_divisors
 from ..workspace import get_workspace_limit
 
 __all__ = [
@@ -558,19 +559,6 @@ def _pool_chunks(geom, itemsize):
     return _Chunks(geom.batch, oH, oW, geom.channels * kH * kW, itemsize)
 
 
-def _avg_divisor(geom, dtype):
-    """PyTorch's avg-pool divisor for every output position, shape ``(oH, oW)``."""
-    counts = []
-    for n, k, s, p, o in zip(geom.in_size, geom.kernel, geom.stride, geom.padding, geom.out_size):
-        start = np.arange(o) * s - p
-        end = np.minimum(start + k, n + p)
-        if geom.count_include_pad:
-            counts.append(end - start)
-        else:
-            counts.append(np.minimum(end, n) - np.maximum(start, 0))
-    return (counts[0][:, None] * counts[1][None, :]).astype(dtype)
-
-
 def max_pool2d(x, geom, out, indices):
     """Windows as columns (outside the image reads -inf), reduced over the taps with PyTorch's NaN/index rules."""
     rows = geom.channels * geom.kernel[0] * geom.kernel[1]
@@ -591,7 +579,7 @@ def avg_pool2d(x, geom, out):
     kH, kW = geom.kernel
     rows = geom.channels * kH * kW
     layout = _pool_layout(geom)
-    divisor = _avg_divisor(geom, x.dtype)
+    divisor = avg_pool_divisors(geom).astype(x.dtype)
     chunks = _pool_chunks(geom, x.itemsize)
     buffer = chunks.buffer(rows, x.dtype)
     for n0, B, r0, r1 in chunks:
@@ -613,7 +601,7 @@ def avg_pool2d_backward(grad_out, geom, grad_x):
     kH, kW = geom.kernel
     oW = geom.out_size[1]
     layout = _pool_layout(geom)
-    divisor = _avg_divisor(geom, grad_out.dtype)
+    divisor = avg_pool_divisors(geom).astype(grad_out.dtype)
     scaled = np.divide(grad_out, divisor, out=np.zeros_like(grad_out), where=divisor != 0)
     chunks = _pool_chunks(geom, grad_out.itemsize)
     buffer = chunks.buffer(C * kH * kW, grad_out.dtype)

@@ -18,6 +18,7 @@ import dataclasses
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
+from ..geometry import avg_pool_divisors
 from ..workspace import chunk_size, get_workspace_limit
 
 
@@ -161,19 +162,6 @@ def max_pool2d(x, geom, out, indices):
                 np.copyto(indices, np.broadcast_to(flat, indices.shape), where=wins)
 
 
-def _avg_divisor(geom):
-    """PyTorch's divisor for every output position, shape ``(oH, oW)``."""
-    counts = []
-    for n, k, s, p, o in zip(geom.in_size, geom.kernel, geom.stride, geom.padding, geom.out_size):
-        start = np.arange(o) * s - p
-        end = np.minimum(start + k, n + p)
-        if geom.count_include_pad:
-            counts.append(end - start)
-        else:
-            counts.append(np.minimum(end, n) - np.maximum(start, 0))
-    return counts[0][:, None] * counts[1][None, :]
-
-
 @np.errstate(invalid="ignore", over="ignore")
 def avg_pool2d(x, geom, out):
     """Sum of the ``kH*kW`` shifted slices, divided by PyTorch's divisor."""
@@ -183,7 +171,7 @@ def avg_pool2d(x, geom, out):
     for a in range(kH):
         for b in range(kW):
             out += _tap(xp, geom, a, b)
-    out /= _avg_divisor(geom).astype(out.dtype)
+    out /= avg_pool_divisors(geom).astype(out.dtype)
 
 
 def _add_taps(grad_xp, contributions, geom):
@@ -257,5 +245,5 @@ def max_pool2d_backward(grad_out, indices, geom, grad_x):
 
 def avg_pool2d_backward(grad_out, geom, grad_x):
     """Each output's ``grad / divisor`` added to its window's taps on the padded input, then cropped."""
-    scaled = grad_out / _avg_divisor(geom).astype(grad_out.dtype)
+    scaled = grad_out / avg_pool_divisors(geom).astype(grad_out.dtype)
     _grad_on_padded(grad_x, _pool_pads(geom), lambda buf: _add_taps(buf, lambda a, b: scaled, geom))
