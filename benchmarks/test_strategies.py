@@ -12,16 +12,16 @@ import pytest
 
 from fastconv import bench, dispatch, shapes
 
-FAST = ("vectorized", "direct", "img2col", "auto", "torch")
+FAST = ("vectorized", "direct", "img2col", "auto", "torch", "scipy")
 CASES = [(name, method) for name in shapes.SHAPES for method in FAST]
 BACKWARD_CASES = [(name, method) for name in shapes.BACKWARD for method in FAST]
 
 
 def _run(benchmark, problem, method, backward, gemm_gflops):
-    if method == "torch":
-        call = bench.make_torch_call(problem, np.float32, backward)
+    if method in ("torch", "scipy"):
+        call = (bench.make_torch_call if method == "torch" else bench.make_scipy_call)(problem, np.float32, backward)
         if call is None:
-            pytest.skip("PyTorch is not installed")
+            pytest.skip(f"{method} is not installed or does not compute this problem")
     else:
         call = bench.make_call(problem, method, np.float32, backward)
     op = problem.op + ("_backward" if backward else "")

@@ -22,8 +22,9 @@ from . import pool as _pool
 from .shapes import Problem
 from .threads import num_threads
 
-#: Methods a report compares, in order; "torch" is PyTorch where installed.
-METHODS = ("loop", "vectorized", "direct", "img2col", "auto", "torch")
+#: Methods a report compares, in order; "torch" is PyTorch and "scipy" ``scipy.signal.correlate``
+#: where installed (scipy only for single-channel 2D convolutions, the one case it computes).
+METHODS = ("loop", "vectorized", "direct", "img2col", "auto", "torch", "scipy")
 
 
 def torch_or_none():
@@ -116,6 +117,25 @@ def make_torch_call(problem: Problem, dtype=np.float32, backward: bool = False):
     return call
 
 
+def make_scipy_call(problem: Problem, dtype=np.float32, backward: bool = False):
+    """``scipy.signal.correlate`` per image for a single-channel, stride-1 2D convolution, or None."""
+    if backward or problem.op != "conv2d" or problem.in_channels != 1 or problem.out_channels != 1 \
+            or problem.stride != 1:
+        return None
+    try:
+        from scipy import signal
+    except ImportError:
+        return None
+    x, w, b = problem.arrays(dtype)
+    p = problem.padding
+    xp = np.pad(x[:, 0], ((0, 0), (p, p), (p, p)))
+    k = w[0, 0]
+
+    def call():
+        return [signal.correlate(image, k, mode="valid", method="auto") + b[0] for image in xp]
+    return call
+
+
 def shrink(problem: Problem) -> Problem:
     """A copy of ``problem`` small enough for the pure-Python loop (same kernel, stride, padding)."""
     groups = min(problem.groups, 2)
@@ -174,8 +194,8 @@ def measure(problem: Problem, methods=METHODS, threads: int = 2, dtype=np.float3
         if torch is not None:
             torch.set_num_threads(threads)
         for method in methods:
-            if method == "torch":
-                call = make_torch_call(problem, dtype, backward)
+            if method in ("torch", "scipy"):
+                call = (make_torch_call if method == "torch" else make_scipy_call)(problem, dtype, backward)
                 if call is None:
                     continue
                 seconds, extrapolated = median_time(call), False
