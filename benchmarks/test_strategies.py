@@ -36,7 +36,7 @@ def _run(benchmark, problem, method, backward, gemm_gflops):
     benchmark.extra_info["gflops"] = benchmark.extra_info["flops"] / seconds / 1e9
     benchmark.extra_info["gbps"] = problem.bytes_moved() * (2 if backward else 1) / seconds / 1e9
     if problem.is_conv:
-        benchmark.extra_info["fraction_of_gemm"] = benchmark.extra_info["gflops"] / gemm_gflops
+        benchmark.extra_info["fraction_of_gemm"] = benchmark.extra_info["gflops"] / gemm_gflops(problem.flops())
 
 
 @pytest.mark.parametrize("name, method", CASES)

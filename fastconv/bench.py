@@ -11,6 +11,7 @@ and extrapolated by FLOP count (it would take minutes to hours on the real one).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import statistics
 import sys
 import time
@@ -150,9 +151,16 @@ def shrink(problem: Problem) -> Problem:
 
 
 def gemm_gflops(flops: float, dtype=np.float32) -> float:
-    """np.matmul's GFLOP/s on a square ``dtype`` problem of about ``flops`` FLOPs (BLAS, current threads)."""
-    n = int(round((flops / 2) ** (1 / 3)))
-    n = max(128, min(n, 2048))
+    """np.matmul's GFLOP/s on a square ``dtype`` problem of about ``flops`` FLOPs (BLAS, current threads).
+
+    The side is rounded to a multiple of 64 (128 to 2048) and measured once per process.
+    """
+    n = int(round((flops / 2) ** (1 / 3) / 64)) * 64
+    return _square_gemm_gflops(max(128, min(n, 2048)), np.dtype(dtype).str)
+
+
+@functools.lru_cache(maxsize=None)
+def _square_gemm_gflops(n: int, dtype: str) -> float:
     rng = np.random.default_rng(0)
     a, b = rng.standard_normal((n, n)).astype(dtype), rng.standard_normal((n, n)).astype(dtype)
     out = np.empty((n, n), dtype)
@@ -176,6 +184,7 @@ class Row:
     speedup_vs_vectorized: float | None = None
     speedup_vs_loop: float | None = None
     fraction_of_gemm: float | None = None
+    gemm_gflops: float | None = None
     chosen: str | None = None
 
     def as_dict(self) -> dict:
@@ -183,8 +192,12 @@ class Row:
 
 
 def measure(problem: Problem, methods=METHODS, threads: int = 2, dtype=np.float32, backward: bool = False,
-            gemm: float | None = None) -> list[Row]:
-    """Time ``problem`` with each of ``methods`` and return one :class:`Row` each, with ratios filled in."""
+            gemm: bool = True) -> list[Row]:
+    """Time ``problem`` with each of ``methods`` and return one :class:`Row` each, with ratios filled in.
+
+    With ``gemm``, convolutions also get ``fraction_of_gemm``: their GFLOP/s over np.matmul's
+    on a square problem of similar FLOPs, measured with the same threads.
+    """
     torch = torch_or_none()
     flops = problem.flops() * (2 if backward and problem.is_conv else 1)
     nbytes = problem.bytes_moved(np.dtype(dtype).itemsize) * (2 if backward else 1)
@@ -193,6 +206,7 @@ def measure(problem: Problem, methods=METHODS, threads: int = 2, dtype=np.float3
     with num_threads(threads):
         if torch is not None:
             torch.set_num_threads(threads)
+        gemm = gemm_gflops(flops, dtype) if gemm and problem.is_conv else None
         for method in methods:
             if method in ("torch", "scipy"):
                 call = (make_torch_call if method == "torch" else make_scipy_call)(problem, dtype, backward)
@@ -222,8 +236,9 @@ def measure(problem: Problem, methods=METHODS, threads: int = 2, dtype=np.float3
             r.speedup_vs_vectorized = by_method["vectorized"].ms / r.ms
         if "loop" in by_method:
             r.speedup_vs_loop = by_method["loop"].ms / r.ms
-        if gemm and problem.is_conv:
+        if gemm:
             r.fraction_of_gemm = r.gflops / gemm
+            r.gemm_gflops = gemm
     return rows
 
 
