@@ -81,28 +81,31 @@ def workspace_bytes(op: str, method: str, geom, itemsize: int) -> int:
         return 0
     if not op.startswith("conv"):
         return strategies.get("img2col").workspace_bytes(geom, itemsize, op) if method == "img2col" else 0
-    N, C = geom.batch, geom.in_channels
-    H, W = geom.in_size
-    kH, kW = geom.kernel
-    oH, oW = geom.out_size
-    (top, bottom), (left, right) = geom.padding
-    padded = N * C * (H + top + bottom) * (W + left + right) * itemsize
-    padded = 0 if top == bottom == left == right == 0 else padded
-    one_channel = geom.in_channels == geom.groups and geom.out_channels == geom.groups
-    per_image_cols = C * kH * kW * oH * oW * itemsize
+    if method == "img2col":
+        return strategies.get("img2col").workspace_bytes(geom, itemsize, op)
     if method == "direct":
         if op == "conv2d":
             return strategies.get("direct").workspace_bytes(geom, itemsize)
         from .strategies._direct_backward import backward_workspace_bytes
 
         return backward_workspace_bytes(geom, itemsize)
-    if method == "vectorized":
-        if one_channel:
-            return padded + (geom.batch * geom.out_channels * oH * oW * itemsize)  # one tap product at a time
-        return padded + min(per_image_cols * N, max(get_workspace_limit(), C * kH * kW * oW * itemsize))
-    if method == "img2col":
-        return strategies.get("img2col").workspace_bytes(geom, itemsize, op)
-    return 0
+    # vectorized: a padded copy, plus either one tap product or capped im2col columns
+    kH, kW = geom.kernel
+    oH, oW = geom.out_size
+    padded = _padded_bytes(geom, itemsize)
+    if geom.in_channels == geom.groups and geom.out_channels == geom.groups:
+        return padded + geom.batch * geom.out_channels * oH * oW * itemsize
+    per_row = geom.in_channels * kH * kW * oW * itemsize
+    return padded + min(per_row * oH * geom.batch, max(get_workspace_limit(), per_row))
+
+
+def _padded_bytes(geom, itemsize: int) -> int:
+    """Bytes of a zero-padded copy of a convolution's input (0 without padding)."""
+    (top, bottom), (left, right) = geom.padding
+    if top == bottom == left == right == 0:
+        return 0
+    H, W = geom.in_size
+    return geom.batch * geom.in_channels * (H + top + bottom) * (W + left + right) * itemsize
 
 
 # ----------------------------------------------------------------------------------------------
@@ -441,9 +444,11 @@ def _measure(op: str, geom, dtype, args) -> str:
     if found is not None:
         return found
     limit = get_workspace_limit()
+    # A padded copy of the input is the input's size, not a workspace: not counted against the cap.
+    allowance = _padded_bytes(geom, np.dtype(dtype).itemsize) if hasattr(geom, "in_channels") else 0
     timings = {}
     for name in CANDIDATES:
-        if workspace_bytes(op, name, geom, np.dtype(dtype).itemsize) > limit + _padded_allowance(geom, dtype):
+        if workspace_bytes(op, name, geom, np.dtype(dtype).itemsize) > limit + allowance:
             continue
         run = getattr(strategies.get(name), op)
         run(*args)  # compile / warm up
@@ -459,15 +464,6 @@ def _measure(op: str, geom, dtype, args) -> str:
         _memory[key] = winner
     _write_disk(cache_path(), key, {"method": winner, "seconds": timings})
     return winner
-
-
-def _padded_allowance(geom, dtype) -> int:
-    """A padded copy of the input is not counted against the cap (it is the input's size, not a workspace)."""
-    if not hasattr(geom, "in_channels"):
-        return 0
-    (top, bottom), (left, right) = geom.padding
-    H, W = geom.in_size
-    return geom.batch * geom.in_channels * (H + top + bottom) * (W + left + right) * np.dtype(dtype).itemsize
 
 
 # ----------------------------------------------------------------------------------------------

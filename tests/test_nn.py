@@ -7,7 +7,6 @@ import sys
 import numpy as np
 import pytest
 
-import fastconv
 import fastconv.nn as nn
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
