@@ -117,10 +117,17 @@ def _padded_bytes(geom, itemsize: int) -> int:
 #: 1.47 ms, batch8_3x3_56 11.1 vs 12.0, resnet_conv1 1.39 vs 1.68, audio_3 5.19 vs 5.37);
 #: 128 and more -> img2col won (resnet_3x3_28 1.13 vs 1.30, resnet_3x3_14 1.10 vs 1.35,
 #: resnet_3x3_7 1.34 vs 1.95, pointwise_expand 0.49 vs 0.66, audio_frontend 3.53 vs 4.77).
+#: Re-checked on the AMD EPYC (2026-12-02): the same split held on the shape set.
 GEMM_MIN_OUT_CHANNELS = 128
-#: Reduction length (C_in/groups * kH * kW) from which img2col wins whatever C_out: a GEMM's
-#: cache blocking over K beats re-reading the accumulator tiles once per 4 taps.
-GEMM_MIN_REDUCTION = 2048
+#: With a long reduction (C_in/groups * kH * kW >= GEMM_DEEP_REDUCTION) the GEMM already wins
+#: from GEMM_DEEP_MIN_OUT_CHANNELS output channels: its cache blocking over K beats re-reading
+#: the accumulator tiles once per 4 taps. Below that a GEMM with few rows is slow and the
+#: direct kernels win however long the reduction. Measured on the AMD EPYC, 2 threads,
+#: img2col / direct time: 64 channels with K = 4608: 0.75, K = 2304: 0.97, K = 1152: 0.94-0.99,
+#: 1x1 with K = 1024 / 2048: 0.65 / 0.71; 32 channels, K = 2304 / 4608 / 5184: 1.29 / 1.50 / 1.54;
+#: 16 channels: 2.1-2.3; 3 channels (the 16x64x224x224 9x9 layer of issue 5): 5.4-5.8.
+GEMM_DEEP_REDUCTION = 1024
+GEMM_DEEP_MIN_OUT_CHANNELS = 64
 
 
 @functools.lru_cache(maxsize=1024)
@@ -136,15 +143,17 @@ def _rules(op: str, geom, dtype, threads: int):
     per_group_out = geom.out_channels // geom.groups
     per_group_in = geom.in_channels // geom.groups
     reduction = per_group_in * geom.kernel[0] * geom.kernel[1]
-    if per_group_out >= GEMM_MIN_OUT_CHANNELS or reduction >= GEMM_MIN_REDUCTION:
-        why = (f"{per_group_out} output channels per group >= {GEMM_MIN_OUT_CHANNELS}"
-               if per_group_out >= GEMM_MIN_OUT_CHANNELS
-               else f"reduction length {reduction} >= {GEMM_MIN_REDUCTION}")
-        return "img2col", f"{why}: a large GEMM, where BLAS beats the direct kernels"
+    if per_group_out >= GEMM_MIN_OUT_CHANNELS:
+        return "img2col", (f"{per_group_out} output channels per group >= {GEMM_MIN_OUT_CHANNELS}: "
+                           "a large GEMM, where BLAS beats the direct kernels")
+    if per_group_out >= GEMM_DEEP_MIN_OUT_CHANNELS and reduction >= GEMM_DEEP_REDUCTION:
+        return "img2col", (f"{per_group_out} output channels per group >= {GEMM_DEEP_MIN_OUT_CHANNELS} and "
+                           f"reduction length {reduction} >= {GEMM_DEEP_REDUCTION}: a deep GEMM, where BLAS's "
+                           "cache blocking beats the direct kernels")
     if geom.groups > 1 and per_group_in == 1:
         return "direct", "depthwise: one input channel per group, no GEMM to speak of; direct reads the input in place"
-    return "direct", (f"{per_group_out} output channels per group < {GEMM_MIN_OUT_CHANNELS} and reduction "
-                      f"length {reduction} < {GEMM_MIN_REDUCTION}: the direct kernels beat im2col + a small GEMM")
+    return "direct", (f"{per_group_out} output channels per group (reduction length {reduction}): "
+                      "too few rows for BLAS's GEMM to pay for im2col; the direct kernels win")
 
 
 def choose_method(op: str, geom, dtype=np.float32, threads: int | None = None) -> str:

@@ -87,6 +87,36 @@ def test_choice_is_a_pure_function_of_the_problem():
     assert first == again
 
 
+#: Representative problems and what the measured rules choose (see dispatch.TUNED_ON):
+#: (op, input shape, weight shape, geometry, method).
+PINNED = [
+    ("conv2d", (1, 64, 56, 56), (64, 64, 3, 3), dict(padding=1), "direct"),          # resnet_3x3_56
+    ("conv2d", (1, 128, 28, 28), (128, 128, 3, 3), dict(padding=1), "img2col"),      # resnet_3x3_28
+    ("conv2d", (1, 512, 7, 7), (512, 512, 3, 3), dict(padding=1), "img2col"),        # resnet_3x3_7
+    ("conv2d", (1, 64, 56, 56), (256, 64, 1, 1), {}, "img2col"),                     # pointwise_expand
+    ("conv2d", (1, 512, 14, 14), (64, 512, 3, 3), dict(padding=1), "img2col"),       # deep GEMM, 64 rows
+    ("conv2d", (1, 256, 28, 28), (32, 256, 3, 3), dict(padding=1), "direct"),        # deep but 32 rows
+    ("conv2d", (16, 64, 224, 224), (3, 64, 9, 9), {}, "direct"),                     # issue 5's 9x9 layer
+    ("conv2d", (1, 32, 112, 112), (32, 1, 3, 3), dict(padding=1, groups=32), "direct"),  # depthwise
+    ("conv2d", (32, 1, 28, 28), (8, 1, 5, 5), {}, "direct"),                         # lenet_conv1
+    ("conv2d", (1, 1, 512, 512), (1, 1, 3, 3), dict(padding=1), "direct"),           # image_filter
+    ("conv2d_backward", (1, 128, 28, 28), (128, 128, 3, 3), dict(padding=1), "img2col"),
+    ("conv2d_backward", (32, 8, 12, 12), (16, 8, 5, 5), {}, "direct"),               # lenet_conv2
+    ("conv1d", (8, 1, 16000), (128, 1, 80), dict(stride=4), "img2col"),              # audio_frontend
+    ("conv1d", (8, 64, 4000), (64, 64, 3), dict(padding=1), "direct"),               # audio_3
+    ("max_pool2d", (1, 64, 112, 112), None, dict(kernel_size=3, stride=2, padding=1), "direct"),
+    ("avg_pool2d", (1, 2048, 7, 7), None, dict(kernel_size=7), "direct"),
+]
+
+
+@pytest.mark.parametrize("op, x, w, kw, method", PINNED)
+def test_pinned_choices(op, x, w, kw, method, monkeypatch):
+    monkeypatch.delenv("FASTCONV_METHOD", raising=False)
+    e = fastconv.explain(op, x, w, dtype=np.float32, threads=2, **kw)
+    assert (e.method, e.source) == (method, "rules"), e.reason
+    assert e.reason and method in e.candidates
+
+
 def test_environment_forces_a_method(monkeypatch, spy, cache_dir):
     x, w = np.ones((1, 2, 6, 6)), np.ones((3, 2, 3, 3))
     monkeypatch.setenv("FASTCONV_METHOD", "loop")
