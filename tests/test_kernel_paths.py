@@ -1,0 +1,76 @@
+"""The direct strategy's specialised paths, each checked against the loop oracle on geometries that reach it.
+
+The hypothesis properties draw small problems (a few channels, planes up to ~9 wide),
+which never reach the paths chosen for large planes: the in-place row kernel of the
+forward pass (output rows >= ``ROWS_MIN_WIDTH``), the 8-channel tiles over several
+tiles of positions, and the row-by-row sums of the backward pass (images x output
+columns >= ``MIN_ROW``). These fixed geometries do, and each test first asserts that
+the path it means to check is the one taken.
+"""
+
+import numpy as np
+import pytest
+
+import fastconv
+from conftest import assert_close
+from fastconv.strategies import _direct_backward, direct
+
+
+def _geometry(x, w, **kw):
+    return fastconv.explain("conv2d", x.shape, w.shape, dtype=x.dtype, **kw).geometry
+
+
+ROW_KERNEL = [
+    # (x shape, weight shape, geometry): depthwise, single-channel filters, 1D-like, strided rows
+    ((1, 4, 7, 100), (4, 1, 3, 3), dict(padding=1, groups=4)),
+    ((2, 1, 6, 120), (1, 1, 3, 3), dict(padding=((2, 0), (1, 3)), dilation=(1, 2))),
+    ((1, 2, 1, 130), (2, 1, 1, 5), dict(padding=((0, 0), (2, 2)), groups=2)),
+    ((1, 3, 9, 104), (3, 1, 3, 3), dict(padding=1, stride=(2, 1), groups=3)),
+    ((1, 2, 5, 98), (2, 1, 2, 2), dict(padding="same", groups=2)),
+]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("xs, ws, kw", ROW_KERNEL)
+def test_row_kernel_matches_the_loop(xs, ws, kw, dtype):
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal(xs).astype(dtype)
+    w = rng.standard_normal(ws).astype(dtype)
+    b = rng.standard_normal(ws[0]).astype(dtype)
+    assert direct._uses_rows_kernel(_geometry(x, w, **kw))
+    assert_close(fastconv.conv2d(x, w, b, **kw, method="direct"), fastconv.conv2d(x, w, b, **kw, method="loop"))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_channel_tiles_over_many_positions_match_the_loop(dtype):
+    # 13 output channels: one full block of 8 and a block of 5 (which reads padded weight rows);
+    # 40x36 positions: several tiles of TILE positions, the last one partial
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((1, 3, 40, 36)).astype(dtype)
+    w = rng.standard_normal((13, 3, 3, 3)).astype(dtype)
+    b = rng.standard_normal(13).astype(dtype)
+    for kw in (dict(padding=1), {}, dict(padding=(2, 0), stride=(1, 2), dilation=2)):
+        geom = _geometry(x, w, **kw)
+        assert not direct._uses_rows_kernel(geom) and geom.out_size[0] * geom.out_size[1] > direct.TILE
+        assert_close(fastconv.conv2d(x, w, b, **kw, method="direct"), fastconv.conv2d(x, w, b, **kw, method="loop"))
+
+
+BACKWARD_ROWS = [
+    ((2, 3, 12, 70), (5, 3, 3, 3), dict(padding=1)),
+    ((1, 4, 9, 140), (4, 2, 3, 2), dict(padding=((1, 0), (0, 2)), stride=(2, 1), groups=2)),
+    ((3, 2, 6, 90), (3, 2, 2, 3), dict(stride=(1, 2), dilation=(2, 1))),
+    ((1, 4, 8, 130), (4, 1, 3, 3), dict(padding=1, groups=4)),
+]
+
+
+@pytest.mark.parametrize("xs, ws, kw", BACKWARD_ROWS)
+def test_backward_row_by_row_matches_the_loop(xs, ws, kw):
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal(xs)
+    w = rng.standard_normal(ws)
+    geom = _geometry(x, w, **kw)
+    assert geom.out_size[1] * geom.batch >= _direct_backward.MIN_ROW
+    gy = rng.standard_normal((geom.batch, geom.out_channels) + geom.out_size)
+    expected = fastconv.conv2d_backward(gy, x, w, **kw, method="loop")
+    for got, ref in zip(fastconv.conv2d_backward(gy, x, w, **kw, method="direct"), expected):
+        assert_close(got, ref)
