@@ -24,8 +24,10 @@ from .shapes import Problem
 from .threads import num_threads
 
 #: Methods a report compares, in order; "torch" is PyTorch and "scipy" ``scipy.signal.correlate``
-#: where installed (scipy only for single-channel 2D convolutions, the one case it computes).
-METHODS = ("loop", "vectorized", "direct", "img2col", "auto", "torch", "scipy")
+#: where installed (scipy only for single-channel 2D convolutions, the one case it computes);
+#: "copyto" (pooling only) is ``np.copyto`` of the input: the memory bandwidth a memory-bound
+#: pooling kernel is judged against.
+METHODS = ("loop", "vectorized", "direct", "img2col", "auto", "torch", "scipy", "copyto")
 
 
 def torch_or_none():
@@ -185,6 +187,7 @@ class Row:
     speedup_vs_loop: float | None = None
     fraction_of_gemm: float | None = None
     gemm_gflops: float | None = None
+    fraction_of_copy: float | None = None
     chosen: str | None = None
 
     def as_dict(self) -> dict:
@@ -208,7 +211,15 @@ def measure(problem: Problem, methods=METHODS, threads: int = 2, dtype=np.float3
             torch.set_num_threads(threads)
         gemm = gemm_gflops(flops, dtype) if gemm and problem.is_conv else None
         for method in methods:
-            if method in ("torch", "scipy"):
+            row_bytes = nbytes
+            if method == "copyto":
+                if problem.is_conv or backward:
+                    continue
+                (x,) = problem.arrays(dtype)
+                dst = np.empty_like(x)
+                seconds, extrapolated = median_time(lambda: np.copyto(dst, x)), False
+                row_bytes = 2 * x.nbytes  # read + written
+            elif method in ("torch", "scipy"):
                 call = (make_torch_call if method == "torch" else make_scipy_call)(problem, dtype, backward)
                 if call is None:
                     continue
@@ -227,7 +238,7 @@ def measure(problem: Problem, methods=METHODS, threads: int = 2, dtype=np.float3
 
                 chosen = dispatch.auto_method_for(problem, dtype, backward)
             rows.append(Row(op, problem.name, method, seconds * 1e3, flops / seconds / 1e9,
-                            nbytes / seconds / 1e9, flops, extrapolated, chosen=chosen))
+                            row_bytes / seconds / 1e9, flops, extrapolated, chosen=chosen))
     by_method = {r.method: r for r in rows}
     for r in rows:
         if "torch" in by_method:
@@ -239,6 +250,8 @@ def measure(problem: Problem, methods=METHODS, threads: int = 2, dtype=np.float3
         if gemm:
             r.fraction_of_gemm = r.gflops / gemm
             r.gemm_gflops = gemm
+        if "copyto" in by_method:
+            r.fraction_of_copy = r.gbps / by_method["copyto"].gbps
     return rows
 
 

@@ -48,20 +48,22 @@ def format_table(problem, rows, backward=False) -> str:
     head = f"{problem.name}{' (backward)' if backward else ''}: {problem.describe()}"
     if rows and rows[0].gemm_gflops:
         head += f"  [np.matmul {rows[0].gemm_gflops:.0f} GFLOP/s]"
-    lines = [head, f"  {'method':<20}{'ms':>10}{unit:>10}{'x torch':>9}{'x vect':>9}{'x loop':>10}{'of GEMM':>9}"]
+    last = "of GEMM" if problem.is_conv else "of copy"
+    lines = [head, f"  {'method':<20}{'ms':>10}{unit:>10}{'x torch':>9}{'x vect':>9}{'x loop':>10}{last:>9}"]
     for r in rows:
+        fraction = r.fraction_of_gemm if problem.is_conv else r.fraction_of_copy
         speed = r.gflops if problem.is_conv else r.gbps
         method = r.method + ("*" if r.extrapolated else "") + (f"->{r.chosen}" if r.chosen else "")
         lines.append(
             f"  {method:<20}{r.ms:>10.3f}{speed:>10.2f}{_fmt(r.speedup_vs_torch, '.2f', 'x'):>9}"
             f"{_fmt(r.speedup_vs_vectorized, '.2f', 'x'):>9}{_fmt(r.speedup_vs_loop, '.0f', 'x'):>10}"
-            f"{_fmt(None if r.fraction_of_gemm is None else 100 * r.fraction_of_gemm, '.0f', '%'):>9}"
+            f"{_fmt(None if fraction is None else 100 * fraction, '.0f', '%'):>9}"
         )
     return "\n".join(lines)
 
 
-def plot(results, path):
-    """A PNG: GFLOP/s (GB/s for pooling) per method per shape, log scale."""
+def _pyplot():
+    """matplotlib's pyplot (Agg backend), or a clear exit when matplotlib is not installed."""
     try:
         import matplotlib
 
@@ -72,6 +74,12 @@ def plot(results, path):
             "fastconv bench: --plot needs matplotlib, which is not installed; "
             "install it with: pip install 'fastconv[plot]'"
         ) from None
+    return plt
+
+
+def plot(results, path):
+    """A PNG: GFLOP/s (GB/s for pooling) per method per shape, log scale."""
+    plt = _pyplot()
     names = list(dict.fromkeys(r["shape"] + ("/bwd" if r["op"].endswith("_backward") else "") for r in results))
     methods = list(dict.fromkeys(r["method"] for r in results))
     fig, ax = plt.subplots(figsize=(max(8, 0.9 * len(names) + 2), 4.8))
@@ -156,8 +164,13 @@ def bench_main(args, parser) -> int:
         return 0
     problems = _problems(args, parser)
     methods = _methods(args, parser)
-    if args.threads < 1:
-        parser.error("--threads must be >= 1")
+    import numba
+
+    if not 1 <= args.threads <= numba.config.NUMBA_NUM_THREADS:
+        parser.error(f"--threads must be between 1 and {numba.config.NUMBA_NUM_THREADS} (the cores Numba can use), "
+                     f"got {args.threads}")
+    if args.plot:
+        _pyplot()  # fail before the benchmark, not after it
     dtype = np.dtype(args.dtype)
     env = environment(args.threads, args.dtype)
     print(f"fastconv bench  {env['date']}  {env['cpu']}  threads={args.threads}  dtype={args.dtype}")
@@ -165,6 +178,7 @@ def bench_main(args, parser) -> int:
     if "torch" in methods and env["torch"] is None:
         print("  (PyTorch is not installed: no 'x torch' column; pip install torch to compare)")
     print("  'of GEMM': GFLOP/s over np.matmul's on a square problem of similar FLOPs (per table)")
+    print("  'of copy' (pooling): GB/s (input read + output written) over np.copyto's of the input")
     print("  * loop timed on a shrunken copy of each problem and extrapolated by FLOP count")
     print()
     progress = bench.Progress(len(problems), enabled=None if not args.no_progress else False)

@@ -170,7 +170,18 @@ def parse_problem(spec: str) -> Problem:
     if min(v) < 0 or (op != "conv2d" and min(v[:-1]) < 1):
         raise ValueError(f"shape {spec!r}: sizes must be positive")
     if op == "conv2d":
-        return _conv2d(spec, *v)
-    if op == "conv1d":
-        return _conv1d(spec, *v)
-    return _pool(spec, op, *v)
+        problem = _conv2d(spec, *v)
+    elif op == "conv1d":
+        problem = _conv1d(spec, *v)
+    else:
+        problem = _pool(spec, op, *v)
+    from .dispatch import explain
+
+    try:  # the library's own checks: stride >= 1, channels divisible by groups, a non-empty output, ...
+        if problem.is_conv:
+            explain(op, problem.input_shape, problem.weight_shape, **problem.kwargs())
+        else:
+            explain(op, problem.input_shape, **problem.kwargs())
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"shape {spec!r}: {exc}") from None
+    return problem

@@ -52,7 +52,12 @@ def test_backward_report(capsys):
         (["bench", "--shape", "conv3d:1,2,3"], "op must be one of conv2d"),
         (["bench", "--shape", "conv2d:1,2,3"], "conv2d takes 9 or 10 numbers, got 3"),
         (["bench", "--shape", "conv2d:a,b"], "expected op:int,int"),
-        (["bench", "--threads", "0", "--shape", "conv2d:1,1,4,4,1,3,3,1,1"], "--threads must be >= 1"),
+        (["bench", "--threads", "0", "--shape", "conv2d:1,1,4,4,1,3,3,1,1"], "--threads must be between 1 and"),
+        (["bench", "--threads", "10000", "--shape", "conv2d:1,1,4,4,1,3,3,1,1"], "--threads must be between 1 and"),
+        (["bench", "--shape", "conv2d:1,1,8,8,1,3,3,0,0"], "stride must be >= 1, got 0"),
+        (["bench", "--shape", "conv2d:1,1,2,2,1,3,3,1,0"], "the output would be empty"),
+        (["bench", "--shape", "conv2d:1,3,8,8,4,3,3,1,1,2"], "groups=2 does not divide the 3 input channels"),
+        (["bench", "--shape", "max_pool2d:1,2,8,8,5,1,3"], "padding must be at most half the kernel size"),
         (["bench", "--quick", "--shapes", "image_filter"], "cannot be combined"),
     ],
 )
@@ -72,7 +77,19 @@ def test_plot_without_matplotlib_says_how_to_install(capsys, monkeypatch, tmp_pa
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", no_matplotlib)
+    monkeypatch.setattr(cli.bench, "measure", lambda *a, **k: pytest.fail("the benchmark ran before the check"))
     with pytest.raises(SystemExit) as exc:
         cli.main(["bench", "--shape", "conv2d:1,1,6,6,1,3,3,1,0", "--methods", "vectorized", "--threads", "1",
                   "--plot", str(tmp_path / "p.png"), "--no-progress"])
     assert "pip install 'fastconv[plot]'" in str(exc.value.code)
+
+
+def test_pooling_report_compares_with_copyto(capsys, tmp_path):
+    path = tmp_path / "pool.json"
+    assert cli.main(["bench", "--shape", "max_pool2d:1,2,8,8,2,2,0", "--methods", "direct,copyto", "--threads", "1",
+                     "--json", str(path), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "of copy" in out and "copyto" in out
+    rows = {r["method"]: r for r in json.loads(path.read_text())["results"]}
+    assert rows["copyto"]["fraction_of_copy"] == pytest.approx(1.0)
+    assert rows["direct"]["fraction_of_copy"] == pytest.approx(rows["direct"]["gbps"] / rows["copyto"]["gbps"])
