@@ -1,5 +1,8 @@
 """The workspace cap: chunked computation gives the unchunked answer; the cap is settable."""
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -44,3 +47,26 @@ def test_limit_from_environment_syntax(text, value):
     assert workspace._parse(text) == value
     with pytest.raises(ValueError, match="FASTCONV_WORKSPACE_LIMIT"):
         workspace._parse("lots")
+
+
+PEAK_MEMORY_SCRIPT = """
+import resource, numpy as np, fastconv
+x = np.ones((16, 64, 224, 224), np.float32)          # 196 MiB
+w = np.ones((3, 64, 9, 9), np.float32)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+y = fastconv.conv2d(x, w)                            # method="auto"
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+assert y.shape == (16, 3, 216, 216) and float(y[0, 0, 0, 0]) == 64 * 81, y[0, 0, 0, 0]
+print(fastconv.explain("conv2d", x, w).method, before // 1024, after // 1024)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(sys.platform != "linux", reason="ru_maxrss is in KiB on Linux only")
+def test_large_kernel_layer_stays_under_2_gib():
+    # issue 5: the 16x64x224x224 / 9x9 / 3-output layer that made PyTorch's CPU path use 16 GB;
+    # its im2col matrix alone would be 15 GiB. Peak resident memory of a fresh process, in MiB.
+    done = subprocess.run([sys.executable, "-c", PEAK_MEMORY_SCRIPT], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    method, _, peak = done.stdout.split()
+    assert int(peak) < 2048, f"peak resident memory {peak} MiB with {method}"
