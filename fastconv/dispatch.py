@@ -42,8 +42,9 @@ OPS = ("conv2d", "conv2d_backward", "max_pool2d", "max_pool2d_backward", "avg_po
 CANDIDATES = ("vectorized", "direct", "img2col")
 
 #: Where and when the rule constants below were measured.
-TUNED_ON = ("2026-11-25, 2 cores of an Intel Xeon (AVX-512), numba 0.68.1, numpy 2.4.6 with OpenBLAS, "
-            "float32, 2 threads; re-derive with benchmarks/derive_dispatch.py")
+TUNED_ON = ("2026-11-25, 2 cores of an Intel Xeon (AVX-512); re-checked and amended 2026-12-02 on 2 cores "
+            "of an AMD EPYC (Zen 3, AVX2 + FMA); numba 0.68.1, numpy 2.4.6 with OpenBLAS 0.3.31, float32, "
+            "2 threads; re-derive with benchmarks/derive_dispatch.py")
 
 
 def check_method(method, fn: str) -> str:
@@ -119,15 +120,17 @@ def _padded_bytes(geom, itemsize: int) -> int:
 #: resnet_3x3_7 1.34 vs 1.95, pointwise_expand 0.49 vs 0.66, audio_frontend 3.53 vs 4.77).
 #: Re-checked on the AMD EPYC (2026-12-02): the same split held on the shape set.
 GEMM_MIN_OUT_CHANNELS = 128
-#: With a long reduction (C_in/groups * kH * kW >= GEMM_DEEP_REDUCTION) the GEMM already wins
-#: from GEMM_DEEP_MIN_OUT_CHANNELS output channels: its cache blocking over K beats re-reading
-#: the accumulator tiles once per 4 taps. Below that a GEMM with few rows is slow and the
-#: direct kernels win however long the reduction. Measured on the AMD EPYC, 2 threads,
-#: img2col / direct time: 64 channels with K = 4608: 0.75, K = 2304: 0.97, K = 1152: 0.94-0.99,
-#: 1x1 with K = 1024 / 2048: 0.65 / 0.71; 32 channels, K = 2304 / 4608 / 5184: 1.29 / 1.50 / 1.54;
-#: 16 channels: 2.1-2.3; 3 channels (the 16x64x224x224 9x9 layer of issue 5): 5.4-5.8.
-GEMM_DEEP_REDUCTION = 1024
-GEMM_DEEP_MIN_OUT_CHANNELS = 64
+#: Below GEMM_MIN_OUT_CHANNELS, a GEMM with few rows is slow and the direct kernels win however
+#: long the reduction, except for 1x1 kernels with a long reduction: there img2col needs no
+#: column copy and the direct kernels re-read their accumulator tiles once per 4 input channels.
+#: Measured on the AMD EPYC (2026-12-02, 2 threads, img2col / direct time, three interleaved
+#: runs each, noisy): 1x1 with 64 outputs and K = 512 / 1024 / 2048: 0.71 / 0.65-0.77 / 0.71;
+#: 3x3 with 64 outputs, K = 1152 / 2304 / 4608: 0.89-1.6 / 0.97-1.5 / 0.75-2.3 (no clear winner,
+#: direct kept); 32 outputs, K = 2304-5184: 1.3-2.5; 16 outputs: 2.1-2.3; 3 outputs (the
+#: 16x64x224x224 9x9 layer of issue 5): 5.4-5.8. The old rule (any K >= 2048 -> img2col) sent
+#: that layer to img2col.
+POINTWISE_GEMM_MIN_OUT_CHANNELS = 64
+POINTWISE_GEMM_MIN_REDUCTION = 512
 
 
 @functools.lru_cache(maxsize=1024)
@@ -146,10 +149,11 @@ def _rules(op: str, geom, dtype, threads: int):
     if per_group_out >= GEMM_MIN_OUT_CHANNELS:
         return "img2col", (f"{per_group_out} output channels per group >= {GEMM_MIN_OUT_CHANNELS}: "
                            "a large GEMM, where BLAS beats the direct kernels")
-    if per_group_out >= GEMM_DEEP_MIN_OUT_CHANNELS and reduction >= GEMM_DEEP_REDUCTION:
-        return "img2col", (f"{per_group_out} output channels per group >= {GEMM_DEEP_MIN_OUT_CHANNELS} and "
-                           f"reduction length {reduction} >= {GEMM_DEEP_REDUCTION}: a deep GEMM, where BLAS's "
-                           "cache blocking beats the direct kernels")
+    if (geom.kernel == (1, 1) and per_group_out >= POINTWISE_GEMM_MIN_OUT_CHANNELS
+            and reduction >= POINTWISE_GEMM_MIN_REDUCTION):
+        return "img2col", (f"1x1 kernel, {per_group_out} output channels per group >= "
+                           f"{POINTWISE_GEMM_MIN_OUT_CHANNELS} and {reduction} input channels >= "
+                           f"{POINTWISE_GEMM_MIN_REDUCTION}: a deep GEMM with little or no column copy")
     if geom.groups > 1 and per_group_in == 1:
         return "direct", "depthwise: one input channel per group, no GEMM to speak of; direct reads the input in place"
     return "direct", (f"{per_group_out} output channels per group (reduction length {reduction}): "

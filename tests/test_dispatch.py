@@ -94,7 +94,8 @@ PINNED = [
     ("conv2d", (1, 128, 28, 28), (128, 128, 3, 3), dict(padding=1), "img2col"),      # resnet_3x3_28
     ("conv2d", (1, 512, 7, 7), (512, 512, 3, 3), dict(padding=1), "img2col"),        # resnet_3x3_7
     ("conv2d", (1, 64, 56, 56), (256, 64, 1, 1), {}, "img2col"),                     # pointwise_expand
-    ("conv2d", (1, 512, 14, 14), (64, 512, 3, 3), dict(padding=1), "img2col"),       # deep GEMM, 64 rows
+    ("conv2d", (1, 1024, 14, 14), (64, 1024, 1, 1), {}, "img2col"),                  # deep 1x1, 64 rows
+    ("conv2d", (1, 512, 14, 14), (64, 512, 3, 3), dict(padding=1), "direct"),        # deep 3x3, 64 rows
     ("conv2d", (1, 256, 28, 28), (32, 256, 3, 3), dict(padding=1), "direct"),        # deep but 32 rows
     ("conv2d", (16, 64, 224, 224), (3, 64, 9, 9), {}, "direct"),                     # issue 5's 9x9 layer
     ("conv2d", (1, 32, 112, 112), (32, 1, 3, 3), dict(padding=1, groups=32), "direct"),  # depthwise
