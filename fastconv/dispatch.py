@@ -10,8 +10,10 @@
   per (CPU model, fastconv version, Numba version).
 * ``FASTCONV_METHOD=<name>`` replaces ``"auto"`` everywhere (an explicit
   ``method=`` argument still wins).
-* Memory is part of the choice: a candidate whose workspace cannot be kept
-  under the cap (:mod:`fastconv.workspace`) is not considered.
+* Memory is part of the choice: the strategies ``auto`` picks (direct,
+  img2col) chunk their scratch buffers to stay under the cap
+  (:mod:`fastconv.workspace`), and ``measure`` skips a candidate whose
+  workspace would not fit.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The workspace cap: no strategy allocates a scratch buffer larger than this.
+"""The workspace cap: the Numba strategies allocate no scratch buffer larger than this.
 
 im2col's column matrix is ``C_in*kH*kW x oH*oW`` per image: for 16 images of
 64x224x224 and a 9x9 kernel that would be ~15 GiB. Strategies that need such
@@ -6,7 +6,9 @@ a buffer process the batch in chunks of images (and, if one image's columns
 alone exceed the cap, in chunks of output rows) so that the buffer stays under
 :func:`get_workspace_limit` bytes. The default is 1 GiB; the environment
 variable ``FASTCONV_WORKSPACE_LIMIT`` (bytes, or with a K/M/G suffix) or
-:func:`set_workspace_limit` changes it.
+:func:`set_workspace_limit` changes it. The ``vectorized`` strategy (a NumPy
+reference, never chosen by ``auto``) chunks its im2col view the same way but may
+allocate temporaries the size of the output or the padded input.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ contiguous rows*: for a fixed tap, the input values that neighbouring output
 positions read lie next to each other in memory once the input has the right
 layout, so every inner loop is a unit-stride multiply-add
 ``acc[j] += w * xrow[j]`` that LLVM turns into ``vfmadd231ps`` on ``ymm``
-registers (Numba's LLVM prefers 256-bit vectors on this AVX-512 machine).
+registers (Numba's LLVM prefers 256-bit vectors, also on AVX-512 machines).
 
 Two kernels, chosen from the geometry alone (:func:`conv2d`):
 
@@ -73,6 +73,12 @@ from ..workspace import get_workspace_limit
 #: accumulators. 8 channels x 4 taps (32 broadcast weights; LLVM keeps most in
 #: the 32 ymm registers of AVX-512VL and reads the rest as memory operands) was
 #: 5-30% faster than 4 x 4 on every benchmark shape that has 8+ channels per group.
+#: Re-checked on an AMD EPYC (Zen 3, AVX2: 16 ymm registers), 2026-12-02: LLVM keeps 10 of the
+#: 32 broadcast weights in registers and reads 22 as FMA memory operands from the stack (the
+#: hot loop: 4 input loads, 8 accumulator loads and stores, 32 ``vfmadd231ps`` on ymm). A
+#: register-fitting 4 channels x 3 taps block measured 1.02x / 1.05x / 1.10x / 1.08x / 1.21x
+#: the time of 8 x 4 on resnet_3x3_56 / _28 / batch8 / lenet_conv2 / lenet_conv1 and 0.84x on
+#: resnet_conv1; 6 x 2 was slower everywhere. 8 x 4 stays.
 CO_BLOCK = 8
 #: Taps applied per pass over an accumulator tile (the unrolled code in the kernels).
 #: 8 taps per pass (with 4 channels) gained nothing over 4.
