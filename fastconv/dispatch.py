@@ -511,7 +511,8 @@ def warmup(dtypes=("float32",), methods=("direct", "img2col")) -> float:
     """Compile (or load from the disk cache) every kernel ``methods`` use, for ``dtypes``; return seconds.
 
     The first call of each kernel in a process otherwise pays this: about 18 s for all
-    float32 kernels on a cold cache, 0.5 s from the cache (2-core dev machine).
+    float32 kernels on a cold cache on the 2-core Xeon, about a minute on the 2-core AMD EPYC;
+    about 1 s from the cache.
     """
     from . import conv as _conv
     from . import pool as _pool
