@@ -72,6 +72,16 @@ def normalize_tuple(value, ndim: int, name: str, fn: str, *, minimum: int = 1) -
     return values
 
 
+def _check_axis(fn: str, n, k, stride, dilation, pads) -> None:
+    """Raise unless ``n >= 0``, ``k, stride, dilation >= 1`` and every padding ``>= 0`` (all integers)."""
+    for name, value, minimum in (("n", n, 0), ("k", k, 1), ("stride", stride, 1), ("dilation", dilation, 1)):
+        if _as_int(value, name, fn) < minimum:
+            raise ValueError(f"{fn}: {name} must be >= {minimum}, got {value!r}")
+    for value in pads:
+        if _as_int(value, "padding", fn) < 0:
+            raise ValueError(f"{fn}: padding must be >= 0, got {value!r}")
+
+
 def conv_output_size(n: int, k: int, stride: int = 1, padding=(0, 0), dilation: int = 1) -> int:
     """Output length of a convolution along one dimension.
 
@@ -87,6 +97,7 @@ def conv_output_size(n: int, k: int, stride: int = 1, padding=(0, 0), dilation: 
     3
     """
     lo, hi = (padding, padding) if not isinstance(padding, (tuple, list)) else padding
+    _check_axis("conv_output_size", n, k, stride, dilation, (lo, hi))
     span = dilation * (k - 1) + 1
     padded = n + lo + hi
     if padded < span:
@@ -104,6 +115,7 @@ def same_padding(n: int, k: int, stride: int = 1, dilation: int = 1) -> tuple[in
     >>> same_padding(13, 6, stride=5)          # the lecture's 2-minute quiz
     (1, 2)
     """
+    _check_axis("same_padding", n, k, stride, dilation, ())
     o = -(-n // stride)
     p = max(stride * (o - 1) + dilation * (k - 1) + 1 - n, 0)
     return (p // 2, p - p // 2)
@@ -133,6 +145,10 @@ def resolve_padding(padding, input_size, kernel_size, stride, dilation, *, fn: s
     ((1, 1), (1, 1))
     """
     ndim = len(input_size)
+    for name, values in (("kernel_size", kernel_size), ("stride", stride), ("dilation", dilation)):
+        if len(values) != ndim:
+            raise ValueError(f"{fn}: {name} must have one entry per spatial dimension of input_size "
+                             f"({ndim}), got {tuple(values)!r}")
     if isinstance(padding, str):
         mode = padding.lower()
         if mode == "valid":
@@ -182,6 +198,7 @@ def pool_output_size(n: int, k: int, stride: int, padding: int, dilation: int = 
     >>> pool_output_size(5, 2, 2, 0, ceil_mode=True)
     3
     """
+    _check_axis("pool_output_size", n, k, stride, dilation, (padding,))
     span = dilation * (k - 1) + 1
     num = n + 2 * padding - span
     if num < 0:

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, strategies as st
 
 import fastconv
-from fastconv.geometry import pool_output_size, same_padding
+from fastconv.geometry import conv_output_size, pool_output_size, resolve_padding, same_padding
 
 
 def test_output_size_formula_examples():
@@ -69,3 +69,20 @@ def test_pool_output_size_matches_pytorch_rule(n, k, s, d, ceil_mode, data):
 def test_resolve_padding_rejects(bad):
     with pytest.raises((ValueError, TypeError), match="padding"):
         fastconv.resolve_padding(bad, (5,), (3,), (1,), (1,))
+
+
+@pytest.mark.parametrize(
+    "call, error, message",
+    [
+        (lambda: conv_output_size(6, 3, stride=0), ValueError, "conv_output_size: stride must be >= 1, got 0"),
+        (lambda: conv_output_size(6, 3, padding=-2), ValueError, "conv_output_size: padding must be >= 0, got -2"),
+        (lambda: conv_output_size(6, 3.5), TypeError, "conv_output_size: k must be an integer"),
+        (lambda: pool_output_size(5, 2, 0, 0), ValueError, "pool_output_size: stride must be >= 1, got 0"),
+        (lambda: same_padding(5, 0), ValueError, "same_padding: k must be >= 1, got 0"),
+        (lambda: resolve_padding("same", (5, 5), (3,), (1,), (1,)), ValueError,
+         "kernel_size must have one entry per spatial dimension of input_size"),
+    ],
+)
+def test_public_geometry_rejects_bad_arguments(call, error, message):
+    with pytest.raises(error, match=message):
+        call()
