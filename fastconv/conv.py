@@ -6,7 +6,7 @@ import numpy as np
 
 from . import _validate as v
 from . import dispatch
-from .geometry import ConvGeometry, conv_output_size, normalize_tuple, resolve_padding, _as_int
+from .geometry import ConvGeometry, _as_int, _conv_output_size, _resolve_padding, normalize_tuple
 
 __all__ = ["conv1d", "conv2d", "conv1d_backward", "conv2d_backward"]
 
@@ -45,9 +45,9 @@ def conv_geometry(fn, nd, x_shape, weight_shape, bias_shape, stride, padding, di
     stride = normalize_tuple(stride, nd, "stride", fn)
     dilation = normalize_tuple(dilation, nd, "dilation", fn)
     in_size = tuple(x_shape[-nd:])
-    pads = resolve_padding(padding, in_size, kernel, stride, dilation, fn=fn)
+    pads = _resolve_padding(padding, in_size, kernel, stride, dilation, fn)
     out_size = tuple(
-        conv_output_size(n, k, s, p, d) for n, k, s, p, d in zip(in_size, kernel, stride, pads, dilation)
+        _conv_output_size(n, k, s, lo, hi, d) for n, k, s, (lo, hi), d in zip(in_size, kernel, stride, pads, dilation)
     )
     if min(out_size) < 1:
         raise ValueError(

@@ -98,6 +98,11 @@ def conv_output_size(n: int, k: int, stride: int = 1, padding=(0, 0), dilation: 
     """
     lo, hi = (padding, padding) if not isinstance(padding, (tuple, list)) else padding
     _check_axis("conv_output_size", n, k, stride, dilation, (lo, hi))
+    return _conv_output_size(n, k, stride, lo, hi, dilation)
+
+
+def _conv_output_size(n, k, stride, lo, hi, dilation):
+    """:func:`conv_output_size` on arguments already checked (the library's own calls)."""
     span = dilation * (k - 1) + 1
     padded = n + lo + hi
     if padded < span:
@@ -116,6 +121,11 @@ def same_padding(n: int, k: int, stride: int = 1, dilation: int = 1) -> tuple[in
     (1, 2)
     """
     _check_axis("same_padding", n, k, stride, dilation, ())
+    return _same_padding(n, k, stride, dilation)
+
+
+def _same_padding(n, k, stride, dilation):
+    """:func:`same_padding` on arguments already checked."""
     o = -(-n // stride)
     p = max(stride * (o - 1) + dilation * (k - 1) + 1 - n, 0)
     return (p // 2, p - p // 2)
@@ -149,13 +159,21 @@ def resolve_padding(padding, input_size, kernel_size, stride, dilation, *, fn: s
         if len(values) != ndim:
             raise ValueError(f"{fn}: {name} must have one entry per spatial dimension of input_size "
                              f"({ndim}), got {tuple(values)!r}")
+    for n, k, s, d in zip(input_size, kernel_size, stride, dilation):
+        _check_axis(fn, n, k, s, d, ())
+    return _resolve_padding(padding, input_size, kernel_size, stride, dilation, fn)
+
+
+def _resolve_padding(padding, input_size, kernel_size, stride, dilation, fn):
+    """:func:`resolve_padding` for sizes already checked (the library's own calls); checks ``padding``."""
+    ndim = len(input_size)
     if isinstance(padding, str):
         mode = padding.lower()
         if mode == "valid":
             return ((0, 0),) * ndim
         if mode == "same":
             return tuple(
-                same_padding(n, k, s, d)
+                _same_padding(n, k, s, d)
                 for n, k, s, d in zip(input_size, kernel_size, stride, dilation)
             )
         raise ValueError(
@@ -199,6 +217,11 @@ def pool_output_size(n: int, k: int, stride: int, padding: int, dilation: int = 
     3
     """
     _check_axis("pool_output_size", n, k, stride, dilation, (padding,))
+    return _pool_output_size(n, k, stride, padding, dilation, ceil_mode)
+
+
+def _pool_output_size(n, k, stride, padding, dilation, ceil_mode):
+    """:func:`pool_output_size` on arguments already checked."""
     span = dilation * (k - 1) + 1
     num = n + 2 * padding - span
     if num < 0:

@@ -6,7 +6,7 @@ import numpy as np
 
 from . import _validate as v
 from . import dispatch
-from .geometry import PoolGeometry, _as_int, normalize_tuple, pool_output_size
+from .geometry import PoolGeometry, _as_int, _pool_output_size, normalize_tuple
 
 __all__ = [
     "max_pool1d", "max_pool2d", "avg_pool1d", "avg_pool2d",
@@ -46,7 +46,7 @@ def _pool_geometry(fn, nd, shape, kernel_size, stride, padding, dilation, ceil_m
     if not isinstance(count_include_pad, (bool, np.bool_)):
         raise TypeError(f"{fn}: count_include_pad must be a bool, got {count_include_pad!r}")
     out_size = tuple(
-        pool_output_size(n, k, s, p, d, bool(ceil_mode))
+        _pool_output_size(n, k, s, p, d, bool(ceil_mode))
         for n, k, s, p, d in zip(in_size, kernel, stride, pads, dilation)
     )
     if min(out_size) < 1:

@@ -13,8 +13,14 @@ import importlib
 NAMES = ("loop", "vectorized", "direct", "img2col")
 
 
+_loaded: dict = {}
+
+
 def get(name: str):
     """The strategy module called ``name`` (one of :data:`NAMES`)."""
-    if name not in NAMES:
-        raise ValueError(f"unknown strategy {name!r}; expected one of {', '.join(NAMES)}")
-    return importlib.import_module(f"{__name__}.{name}")
+    module = _loaded.get(name)
+    if module is None:
+        if name not in NAMES:
+            raise ValueError(f"unknown strategy {name!r}; expected one of {', '.join(NAMES)}")
+        module = _loaded[name] = importlib.import_module(f"{__name__}.{name}")
+    return module
