@@ -81,6 +81,20 @@ def test_layer_central_differences(name, kwargs, shape):
         xm[index] -= eps
         numeric = ((layer(xp) * gy).sum() - (layer(xm) * gy).sum()) / (2 * eps)
         assert abs(numeric - gx[index]) < 1e-6 * max(1, abs(numeric))
+    # parameter gradients (conv layers): perturb each parameter in place, same loss
+    layer(x)
+    layer.backward(gy)
+    grads = {k: g.copy() for k, g in layer.grads.items()}
+    for key, param in layer.params.items():
+        for index in [tuple(rng.integers(0, n) for n in param.shape) for _ in range(4)]:
+            saved = param[index]
+            param[index] = saved + eps
+            up = (layer(x) * gy).sum()
+            param[index] = saved - eps
+            down = (layer(x) * gy).sum()
+            param[index] = saved
+            numeric = (up - down) / (2 * eps)
+            assert abs(numeric - grads[key][index]) < 1e-6 * max(1, abs(numeric)), (key, index)
 
 
 def test_backward_before_forward_is_a_clear_error():
