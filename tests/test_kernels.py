@@ -123,3 +123,52 @@ def test_second_process_loads_kernels_from_cache(tmp_path):
 
 def test_warmup_compiles_every_kernel_and_says_how_long():
     assert fastconv.warmup() > 0
+
+
+def _host_has(*features):
+    try:
+        from llvmlite import binding
+
+        host = binding.get_host_cpu_features()
+    except Exception:  # noqa: BLE001 - no feature list: treat as unknown
+        return False
+    return all(host.get(f, False) for f in features)
+
+
+def _max_ymm_fmas_per_block(asm):
+    """The largest number of packed single-precision FMAs on ymm registers in one basic block."""
+    best = count = 0
+    for line in asm.splitlines():
+        if line.startswith(".LBB") or line.rstrip().endswith(":"):
+            best, count = max(best, count), 0
+        elif "vfmadd" in line and "ps" in line.split()[0] and "%ymm" in line:
+            count += 1
+    return max(best, count)
+
+
+@pytest.mark.skipif(not _host_has("avx2", "fma"), reason="needs a CPU with AVX2 and FMA")
+@pytest.mark.skipif(os.environ.get("NUMBA_BOUNDSCHECK") == "1" or os.environ.get("NUMBA_DISABLE_JIT") == "1",
+                    reason="checks the production build of the kernels")
+def test_hot_loops_are_fma_on_ymm():
+    """What LLVM made of the direct strategy's hot loops: the 8-channel x 4-tap block must be one
+    basic block of 32 ``vfmadd...ps`` on ymm registers, the in-place row kernel's 4-tap pass 4.
+
+    Inspection needs a fresh compile (Numba does not keep the assembly of cached code), so the
+    kernels' Python functions are compiled again here with the library's options, uncached.
+    """
+    import numba
+
+    from fastconv import _jit
+    from fastconv.strategies import direct
+
+    rng = np.random.default_rng(0)
+    fastconv.conv2d(rng.standard_normal((1, 8, 9, 9)).astype(np.float32),
+                    rng.standard_normal((8, 8, 3, 3)).astype(np.float32), padding=1, method="direct")
+    one = np.float32(1)
+    direct._row_taps(np.zeros(16, np.float32), np.zeros(32, np.float32), 4, 0, 1, 2, 3, one, one, one, one)
+    for kernel, parallel, least in ((direct._conv_tiles, True, 32), (direct._row_taps, False, 4)):
+        fresh = numba.njit(kernel.py_func, parallel=parallel, fastmath=set(_jit.FASTMATH), nogil=True,
+                           error_model="numpy")
+        signature = next(s for s in kernel.signatures if str(s[0].dtype) == "float32")
+        fresh.compile(signature)
+        assert _max_ymm_fmas_per_block(fresh.inspect_asm(signature)) >= least, kernel.__name__
