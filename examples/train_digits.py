@@ -14,6 +14,7 @@ import argparse
 import sys
 import time
 
+import numba
 import numpy as np
 
 import fastconv
@@ -158,7 +159,8 @@ def main(argv=None) -> int:
     parser.add_argument("--momentum", type=float, default=0.9)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=min(2, numba.config.NUMBA_NUM_THREADS),
+                        help="threads for fastconv, BLAS and PyTorch (default: 2, or fewer if Numba has fewer)")
     parser.add_argument("--limit", type=int, default=None, help="use only this many training images (quick runs)")
     parser.add_argument("--compare-torch", action="store_true", help="also train the same network in PyTorch")
     args = parser.parse_args(argv)

@@ -13,8 +13,10 @@ made from this Python thread.
 from __future__ import annotations
 
 import contextlib
+import operator
 
 import numba
+import numpy as np
 
 __all__ = ["get_num_threads", "set_num_threads", "num_threads"]
 
@@ -52,8 +54,12 @@ def set_num_threads(n: int) -> None:
     ``n`` is between 1 and ``numba.config.NUMBA_NUM_THREADS`` (the cores Numba
     started with).
     """
-    if isinstance(n, bool) or not isinstance(n, int):
+    if isinstance(n, (bool, np.bool_)):
         raise TypeError(f"set_num_threads: n must be an int, got {n!r}")
+    try:
+        n = operator.index(n)  # int or a NumPy integer
+    except TypeError:
+        raise TypeError(f"set_num_threads: n must be an int, got {n!r}") from None
     top = numba.config.NUMBA_NUM_THREADS
     if not 1 <= n <= top:
         raise ValueError(f"set_num_threads: n must be between 1 and {top}, got {n}")

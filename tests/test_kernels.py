@@ -172,3 +172,11 @@ def test_hot_loops_are_fma_on_ymm():
         signature = next(s for s in kernel.signatures if str(s[0].dtype) == "float32")
         fresh.compile(signature)
         assert _max_ymm_fmas_per_block(fresh.inspect_asm(signature)) >= least, kernel.__name__
+
+
+def test_thread_count_argument_is_checked():
+    with fastconv.num_threads(np.int64(1)):  # NumPy integers are ints
+        assert fastconv.get_num_threads() == 1
+    for bad, error in ((True, TypeError), (1.5, TypeError), ("2", TypeError), (0, ValueError), (10**6, ValueError)):
+        with pytest.raises(error, match="set_num_threads: n must be"):
+            fastconv.set_num_threads(bad)
