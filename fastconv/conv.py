@@ -181,7 +181,7 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, m
 
 def _conv_backward(fn, nd, grad_output, x, weight, stride, padding, dilation, groups, method, output_mask):
     dispatch.check_method(method, fn)
-    if len(output_mask) != 3:
+    if not isinstance(output_mask, (tuple, list)) or len(output_mask) != 3:
         raise ValueError(f"{fn}: output_mask must be three bools (input, weight, bias), got {output_mask!r}")
     x4, w4, _, geom, user_shape, _ = _prepare_conv(fn, nd, x, weight, None, stride, padding, dilation, groups)
     grad_output = v.as_array(grad_output, "grad_output", fn)

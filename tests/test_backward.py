@@ -183,5 +183,6 @@ def test_backward_rejects_bad_input():
         fastconv.max_pool2d_backward(np.zeros((1, 2, 3, 3)), np.zeros((1, 2, 3, 3), int), (6, 6))
     with pytest.raises(ValueError, match=r"max_pool2d_backward: grad_output must be the pooled output"):
         fastconv.max_pool2d_backward(np.zeros((1, 3, 3, 3)), np.zeros((1, 3, 3, 3), int), (1, 2, 6, 6))
-    with pytest.raises(ValueError, match=r"output_mask must be three bools"):
-        fastconv.conv2d_backward(np.zeros((1, 3, 4, 4)), x, w, output_mask=(True,))
+    for mask in ((True,), None, "yes"):
+        with pytest.raises(ValueError, match=r"conv2d_backward: output_mask must be three bools"):
+            fastconv.conv2d_backward(np.zeros((1, 3, 4, 4)), x, w, output_mask=mask)
