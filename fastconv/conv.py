@@ -74,7 +74,7 @@ def _prepare_conv(fn, nd, x, weight, bias, stride, padding, dilation, groups):
         bias = v.as_array(bias, "bias", fn)
     geom, user_shape = conv_geometry(fn, nd, x.shape, weight.shape, None if bias is None else bias.shape,
                                      stride, padding, dilation, groups)
-    dtype = v.result_dtype(x, weight, *(() if bias is None else (bias,)))
+    dtype = v.result_dtype(x, weight)  # np.result_type(x, weight, np.float32); the bias is cast to it
     x4 = v.contiguous(x, dtype).reshape((geom.batch, geom.in_channels) + geom.in_size)
     w4 = v.contiguous(weight, dtype).reshape(weight.shape[:2] + geom.kernel)
     b = None if bias is None else v.contiguous(bias, dtype)

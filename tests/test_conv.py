@@ -111,6 +111,15 @@ def test_result_dtype_follows_numpy_promotion(x_dtype, w_dtype, expected):
     np.testing.assert_allclose(y, ref, rtol=1e-5)
 
 
+def test_result_dtype_comes_from_input_and_weight_not_bias():
+    x = np.arange(2 * 8 * 8, dtype=np.float32).reshape(1, 2, 8, 8) % 5
+    w = np.ones((3, 2, 3, 3), np.float32)
+    for bias in (np.array([0.5, 1.0, -2.0]), np.array([1, 2, 3], np.int64)):
+        y = fastconv.conv2d(x, w, bias)
+        assert y.dtype == np.float32
+        np.testing.assert_allclose(y, fastconv.conv2d(x, w, bias.astype(np.float32)), rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("method", FAST_METHODS)
 def test_empty_batch_gives_empty_result(method):
     y = fastconv.conv2d(np.zeros((0, 3, 8, 8), np.float32), np.zeros((5, 3, 3, 3), np.float32), padding=1, method=method)
