@@ -38,6 +38,7 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json")
     parser.add_argument("--shape-set-only", action="store_true")
+    parser.add_argument("--repeat", type=int, default=3, help="interleaved rounds per problem (best median kept)")
     args = parser.parse_args(argv)
     problems = list(shapes.SHAPES.values()) if args.shape_set_only else grid()
     records = []
@@ -46,7 +47,8 @@ def main(argv=None):
         for backward in (False, True):
             if backward and not problem.is_conv and problem.op not in ("max_pool2d", "avg_pool2d"):
                 continue
-            rows = bench.measure(problem, dispatch.CANDIDATES, args.threads, np.float32, backward)
+            rows = bench.measure(problem, dispatch.CANDIDATES, args.threads, np.float32, backward,
+                                 repeats=args.repeat)
             times = {r.method: r.ms for r in rows}
             best = min(times, key=times.get)
             auto = dispatch.auto_method_for(problem, np.float32, backward)

@@ -195,50 +195,59 @@ class Row:
 
 
 def measure(problem: Problem, methods=METHODS, threads: int = 2, dtype=np.float32, backward: bool = False,
-            gemm: bool = True) -> list[Row]:
+            gemm: bool = True, repeats: int = 1) -> list[Row]:
     """Time ``problem`` with each of ``methods`` and return one :class:`Row` each, with ratios filled in.
 
     With ``gemm``, convolutions also get ``fraction_of_gemm``: their GFLOP/s over np.matmul's
-    on a square problem of similar FLOPs, measured with the same threads.
+    on a square problem of similar FLOPs, measured with the same threads. With ``repeats`` > 1
+    the methods are timed in ``repeats`` interleaved rounds and each keeps its best median: on a
+    shared machine a slow spell then hits one round, not one method (the loop, timed once on a
+    shrunken copy, is not repeated).
     """
     torch = torch_or_none()
     flops = problem.flops() * (2 if backward and problem.is_conv else 1)
     nbytes = problem.bytes_moved(np.dtype(dtype).itemsize) * (2 if backward else 1)
     op = problem.op + ("_backward" if backward else "")
-    rows = []
     with num_threads(threads):
         if torch is not None:
             torch.set_num_threads(threads)
         gemm = gemm_gflops(flops, dtype) if gemm and problem.is_conv else None
+        timers = {}  # method -> (call, bytes moved, FLOP scale of the timed problem)
         for method in methods:
-            row_bytes = nbytes
             if method == "copyto":
                 if problem.is_conv or backward:
                     continue
                 (x,) = problem.arrays(dtype)
                 dst = np.empty_like(x)
-                seconds, extrapolated = median_time(lambda: np.copyto(dst, x)), False
-                row_bytes = 2 * x.nbytes  # read + written
+                timers[method] = (functools.partial(np.copyto, dst, x), 2 * x.nbytes, 1.0)  # read + written
             elif method in ("torch", "scipy"):
                 call = (make_torch_call if method == "torch" else make_scipy_call)(problem, dtype, backward)
-                if call is None:
-                    continue
-                seconds, extrapolated = median_time(call), False
+                if call is not None:
+                    timers[method] = (call, nbytes, 1.0)
             elif method == "loop":
                 small = shrink(problem)
-                t_small = median_time(make_call(small, "loop", dtype, backward), min_repeats=1, min_seconds=0.0,
-                                      max_repeats=1)
                 small_flops = small.flops() * (2 if backward and small.is_conv else 1)
-                seconds, extrapolated = t_small * flops / small_flops, True
+                timers[method] = (make_call(small, "loop", dtype, backward), nbytes, flops / small_flops)
             else:
-                seconds, extrapolated = median_time(make_call(problem, method, dtype, backward)), False
-            chosen = None
-            if method == "auto":
-                from . import dispatch
+                timers[method] = (make_call(problem, method, dtype, backward), nbytes, 1.0)
+        best = {}
+        for round_ in range(max(1, int(repeats))):
+            for method, (call, _, scale) in timers.items():
+                if method == "loop":
+                    if round_ == 0:
+                        best[method] = scale * median_time(call, min_repeats=1, min_seconds=0.0, max_repeats=1)
+                    continue
+                best[method] = min(best.get(method, float("inf")), median_time(call))
+    rows = []
+    for method, (_, row_bytes, _) in timers.items():
+        seconds = best[method]
+        chosen = None
+        if method == "auto":
+            from . import dispatch
 
-                chosen = dispatch.auto_method_for(problem, dtype, backward)
-            rows.append(Row(op, problem.name, method, seconds * 1e3, flops / seconds / 1e9,
-                            row_bytes / seconds / 1e9, flops, extrapolated, chosen=chosen))
+            chosen = dispatch.auto_method_for(problem, dtype, backward)
+        rows.append(Row(op, problem.name, method, seconds * 1e3, flops / seconds / 1e9,
+                        row_bytes / seconds / 1e9, flops, method == "loop", chosen=chosen))
     by_method = {r.method: r for r in rows}
     for r in rows:
         if "torch" in by_method:

@@ -117,6 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--methods", help=f"comma-separated, from {', '.join(bench.METHODS)} (default: all)")
     b.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1), help="threads for fastconv, BLAS and torch")
     b.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    b.add_argument("--repeat", type=int, default=1, metavar="N",
+                   help="time the methods in N interleaved rounds and keep each one's best median "
+                        "(steadier ratios on a noisy machine; default 1)")
     b.add_argument("--backward", action="store_true", help="time the backward passes (dx and dw together)")
     b.add_argument("--json", metavar="PATH", help="write machine-readable results")
     b.add_argument("--plot", metavar="PATH", help="write a PNG bar chart (needs matplotlib)")
@@ -169,11 +172,15 @@ def bench_main(args, parser) -> int:
     if not 1 <= args.threads <= numba.config.NUMBA_NUM_THREADS:
         parser.error(f"--threads must be between 1 and {numba.config.NUMBA_NUM_THREADS} (the cores Numba can use), "
                      f"got {args.threads}")
+    if args.repeat < 1:
+        parser.error(f"--repeat must be >= 1, got {args.repeat}")
     if args.plot:
         _pyplot()  # fail before the benchmark, not after it
     dtype = np.dtype(args.dtype)
     env = environment(args.threads, args.dtype)
-    print(f"fastconv bench  {env['date']}  {env['cpu']}  threads={args.threads}  dtype={args.dtype}")
+    env["repeats"] = args.repeat
+    print(f"fastconv bench  {env['date']}  {env['cpu']}  threads={args.threads}  dtype={args.dtype}"
+          + (f"  best of {args.repeat} interleaved rounds" if args.repeat > 1 else ""))
     print(f"  fastconv {env['fastconv']}, numpy {env['numpy']}, numba {env['numba']}, torch {env['torch'] or 'not installed'}")
     if "torch" in methods and env["torch"] is None:
         print("  (PyTorch is not installed: no 'x torch' column; pip install torch to compare)")
@@ -185,7 +192,7 @@ def bench_main(args, parser) -> int:
     results = []
     for problem in problems:
         progress.step(problem.name)
-        rows = bench.measure(problem, methods, args.threads, dtype, args.backward)
+        rows = bench.measure(problem, methods, args.threads, dtype, args.backward, repeats=args.repeat)
         results += [r.as_dict() for r in rows]
         progress.clear()
         print(format_table(problem, rows, args.backward), flush=True)

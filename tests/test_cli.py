@@ -59,6 +59,7 @@ def test_backward_report(capsys):
         (["bench", "--shape", "conv2d:1,3,8,8,4,3,3,1,1,2"], "groups=2 does not divide the 3 input channels"),
         (["bench", "--shape", "max_pool2d:1,2,8,8,5,1,3"], "padding must be at most half the kernel size"),
         (["bench", "--quick", "--shapes", "image_filter"], "cannot be combined"),
+        (["bench", "--repeat", "0", "--shape", "conv2d:1,1,4,4,1,3,3,1,1"], "--repeat must be >= 1, got 0"),
     ],
 )
 def test_bad_arguments_are_clear(capsys, argv, message):
@@ -93,3 +94,24 @@ def test_pooling_report_compares_with_copyto(capsys, tmp_path):
     rows = {r["method"]: r for r in json.loads(path.read_text())["results"]}
     assert rows["copyto"]["fraction_of_copy"] == pytest.approx(1.0)
     assert rows["direct"]["fraction_of_copy"] == pytest.approx(rows["direct"]["gbps"] / rows["copyto"]["gbps"])
+
+
+def test_repeat_runs_interleaved_rounds(capsys, tmp_path, monkeypatch):
+    calls = []
+    real = cli.bench.median_time
+
+    def counting(fn, *args, **kwargs):
+        calls.append(fn)
+        return real(fn, *args, **kwargs)
+
+    monkeypatch.setattr(cli.bench, "median_time", counting)
+    cli.bench._square_gemm_gflops.cache_clear()
+    path = tmp_path / "r.json"
+    assert cli.main(["bench", "--shape", "conv2d:1,1,6,6,1,3,3,1,0", "--methods", "loop,vectorized,direct",
+                     "--threads", "1", "--repeat", "3", "--json", str(path), "--no-progress"]) == 0
+    assert "best of 3 interleaved rounds" in capsys.readouterr().out
+    data = json.loads(path.read_text())
+    assert data["environment"]["repeats"] == 3
+    # the loop once, the two strategies three times each (the np.matmul reference once)
+    assert len(calls) == 1 + 2 * 3 + 1
+    assert {r["method"] for r in data["results"]} == {"loop", "vectorized", "direct"}
