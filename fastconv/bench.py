@@ -80,6 +80,13 @@ def make_call(problem: Problem, method: str, dtype=np.float32, backward: bool = 
     return lambda: fn(gy, x.shape, method=method, **kw)
 
 
+def make_copy_call(problem: Problem, dtype=np.float32):
+    """``np.copyto`` of a pooling problem's input, and the bytes it moves (read + written)."""
+    (x,) = problem.arrays(dtype)
+    dst = np.empty_like(x)
+    return functools.partial(np.copyto, dst, x), 2 * x.nbytes
+
+
 def make_torch_call(problem: Problem, dtype=np.float32, backward: bool = False):
     """The same problem in PyTorch (``torch.nn.functional``; autograd for backward), or None."""
     torch = torch_or_none()
@@ -217,9 +224,8 @@ def measure(problem: Problem, methods=METHODS, threads: int = 2, dtype=np.float3
             if method == "copyto":
                 if problem.is_conv or backward:
                     continue
-                (x,) = problem.arrays(dtype)
-                dst = np.empty_like(x)
-                timers[method] = (functools.partial(np.copyto, dst, x), 2 * x.nbytes, 1.0)  # read + written
+                call, copied = make_copy_call(problem, dtype)
+                timers[method] = (call, copied, 1.0)
             elif method in ("torch", "scipy"):
                 call = (make_torch_call if method == "torch" else make_scipy_call)(problem, dtype, backward)
                 if call is not None:
