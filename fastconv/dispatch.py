@@ -120,7 +120,8 @@ def _padded_bytes(geom, itemsize: int) -> int:
 #: 1.47 ms, batch8_3x3_56 11.1 vs 12.0, resnet_conv1 1.39 vs 1.68, audio_3 5.19 vs 5.37);
 #: 128 and more -> img2col won (resnet_3x3_28 1.13 vs 1.30, resnet_3x3_14 1.10 vs 1.35,
 #: resnet_3x3_7 1.34 vs 1.95, pointwise_expand 0.49 vs 0.66, audio_frontend 3.53 vs 4.77).
-#: Re-checked on the AMD EPYC (2026-12-02): the same split held on the shape set.
+#: Re-checked on the AMD EPYC (2026-12-02, derive_dispatch.py --repeat 3): img2col won every
+#: shape-set layer with 128+ outputs but audio_frontend (direct 7.7 vs 8.5 ms), direct every one below.
 GEMM_MIN_OUT_CHANNELS = 128
 #: Below GEMM_MIN_OUT_CHANNELS, a GEMM with few rows is slow and the direct kernels win however
 #: long the reduction, except for 1x1 kernels with a long reduction: there img2col needs no
@@ -510,9 +511,8 @@ def auto_method_for(problem, dtype, backward: bool = False) -> str:
 def warmup(dtypes=("float32",), methods=("direct", "img2col")) -> float:
     """Compile (or load from the disk cache) every kernel ``methods`` use, for ``dtypes``; return seconds.
 
-    The first call of each kernel in a process otherwise pays this: about 18 s for all
-    float32 kernels on a cold cache on the 2-core Xeon, about a minute on the 2-core AMD EPYC;
-    about 1 s from the cache.
+    The first call of each kernel in a process otherwise pays this: measured on the 2-core
+    AMD EPYC, 95 s for all float32 kernels on a cold cache, 1.0 s from the cache.
     """
     from . import conv as _conv
     from . import pool as _pool
