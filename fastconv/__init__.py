@@ -24,7 +24,8 @@ from .pool import (
     max_pool2d,
     max_pool2d_backward,
 )
-from .threads import get_num_threads, num_threads, set_num_threads
+from . import threads
+from .threads import get_num_threads, num_threads, set_num_threads, share_cores
 from .workspace import get_workspace_limit, set_workspace_limit
 
 __version__ = "0.1.0.dev0"
@@ -57,6 +58,8 @@ __all__ = [
     "set_workspace_limit",
     "warmup",
     "set_num_threads",
+    "share_cores",
+    "threads",
     "pool_output_size",
     "resolve_padding",
     "same_padding",

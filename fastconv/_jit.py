@@ -30,6 +30,7 @@ import threading
 # with OMP_WAIT_POLICY=passive (which slowed a 40 us pooling call to 73 us; 10000 did not).
 # Must be set before libgomp starts, i.e. before the first parallel kernel; a user's own
 # setting wins.
+USER_GOMP_SPINCOUNT = os.environ.get("GOMP_SPINCOUNT")
 os.environ.setdefault("GOMP_SPINCOUNT", "10000")
 
 import numba  # noqa: E402

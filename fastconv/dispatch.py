@@ -221,11 +221,21 @@ class Explanation:
                 f"{g.out_size[0]}x{g.out_size[1]}, window {g.kernel}, stride {g.stride}, padding {g.padding}"
             )
         lines.append(f"  dtype {self.dtype}, {self.threads} thread(s), {self.flops / 1e9:.3g} GFLOP")
+        lines.append(f"  threads: {_threads_line()}")
         lines.append(f"  workspace cap {_human(get_workspace_limit())}; candidates:")
         for name in self.candidates:
             mark = "->" if name == self.method else "  "
             lines.append(f"    {mark} {name:<11} workspace {_human(self.workspace.get(name, 0))}")
         return "\n".join(lines)
+
+
+def _threads_line() -> str:
+    from .threads import policy
+
+    p = policy()
+    blas = "; ".join(f"BLAS {b['internal_api']} {b['num_threads']} thread(s), idle threads {b['idle']}"
+                     for b in p.blas) or "no BLAS found"
+    return f"Numba layer {p.threading_layer}; {blas}; GEMMs inside fastconv use <= its thread count"
 
 
 def _human(n: int) -> str:

@@ -57,6 +57,7 @@ from numba import prange
 from .. import _jit
 from .._jit import kernel
 from ..geometry import avg_pool_divisors
+from ..threads import gemm_calls
 from ..workspace import get_workspace_limit
 
 __all__ = [
@@ -398,6 +399,7 @@ def workspace_bytes(geom, itemsize, op="conv2d"):
 # --------------------------------------------------------------------------- convolution
 
 
+@gemm_calls
 def conv2d(x, weight, bias, geom, out):
     """im2col per chunk of images, then one batched ``np.matmul`` per group straight into ``out``."""
     N, C_in = x.shape[:2]
@@ -446,6 +448,7 @@ def conv2d(x, weight, bias, geom, out):
             y_chunk += bias.reshape(G, out_per_group, 1)
 
 
+@gemm_calls
 def conv2d_backward(grad_out, x, weight, geom, grad_x, grad_w, grad_b):
     """The lecture's backward: ``dW = Σ dY·X̂ᵀ``, ``dX̂ = Wᵀ·dY`` then col2im, ``db = Σ dY``."""
     N = x.shape[0]

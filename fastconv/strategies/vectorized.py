@@ -19,6 +19,7 @@ import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from ..geometry import avg_pool_divisors
+from ..threads import gemm_calls
 from ..workspace import chunk_size, get_workspace_limit
 
 
@@ -86,6 +87,7 @@ def _column_chunks(geom, itemsize):
 
 
 @np.errstate(invalid="ignore", over="ignore")  # inf - inf is NaN, silently, as in the JIT kernels
+@gemm_calls
 def conv2d(x, weight, bias, geom, out):
     """img2col + one batched matmul per group, or shift-and-accumulate for 1-channel groups.
 
@@ -192,6 +194,7 @@ def _grad_on_padded(grad_x, pads, fill):
 
 
 @np.errstate(invalid="ignore", over="ignore")
+@gemm_calls
 def conv2d_backward(grad_out, x, weight, geom, grad_x, grad_w, grad_b):
     """The lecture's backward: ``dW = dY X̂ᵀ``, ``dX̂ = Wᵀ dY`` then col2im (by taps), in workspace-capped chunks."""
     C_out, C_per_group, kH, kW = weight.shape
