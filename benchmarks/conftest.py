@@ -1,19 +1,15 @@
-"""pytest-benchmark setup: 2 threads for everyone, the np.matmul reference once per size."""
+"""pytest-benchmark setup: 2 threads for fastconv, BLAS and PyTorch; the np.matmul reference once per size."""
 
 import pytest
 
 from fastconv import bench
-from fastconv.threads import num_threads
 
 THREADS = 2
 
 
 @pytest.fixture(scope="session", autouse=True)
 def pinned_threads():
-    torch = bench.torch_or_none()
-    if torch is not None:
-        torch.set_num_threads(THREADS)
-    with num_threads(THREADS):
+    with bench.pinned_threads(THREADS):
         yield
 
 

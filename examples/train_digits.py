@@ -160,7 +160,7 @@ def main(argv=None) -> int:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=min(2, numba.config.NUMBA_NUM_THREADS),
-                        help="threads for fastconv, BLAS and PyTorch (default: 2, or fewer if Numba has fewer)")
+                        help="threads for fastconv (its own GEMMs included) and PyTorch (default: 2, or fewer if Numba has fewer)")
     parser.add_argument("--limit", type=int, default=None, help="use only this many training images (quick runs)")
     parser.add_argument("--compare-torch", action="store_true", help="also train the same network in PyTorch")
     args = parser.parse_args(argv)

@@ -6,10 +6,16 @@ excluded): vs PyTorch (when installed), vs fastconv's own loop and vectorized
 strategies, and as a fraction of ``np.matmul``'s GFLOP/s on a square problem
 of similar FLOPs. The loop strategy is timed on a shrunken copy of the problem
 and extrapolated by FLOP count (it would take minutes to hours on the real one).
+
+Other libraries' idle threads are kept out of each method's way (:func:`isolation`): each
+method is timed in a block of calls, after a pause that lets the pools used by the previous
+block (BLAS's, PyTorch's OpenMP, Numba's) go idle and a few untimed calls of its own; BLAS's
+idle threads stop spinning after ~25 us under fastconv's thread policy (:mod:`fastconv.threads`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import statistics
@@ -22,6 +28,23 @@ from . import conv as _conv
 from . import pool as _pool
 from .shapes import Problem
 from .threads import num_threads
+
+
+@contextlib.contextmanager
+def pinned_threads(threads: int):
+    """fastconv, BLAS and PyTorch (if installed) on ``threads`` threads inside the block, restored after."""
+    import threadpoolctl
+
+    torch = torch_or_none()
+    saved_torch = torch.get_num_threads() if torch is not None else None
+    with num_threads(threads), threadpoolctl.threadpool_limits(limits=threads, user_api="blas"):
+        if torch is not None:
+            torch.set_num_threads(threads)
+        try:
+            yield threads
+        finally:
+            if torch is not None:
+                torch.set_num_threads(saved_torch)
 
 #: Methods a report compares, in order; "torch" is PyTorch and "scipy" ``scipy.signal.correlate``
 #: where installed (scipy only for single-channel 2D convolutions, the one case it computes);
@@ -39,9 +62,35 @@ def torch_or_none():
     return torch
 
 
-def median_time(fn, min_repeats: int = 5, min_seconds: float = 0.3, max_repeats: int = 200) -> float:
-    """Median wall time of ``fn()`` in seconds, after one warm-up call."""
-    fn()
+#: Untimed calls before each timed block.
+WARMUP_CALLS = 3
+
+
+@functools.lru_cache(maxsize=1)
+def settle_seconds() -> float:
+    """Pause before each timed block: longer than any pool here spins after its work.
+
+    0.02 s under fastconv's thread policy (OpenBLAS spins 2**16 cycles, GNU OpenMP with
+    GOMP_SPINCOUNT=10000 about 10 us); 0.25 s if an OpenBLAS was left spinning ~0.1 s.
+    """
+    from .threads import policy
+
+    long_spin = any(b["internal_api"] == "openblas" and "2**28" in b["idle"] for b in policy().blas)
+    return 0.25 if long_spin else 0.02
+
+
+def isolation() -> str:
+    """What the report header says about keeping other libraries' idle threads out of the way."""
+    return (f"each method timed in a block after a {settle_seconds() * 1e3:.0f} ms pause (longer than any "
+            f"pool here spins) and {WARMUP_CALLS} untimed calls")
+
+
+def median_time(fn, min_repeats: int = 5, min_seconds: float = 0.3, max_repeats: int = 200,
+                warmup: int = WARMUP_CALLS) -> float:
+    """Median wall time of ``fn()`` in seconds: a pause, ``warmup`` untimed calls, then a block of timed ones."""
+    time.sleep(settle_seconds())
+    for _ in range(warmup):
+        fn()
     times = []
     start = time.perf_counter()
     while len(times) < max_repeats and (len(times) < min_repeats or time.perf_counter() - start < min_seconds):
@@ -215,9 +264,7 @@ def measure(problem: Problem, methods=METHODS, threads: int = 2, dtype=np.float3
     flops = problem.flops() * (2 if backward and problem.is_conv else 1)
     nbytes = problem.bytes_moved(np.dtype(dtype).itemsize) * (2 if backward else 1)
     op = problem.op + ("_backward" if backward else "")
-    with num_threads(threads):
-        if torch is not None:
-            torch.set_num_threads(threads)
+    with pinned_threads(threads):
         gemm = gemm_gflops(flops, dtype) if gemm and problem.is_conv else None
         timers = {}  # method -> (call, bytes moved, FLOP scale of the timed problem)
         for method in methods:
@@ -241,7 +288,8 @@ def measure(problem: Problem, methods=METHODS, threads: int = 2, dtype=np.float3
             for method, (call, _, scale) in timers.items():
                 if method == "loop":
                     if round_ == 0:
-                        best[method] = scale * median_time(call, min_repeats=1, min_seconds=0.0, max_repeats=1)
+                        best[method] = scale * median_time(call, min_repeats=1, min_seconds=0.0, max_repeats=1,
+                                                           warmup=1)
                     continue
                 best[method] = min(best.get(method, float("inf")), median_time(call))
     rows = []

@@ -115,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(conv2d:N,C_in,H,W,C_out,kH,kW,stride,pad[,groups]; conv1d:N,C_in,L,C_out,k,stride,pad; "
                         "max_pool2d|avg_pool2d:N,C,H,W,k,stride,pad); repeatable")
     b.add_argument("--methods", help=f"comma-separated, from {', '.join(bench.METHODS)} (default: all)")
-    b.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1), help="threads for fastconv, BLAS and torch")
+    b.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1), help="threads for fastconv, BLAS and torch (set for the run, restored after)")
     b.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     b.add_argument("--repeat", type=int, default=1, metavar="N",
                    help="time the methods in N interleaved rounds and keep each one's best median "
@@ -124,6 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--json", metavar="PATH", help="write machine-readable results")
     b.add_argument("--plot", metavar="PATH", help="write a PNG bar chart (needs matplotlib)")
     b.add_argument("--list", action="store_true", help="list the shape set and exit")
+    b.add_argument("--mixed", action="store_true",
+                   help="time a small NumPy CNN step (fastconv calls between NumPy's, one '@'): each op alone and "
+                        "inside the step, and a convolution right after a matmul; then exit")
     b.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
@@ -187,7 +190,22 @@ def bench_main(args, parser) -> int:
     print("  'of GEMM': GFLOP/s over np.matmul's on a square problem of similar FLOPs (per table)")
     print("  'of copy' (pooling): GB/s (input read + output written) over np.copyto's of the input")
     print("  * loop timed on a shrunken copy of each problem and extrapolated by FLOP count")
+    print(f"  isolation: {bench.isolation()}")
+    from .threads import policy
+
+    print("  " + str(policy()).replace("\n", "\n  "))
     print()
+    if args.mixed:
+        from .mixed import format_mixed, mixed_step
+
+        with bench.pinned_threads(args.threads):
+            result = mixed_step(steps=30 * args.repeat)
+        print(format_mixed(result))
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump({"schema": SCHEMA_VERSION, "environment": env, "mixed_step": result}, f, indent=1)
+            print(f"wrote {args.json}")
+        return 0
     progress = bench.Progress(len(problems), enabled=None if not args.no_progress else False)
     results = []
     for problem in problems:
