@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import assume, given
 
 import fastconv
 from conftest import FAST_METHODS, assert_close, torch_pad_list
@@ -120,8 +120,7 @@ def test_conv_backward_matches_torch_autograd(torch, method, case):
 @pytest.mark.parametrize("method", ALL)
 @given(case=pool_cases(special_values=False, distinct=True))
 def test_pool_backward_matches_torch_autograd(torch, method, case):
-    if case.x.size == 0:
-        return
+    assume(case.x.size > 0)  # empty batches: test_pool.py::test_empty_batch_forward_and_backward
     F = torch.nn.functional
     unbatched = case.x.ndim == case.nd + 1
     stride = case.stride if case.stride is not None else case.kernel_size

@@ -1,6 +1,7 @@
 """Properties of the Numba strategies beyond matching the oracle: determinism, threads, JIT options."""
 
 import ast
+import json
 import os
 import pathlib
 import subprocess
@@ -121,8 +122,54 @@ def test_second_process_loads_kernels_from_cache(tmp_path):
     assert warm_misses == 0 and warm_hits > 0
 
 
+WARMUP_PROBE = """
+import importlib, json, pkgutil
+import numba, fastconv
+seconds = fastconv.warmup()
+kernels = {}
+for info in pkgutil.walk_packages(fastconv.__path__, "fastconv."):
+    if info.name == "fastconv.__main__":
+        continue
+    for obj in vars(importlib.import_module(info.name)).values():
+        if isinstance(obj, numba.core.registry.CPUDispatcher):
+            kernels[obj] = obj.py_func.__module__ + "." + obj.__name__
+report = {
+    name: {
+        "float32": any("float32" in str(arg) for signature in k.signatures for arg in signature),
+        "calls": sorted(kernels[c] for c in (k.py_func.__globals__.get(n) for n in k.py_func.__code__.co_names)
+                        if isinstance(c, numba.core.registry.CPUDispatcher) and c in kernels),
+    }
+    for k, name in kernels.items()
+}
+print(json.dumps({"seconds": seconds, "kernels": report}))
+"""
+
+
 def test_warmup_compiles_every_kernel_and_says_how_long():
-    assert fastconv.warmup() > 0
+    """After ``warmup()`` alone, in a fresh process, every Numba kernel of the package is compiled for float32.
+
+    A kernel counts as compiled if it has a float32 signature, or if a compiled kernel calls it:
+    Numba compiles a callee into its caller, and a caller loaded from the disk cache never asks
+    the callee's dispatcher (int-only helpers such as the pooling tables have no float32
+    signature of their own either way).
+    """
+    env = dict(os.environ)
+    env.pop("NUMBA_DISABLE_JIT", None)
+    out = subprocess.run([sys.executable, "-c", WARMUP_PROBE], env=env, capture_output=True, text=True,
+                         check=True).stdout
+    found = json.loads(out.splitlines()[-1])
+    kernels = found["kernels"]
+    assert found["seconds"] > 0
+    assert "fastconv.strategies.direct._conv_rows" in kernels and len(kernels) > 20  # the walk found the kernels
+    compiled = {name for name, k in kernels.items() if k["float32"]}
+    todo = list(compiled)
+    while todo:
+        for callee in kernels[todo.pop()]["calls"]:
+            if callee not in compiled:
+                compiled.add(callee)
+                todo.append(callee)
+    missing = sorted(set(kernels) - compiled)
+    assert not missing, f"warmup() left these kernels uncompiled: {missing}"
 
 
 def _host_has(*features):
