@@ -16,7 +16,7 @@ import json
 
 import numpy as np
 
-from fastconv import bench, dispatch, shapes
+from fastconv import bench, shapes, strategies
 
 
 def grid():
@@ -41,20 +41,21 @@ def main(argv=None):
     parser.add_argument("--repeat", type=int, default=3, help="interleaved rounds per problem (best median kept)")
     args = parser.parse_args(argv)
     problems = list(shapes.SHAPES.values()) if args.shape_set_only else grid()
+    automatic = tuple(n for n in strategies.names() if strategies.strategy(n).automatic)
     records = []
-    print(f"{'problem':<22}{'op':<20}" + "".join(f"{m:>12}" for m in dispatch.CANDIDATES) + f"{'best':>12}{'auto':>12}{'auto/best':>10}")
+    print(f"{'problem':<22}{'op':<20}" + "".join(f"{m:>12}" for m in automatic) + f"{'best':>12}{'auto':>12}{'auto/best':>10}")
     for problem in problems:
         for backward in (False, True):
             if backward and not problem.is_conv and problem.op not in ("max_pool2d", "avg_pool2d"):
                 continue
-            rows = bench.measure(problem, dispatch.CANDIDATES, args.threads, np.float32, backward,
+            rows = bench.measure(problem, automatic, args.threads, np.float32, backward,
                                  repeats=args.repeat)
             times = {r.method: r.ms for r in rows}
             best = min(times, key=times.get)
-            auto = dispatch.auto_method_for(problem, np.float32, backward)
+            auto = bench.auto_method_for(problem, np.float32, backward)
             ratio = times[auto] / times[best]
             op = problem.op + ("_backward" if backward else "")
-            print(f"{problem.name:<22}{op:<20}" + "".join(f"{times[m]:>12.3f}" for m in dispatch.CANDIDATES)
+            print(f"{problem.name:<22}{op:<20}" + "".join(f"{times[m]:>12.3f}" for m in automatic)
                   + f"{best:>12}{auto:>12}{ratio:>10.2f}", flush=True)
             records.append({"problem": dataclasses.asdict(problem), "op": op, "ms": times, "best": best,
                             "auto": auto, "auto_over_best": ratio})

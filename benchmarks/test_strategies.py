@@ -12,17 +12,21 @@ bandwidth a memory-bound kernel is judged against.
 import numpy as np
 import pytest
 
-from fastconv import bench, dispatch, shapes
+from fastconv import bench, shapes, strategies
 
-#: The report's table of methods (fastconv.bench.METHODS): loop, the strategies, auto, torch, scipy, copyto.
-CASES = [(name, method) for name in shapes.SHAPES for method in bench.METHODS]
-BACKWARD_CASES = [(name, method) for name in shapes.BACKWARD for method in bench.METHODS if method != "copyto"]
+#: The report's table of methods (fastconv.bench.report_methods()): the registered strategies, auto, torch, scipy, copyto.
+CASES = [(name, method) for name in shapes.SHAPES for method in bench.report_methods()]
+BACKWARD_CASES = [(name, method) for name in shapes.BACKWARD for method in bench.report_methods() if method != "copyto"]
+
+
+def _is_reference(method):
+    return method in strategies.names() and strategies.strategy(method).reference
 
 
 def _run(benchmark, problem, method, backward, gemm_gflops):
     op = problem.op + ("_backward" if backward else "")
     benchmark.group = f"{op}|{problem.name}"
-    if method == "loop":
+    if _is_reference(method):
         problem = bench.shrink(problem)
         benchmark.extra_info["shrunken_to"] = problem.describe()
     if method == "copyto":
@@ -42,13 +46,13 @@ def _run(benchmark, problem, method, backward, gemm_gflops):
     benchmark.extra_info.update(op=op, shape=problem.name, method=method,
                                 flops=problem.flops() * (2 if backward and problem.is_conv else 1))
     if method == "auto":
-        benchmark.extra_info["chosen"] = dispatch.auto_method_for(problem, np.float32, backward)
-    rounds = 1 if method == "loop" else max(3, min(50, int(2e9 / max(problem.flops(), 1))))
-    benchmark.pedantic(call, warmup_rounds=0 if method == "loop" else 1, rounds=rounds, iterations=1)
+        benchmark.extra_info["chosen"] = bench.auto_method_for(problem, np.float32, backward)
+    rounds = 1 if _is_reference(method) else max(3, min(50, int(2e9 / max(problem.flops(), 1))))
+    benchmark.pedantic(call, warmup_rounds=0 if _is_reference(method) else 1, rounds=rounds, iterations=1)
     seconds = benchmark.stats.stats.median
     benchmark.extra_info["gflops"] = benchmark.extra_info["flops"] / seconds / 1e9
     benchmark.extra_info["gbps"] = problem.bytes_moved() * (2 if backward else 1) / seconds / 1e9
-    if problem.is_conv and method != "loop":
+    if problem.is_conv and not _is_reference(method):
         benchmark.extra_info["fraction_of_gemm"] = benchmark.extra_info["gflops"] / gemm_gflops(problem.flops())
 
 

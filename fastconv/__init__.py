@@ -5,62 +5,85 @@ The public API mirrors ``torch.nn.functional`` on NumPy arrays::
     y = fastconv.conv2d(x, weight, bias, stride=1, padding="same")
     p, idx = fastconv.max_pool2d(y, 2, return_indices=True)
 
-Every function takes ``method=``: ``"auto"`` (the default) or a strategy name
-from :data:`fastconv.METHODS`.
+Every function takes ``method=``: ``"auto"`` (the default), ``"measure"`` or a strategy
+name from :data:`fastconv.METHODS` (the registry, :mod:`fastconv.strategies`).
 """
 
 from .columns import col2im, im2col
-from .conv import conv1d, conv1d_backward, conv2d, conv2d_backward
+from .conv import conv1d, conv1d_backward, conv2d, conv2d_backward, conv3d, conv3d_backward
 from . import nn
-from .dispatch import METHODS, choose_method, explain, warmup
+from . import strategies
+from .dispatch import choose_method, methods
+from .explain import Explanation, explain
 from .geometry import ConvGeometry, PoolGeometry, conv_output_size, pool_output_size, resolve_padding, same_padding
 from .pool import (
     avg_pool1d,
     avg_pool1d_backward,
     avg_pool2d,
     avg_pool2d_backward,
+    avg_pool3d,
+    avg_pool3d_backward,
     max_pool1d,
     max_pool1d_backward,
     max_pool2d,
     max_pool2d_backward,
+    max_pool3d,
+    max_pool3d_backward,
 )
 from . import threads
 from .threads import get_num_threads, num_threads, set_num_threads, share_cores
+from .warmup import warmup
 from .workspace import get_workspace_limit, set_workspace_limit
 
 __version__ = "0.1.0.dev0"
 
+
+def __getattr__(name):
+    if name == "METHODS":  # read from the registry each time: strategies can be registered later
+        return methods()
+    raise AttributeError(f"module 'fastconv' has no attribute {name!r}")
+
+
 __all__ = [
-    "METHODS",
     "ConvGeometry",
+    "Explanation",
+    "METHODS",
     "PoolGeometry",
     "avg_pool1d",
-    "choose_method",
-    "col2im",
-    "im2col",
-    "explain",
-    "nn",
     "avg_pool1d_backward",
     "avg_pool2d",
     "avg_pool2d_backward",
+    "avg_pool3d",
+    "avg_pool3d_backward",
+    "choose_method",
+    "col2im",
     "conv1d",
     "conv1d_backward",
     "conv2d",
     "conv2d_backward",
+    "conv3d",
+    "conv3d_backward",
     "conv_output_size",
+    "explain",
+    "get_num_threads",
+    "get_workspace_limit",
+    "im2col",
     "max_pool1d",
     "max_pool1d_backward",
     "max_pool2d",
     "max_pool2d_backward",
+    "max_pool3d",
+    "max_pool3d_backward",
+    "methods",
+    "nn",
     "num_threads",
-    "get_num_threads",
-    "get_workspace_limit",
-    "set_workspace_limit",
-    "warmup",
-    "set_num_threads",
-    "share_cores",
-    "threads",
     "pool_output_size",
     "resolve_padding",
     "same_padding",
+    "set_num_threads",
+    "set_workspace_limit",
+    "share_cores",
+    "strategies",
+    "threads",
+    "warmup",
 ]

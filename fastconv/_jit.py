@@ -62,6 +62,8 @@ def kernel(fn=None, *, parallel: bool = True):
 
 
 _launch_lock = threading.Lock()
+_unguarded = contextlib.nullcontext()
+_threadsafe = False  # becomes True once the layer is known to allow concurrent launches
 
 
 def _threadsafe_layer() -> bool:
@@ -72,17 +74,19 @@ def _threadsafe_layer() -> bool:
         return False
 
 
-@contextlib.contextmanager
 def launch():
-    """Guard a call into a parallel kernel.
+    """A context manager guarding a call into a parallel kernel.
 
     Numba's ``workqueue`` threading layer aborts the process when two Python
     threads launch parallel kernels at once; ``omp`` and ``tbb`` do not. Under
-    ``workqueue`` (or before the layer is known) launches are serialised; each
-    launch already uses every core, so little is lost.
+    ``workqueue`` (or before the layer is known) launches are serialised (the lock);
+    each launch already uses every core, so little is lost. The layer never changes
+    once chosen, so after the first answer this costs an attribute read.
     """
+    global _threadsafe
+    if _threadsafe:
+        return _unguarded
     if _threadsafe_layer():
-        yield
-    else:
-        with _launch_lock:
-            yield
+        _threadsafe = True
+        return _unguarded
+    return _launch_lock

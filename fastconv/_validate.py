@@ -18,6 +18,8 @@ def as_array(value, name: str, fn: str):
     Arrays of other libraries are taken through DLPack (no copy; a CPU torch
     tensor, for example) or ``__array__``.
     """
+    if type(value) is np.ndarray and value.dtype.kind in "biuf":  # the common case, checked cheaply
+        return value
     if value is None:
         raise TypeError(f"{fn}: {name} must be an array, got None")
     if not isinstance(value, np.ndarray) and hasattr(value, "__dlpack__"):
@@ -65,6 +67,8 @@ def check_ndim(arr, name: str, fn: str, allowed: tuple, what: str):
 
 def contiguous(arr, dtype):
     """A C-contiguous array of ``dtype`` with ``arr``'s values; a copy only when needed."""
+    if arr.dtype == dtype and arr.flags.c_contiguous:
+        return arr
     return np.ascontiguousarray(arr, dtype=dtype)
 
 

@@ -46,11 +46,25 @@ def pinned_threads(threads: int):
             if torch is not None:
                 torch.set_num_threads(saved_torch)
 
-#: Methods a report compares, in order; "torch" is PyTorch and "scipy" ``scipy.signal.correlate``
-#: where installed (scipy only for single-channel 2D convolutions, the one case it computes);
-#: "copyto" (pooling only) is ``np.copyto`` of the input: the memory bandwidth a memory-bound
-#: pooling kernel is judged against.
-METHODS = ("loop", "vectorized", "direct", "img2col", "auto", "torch", "scipy", "copyto")
+#: The comparisons a report adds after fastconv's strategies and "auto": "torch" is PyTorch and
+#: "scipy" ``scipy.signal.correlate`` where installed (scipy only for single-channel 2D
+#: convolutions, the one case it computes); "copyto" (pooling only) is ``np.copyto`` of the
+#: input: the memory bandwidth a memory-bound pooling kernel is judged against.
+EXTERNAL = ("torch", "scipy", "copyto")
+
+
+def report_methods() -> tuple:
+    """Every row a report can have, in order: the registered strategies, 'auto', then :data:`EXTERNAL`."""
+    from . import strategies
+
+    return strategies.names() + ("auto",) + EXTERNAL
+
+
+def _is_reference(method: str) -> bool:
+    """Whether ``method`` is a registered reference strategy (slow: timed on a shrunken copy)."""
+    from . import strategies
+
+    return method in strategies.names() and strategies.strategy(method).reference
 
 
 def torch_or_none():
@@ -123,8 +137,8 @@ def make_call(problem: Problem, method: str, dtype=np.float32, backward: bool = 
     if not backward:
         return lambda: fn(x, method=method, **kw)
     gy = np.ones((problem.batch, problem.in_channels) + problem.output_spatial(), dtype)
-    if problem.op == "max_pool2d":
-        _, idx = _pool.max_pool2d(x, return_indices=True, **kw)
+    if problem.op.startswith("max_pool"):
+        _, idx = getattr(_pool, problem.op)(x, return_indices=True, **kw)
         return lambda: fn(gy, idx, x.shape, method=method)
     return lambda: fn(gy, x.shape, method=method, **kw)
 
@@ -145,7 +159,7 @@ def make_torch_call(problem: Problem, dtype=np.float32, backward: bool = False):
     arrays = [torch.from_numpy(a) for a in problem.arrays(dtype)]
     kw = problem.kwargs()
     if problem.is_conv:
-        fn = F.conv1d if problem.nd == 1 else F.conv2d
+        fn = getattr(F, f"conv{problem.nd}d")
         x, w, b = arrays
         if not backward:
             def call():
@@ -161,7 +175,7 @@ def make_torch_call(problem: Problem, dtype=np.float32, backward: bool = False):
             x.grad = w.grad = None
             fn(x, w, None, **kw).backward(gy)
         return call
-    fn = {"max_pool2d": F.max_pool2d, "avg_pool2d": F.avg_pool2d}[problem.op]
+    fn = getattr(F, problem.op)
     (x,) = arrays
     if not backward:
         def call():
@@ -250,7 +264,7 @@ class Row:
         return dataclasses.asdict(self)
 
 
-def measure(problem: Problem, methods=METHODS, threads: int = 2, dtype=np.float32, backward: bool = False,
+def measure(problem: Problem, methods=None, threads: int = 2, dtype=np.float32, backward: bool = False,
             gemm: bool = True, repeats: int = 1) -> list[Row]:
     """Time ``problem`` with each of ``methods`` and return one :class:`Row` each, with ratios filled in.
 
@@ -260,7 +274,7 @@ def measure(problem: Problem, methods=METHODS, threads: int = 2, dtype=np.float3
     shared machine a slow spell then hits one round, not one method (the loop, timed once on a
     shrunken copy, is not repeated).
     """
-    torch = torch_or_none()
+    methods = report_methods() if methods is None else methods
     flops = problem.flops() * (2 if backward and problem.is_conv else 1)
     nbytes = problem.bytes_moved(np.dtype(dtype).itemsize) * (2 if backward else 1)
     op = problem.op + ("_backward" if backward else "")
@@ -277,16 +291,16 @@ def measure(problem: Problem, methods=METHODS, threads: int = 2, dtype=np.float3
                 call = (make_torch_call if method == "torch" else make_scipy_call)(problem, dtype, backward)
                 if call is not None:
                     timers[method] = (call, nbytes, 1.0)
-            elif method == "loop":
+            elif _is_reference(method):
                 small = shrink(problem)
                 small_flops = small.flops() * (2 if backward and small.is_conv else 1)
-                timers[method] = (make_call(small, "loop", dtype, backward), nbytes, flops / small_flops)
+                timers[method] = (make_call(small, method, dtype, backward), nbytes, flops / small_flops)
             else:
                 timers[method] = (make_call(problem, method, dtype, backward), nbytes, 1.0)
         best = {}
         for round_ in range(max(1, int(repeats))):
             for method, (call, _, scale) in timers.items():
-                if method == "loop":
+                if _is_reference(method):
                     if round_ == 0:
                         best[method] = scale * median_time(call, min_repeats=1, min_seconds=0.0, max_repeats=1,
                                                            warmup=1)
@@ -297,25 +311,35 @@ def measure(problem: Problem, methods=METHODS, threads: int = 2, dtype=np.float3
         seconds = best[method]
         chosen = None
         if method == "auto":
-            from . import dispatch
-
-            chosen = dispatch.auto_method_for(problem, dtype, backward)
+            chosen = auto_method_for(problem, dtype, backward)
         rows.append(Row(op, problem.name, method, seconds * 1e3, flops / seconds / 1e9,
-                        row_bytes / seconds / 1e9, flops, method == "loop", chosen=chosen))
+                        row_bytes / seconds / 1e9, flops, _is_reference(method), chosen=chosen))
     by_method = {r.method: r for r in rows}
     for r in rows:
         if "torch" in by_method:
             r.speedup_vs_torch = by_method["torch"].ms / r.ms
         if "vectorized" in by_method:
             r.speedup_vs_vectorized = by_method["vectorized"].ms / r.ms
-        if "loop" in by_method:
-            r.speedup_vs_loop = by_method["loop"].ms / r.ms
+        reference = next((m for m in by_method if _is_reference(m)), None)
+        if reference is not None:
+            r.speedup_vs_loop = by_method[reference].ms / r.ms
         if gemm:
             r.fraction_of_gemm = r.gflops / gemm
             r.gemm_gflops = gemm
         if "copyto" in by_method:
             r.fraction_of_copy = r.gbps / by_method["copyto"].gbps
     return rows
+
+
+def auto_method_for(problem: Problem, dtype, backward: bool = False) -> str:
+    """The strategy ``method="auto"`` runs for a benchmark :class:`~fastconv.shapes.Problem`."""
+    from .explain import explain
+
+    op = problem.op + ("_backward" if backward else "")
+    kw = problem.kwargs()
+    if problem.is_conv:
+        return explain(op, problem.input_shape, problem.weight_shape, dtype=dtype, **kw).method
+    return explain(op, problem.input_shape, dtype=dtype, **kw).method
 
 
 class Progress:

@@ -114,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="your own problem, e.g. conv2d:1,64,56,56,64,3,3,1,1 "
                         "(conv2d:N,C_in,H,W,C_out,kH,kW,stride,pad[,groups]; conv1d:N,C_in,L,C_out,k,stride,pad; "
                         "max_pool2d|avg_pool2d:N,C,H,W,k,stride,pad); repeatable")
-    b.add_argument("--methods", help=f"comma-separated, from {', '.join(bench.METHODS)} (default: all)")
+    b.add_argument("--methods", help=f"comma-separated, from {', '.join(bench.report_methods())} (default: all)")
     b.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1), help="threads for fastconv, BLAS and torch (set for the run, restored after)")
     b.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     b.add_argument("--repeat", type=int, default=1, metavar="N",
@@ -155,11 +155,11 @@ def _problems(args, parser):
 
 def _methods(args, parser):
     if not args.methods:
-        return bench.METHODS
+        return bench.report_methods()
     methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
-    unknown = [m for m in methods if m not in bench.METHODS]
+    unknown = [m for m in methods if m not in bench.report_methods()]
     if unknown:
-        parser.error(f"unknown method {unknown[0]!r}; choose from {', '.join(bench.METHODS)}")
+        parser.error(f"unknown method {unknown[0]!r}; choose from {', '.join(bench.report_methods())}")
     return methods
 
 

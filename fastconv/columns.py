@@ -13,11 +13,14 @@ Both run the Numba kernels of :mod:`fastconv.strategies.img2col`.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 from . import _validate as v
+from ._typing import Array, ArrayLike, IntOrTuple, Padding
 from . import strategies
-from .conv import conv_geometry
+from .geometry import conv_problem
 from .geometry import _as_int, normalize_tuple
 
 __all__ = ["col2im", "im2col"]
@@ -26,7 +29,7 @@ __all__ = ["col2im", "im2col"]
 def _geometry(fn, in_size, kernel_size, stride, padding, dilation):
     """Check the window arguments (as conv2d would); return kernel, stride, dilation, padding pairs, ``(oH, oW)``."""
     kernel = normalize_tuple(kernel_size, 2, "kernel_size", fn)
-    geom, _ = conv_geometry(fn, 2, (1, 1) + tuple(in_size), (1, 1) + kernel, None, stride, padding, dilation, 1)
+    geom, _ = conv_problem(fn, 2, (1, 1) + tuple(in_size), (1, 1) + kernel, None, stride, padding, dilation, 1)
     return geom.kernel, geom.stride, geom.dilation, geom.padding, geom.out_size
 
 
@@ -36,7 +39,8 @@ def _kernels_and_layout(kernel, stride, dilation, pads, out_size):
     return kernels, kernels._layout(kernel, stride, dilation, pads[0][0], pads[1][0], out_size[1])
 
 
-def im2col(x, kernel_size, stride=1, padding=0, dilation=1):
+def im2col(x: ArrayLike, kernel_size: IntOrTuple, stride: IntOrTuple = 1, padding: Padding = 0,
+           dilation: IntOrTuple = 1) -> Array:
     """The img2col matrix of every image: one column per receptive field.
 
     ``cols[n, (c*kH + a)*kW + b, i*oW + j] = x_pad[n, c, i*sH + a*dH, j*sW + b*dW]``,
@@ -102,7 +106,8 @@ def im2col(x, kernel_size, stride=1, padding=0, dilation=1):
     return cols if batched else cols[0]
 
 
-def col2im(cols, input_shape, kernel_size, stride=1, padding=0, dilation=1):
+def col2im(cols: ArrayLike, input_shape: Sequence[int], kernel_size: IntOrTuple, stride: IntOrTuple = 1,
+           padding: Padding = 0, dilation: IntOrTuple = 1) -> Array:
     """The adjoint of :func:`im2col`: add every column back into the image it was read from.
 
     ``x[n, c, r, q] = sum of cols[n, (c*kH + a)*kW + b, i*oW + j]`` over every

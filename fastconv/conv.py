@@ -2,98 +2,76 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 from . import _validate as v
+from ._typing import Array, ArrayLike, Gradients, IntOrTuple, Padding
 from . import dispatch
-from .geometry import ConvGeometry, _as_int, _conv_output_size, _resolve_padding, normalize_tuple
+from .geometry import UNCACHEABLE, conv_problem, key_part
 
-__all__ = ["conv1d", "conv2d", "conv1d_backward", "conv2d_backward"]
+__all__ = ["conv1d", "conv1d_backward", "conv2d", "conv2d_backward", "conv3d", "conv3d_backward"]
 
 
-def conv_geometry(fn, nd, x_shape, weight_shape, bias_shape, stride, padding, dilation, groups):
-    """Check a convolution's shapes and arguments; return its :class:`ConvGeometry` and the result's shape."""
-    spatial = "L" if nd == 1 else "H, W"
-    if len(x_shape) not in (nd + 1, nd + 2):
-        raise ValueError(f"{fn}: x must be (N, C_in, {spatial}) or unbatched (C_in, {spatial}), "
-                         f"got a {len(x_shape)}-D array of shape {tuple(x_shape)}")
-    if len(weight_shape) != nd + 2:
-        kernel_dims = "k" if nd == 1 else "kH, kW"
-        raise ValueError(f"{fn}: weight must be (C_out, C_in/groups, {kernel_dims}), "
-                         f"got a {len(weight_shape)}-D array of shape {tuple(weight_shape)}")
-    batched = len(x_shape) == nd + 2
-    N, C_in = ((x_shape[0],) if batched else (1,)) + (x_shape[-nd - 1],)
-    C_out, C_per_group = weight_shape[:2]
-    kernel = tuple(weight_shape[2:])
-    groups = _as_int(groups, "groups", fn)
-    if groups < 1:
-        raise ValueError(f"{fn}: groups must be >= 1, got {groups}")
-    if C_in % groups:
-        raise ValueError(f"{fn}: groups={groups} does not divide the {C_in} input channels")
-    if C_out % groups:
-        raise ValueError(f"{fn}: groups={groups} does not divide the {C_out} output channels (weight.shape[0])")
-    if C_per_group * groups != C_in:
-        raise ValueError(
-            f"{fn}: input has {C_in} channels but weight.shape[1] * groups is "
-            f"{C_per_group} * {groups} = {C_per_group * groups}"
-        )
-    if C_per_group == 0 or min(kernel) == 0:
-        raise ValueError(f"{fn}: weight must not be empty, got shape {tuple(weight_shape)}")
-    if bias_shape is not None and tuple(bias_shape) != (C_out,):
-        raise ValueError(f"{fn}: bias must have shape ({C_out},) (C_out), got {tuple(bias_shape)}")
+#: (function, shapes, dtypes, arguments) -> (problem, result shape, dtype): a repeated call with the
+#: same shapes and arguments skips the checks and the geometry (they depend on nothing else).
+_problems: dict = {}
+_PROBLEMS_MAX = 4096
 
-    stride = normalize_tuple(stride, nd, "stride", fn)
-    dilation = normalize_tuple(dilation, nd, "dilation", fn)
-    in_size = tuple(x_shape[-nd:])
-    pads = _resolve_padding(padding, in_size, kernel, stride, dilation, fn)
-    out_size = tuple(
-        _conv_output_size(n, k, s, lo, hi, d) for n, k, s, (lo, hi), d in zip(in_size, kernel, stride, pads, dilation)
-    )
-    if min(out_size) < 1:
-        raise ValueError(
-            f"{fn}: padded input {tuple(n + lo + hi for n, (lo, hi) in zip(in_size, pads))} is smaller "
-            f"than the dilated kernel {tuple(d * (k - 1) + 1 for k, d in zip(kernel, dilation))}; "
-            "the output would be empty"
-        )
-    if nd == 1:  # a 1D problem is a 2D problem of height 1
-        in_size, kernel, out_size = (1,) + in_size, (1,) + kernel, (1,) + out_size
-        stride, dilation, pads = (1,) + stride, (1,) + dilation, ((0, 0),) + pads
-    geom = ConvGeometry(
-        batch=N, in_channels=C_in, out_channels=C_out, groups=groups, in_size=in_size,
-        kernel=kernel, stride=stride, dilation=dilation, padding=pads, out_size=out_size,
-    )
-    user_shape = ((N,) if batched else ()) + (C_out,) + geom.out_size[2 - nd:]
-    return geom, user_shape
+
+def _problem(fn, nd, x, weight, bias, stride, padding, dilation, groups):
+    """The checked problem of a call, from the cache when the same shapes and arguments were seen."""
+    args = (key_part(stride), key_part(padding), key_part(dilation), key_part(groups))
+    key = None
+    if UNCACHEABLE not in args:
+        key = (fn, x.shape, x.dtype, weight.shape, weight.dtype,
+               None if bias is None else (bias.shape, bias.dtype)) + args
+        hit = _problems.get(key)
+        if hit is not None:
+            return hit
+    dtype = v.result_dtype(x, weight)  # np.result_type(x, weight, np.float32); the bias is cast to it
+    geom, user_shape = conv_problem(fn, nd, x.shape, weight.shape, None if bias is None else bias.shape,
+                                    stride, padding, dilation, groups, dtype)
+    hit = (geom, user_shape, dtype)
+    if key is not None:
+        if len(_problems) >= _PROBLEMS_MAX:
+            _problems.clear()
+        _problems[key] = hit
+    return hit
 
 
 def _prepare_conv(fn, nd, x, weight, bias, stride, padding, dilation, groups):
-    """Check every argument; return 4D contiguous arrays, the geometry and the user's output shape."""
+    """Check every argument; return contiguous arrays of the problem's rank, the problem and the user's shape."""
     x = v.as_array(x, "x", fn)
     weight = v.as_array(weight, "weight", fn)
     if bias is not None:
         bias = v.as_array(bias, "bias", fn)
-    geom, user_shape = conv_geometry(fn, nd, x.shape, weight.shape, None if bias is None else bias.shape,
-                                     stride, padding, dilation, groups)
-    dtype = v.result_dtype(x, weight)  # np.result_type(x, weight, np.float32); the bias is cast to it
-    x4 = v.contiguous(x, dtype).reshape((geom.batch, geom.in_channels) + geom.in_size)
-    w4 = v.contiguous(weight, dtype).reshape(weight.shape[:2] + geom.kernel)
+    geom, user_shape, dtype = _problem(fn, nd, x, weight, bias, stride, padding, dilation, groups)
+    x4 = v.contiguous(x, dtype).reshape(geom.input_shape)
+    w4 = v.contiguous(weight, dtype).reshape(geom.weight_shape)
     b = None if bias is None else v.contiguous(bias, dtype)
     return x4, w4, b, geom, user_shape, (("x", x), ("weight", weight), ("bias", bias))
 
 
 def _conv(fn, nd, x, weight, bias, stride, padding, dilation, groups, method, out):
-    dispatch.check_method(method, fn)
     x4, w4, b, geom, user_shape, inputs = _prepare_conv(fn, nd, x, weight, bias, stride, padding, dilation, groups)
+    _, run = dispatch.resolve(method, "conv", geom, x4.dtype, fn)
     if out is None:
         out = np.empty(user_shape, dtype=x4.dtype)
     else:
         v.check_out(out, user_shape, x4.dtype, fn, inputs)
     if out.size:
-        dispatch.run(method, "conv2d", geom, x4.dtype, fn, (x4, w4, b, geom, out.reshape(geom.output_shape)))
+        if run is None:  # measure mode times on the real arrays
+            dispatch.run(method, "conv", geom, x4.dtype, fn, (x4, w4, b, geom, out.reshape(geom.output_shape)))
+        else:
+            run(x4, w4, b, geom, out.reshape(geom.output_shape))
     return out
 
 
-def conv1d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, method="auto", out=None):
+def conv1d(input: ArrayLike, weight: ArrayLike, bias: ArrayLike | None = None, stride: IntOrTuple = 1,
+           padding: Padding = 0, dilation: IntOrTuple = 1, groups: int = 1, *, method: str = "auto",
+           out: Array | None = None) -> Array:
     """1D convolution (cross-correlation) over ``(N, C_in, L)`` inputs.
 
     ``y[n, l, t] = bias[l] + sum_{d, i} x_pad[n, g*C_in/groups + d, t*stride + i*dilation] * weight[l, d, i]``
@@ -101,8 +79,9 @@ def conv1d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, m
 
     Parameters
     ----------
-    x : array_like, shape (N, C_in, L) or (C_in, L)
-        Input signals (unbatched input gives an unbatched result).
+    input : array_like, shape (N, C_in, L) or (C_in, L)
+        Input signals (unbatched input gives an unbatched result); PyTorch's parameter
+        name, messages call it ``x``.
     weight : array_like, shape (C_out, C_in/groups, k)
         The kernels.
     bias : array_like, shape (C_out,), optional
@@ -123,7 +102,7 @@ def conv1d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, m
     Returns
     -------
     ndarray, shape (N, C_out, L_out) or (C_out, L_out)
-        float32 or float64: ``np.result_type(x, weight, np.float32)``.
+        float32 or float64: ``np.result_type(input, weight, np.float32)``.
 
     Examples
     --------
@@ -131,10 +110,12 @@ def conv1d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, m
     >>> fastconv.conv1d(np.array([[1., 0, 2, 2, 3, 1]]), np.array([[[3., 2, 2]]]))
     array([[ 7.,  8., 16., 14.]])
     """
-    return _conv("conv1d", 1, x, weight, bias, stride, padding, dilation, groups, method, out)
+    return _conv("conv1d", 1, input, weight, bias, stride, padding, dilation, groups, method, out)
 
 
-def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, method="auto", out=None):
+def conv2d(input: ArrayLike, weight: ArrayLike, bias: ArrayLike | None = None, stride: IntOrTuple = 1,
+           padding: Padding = 0, dilation: IntOrTuple = 1, groups: int = 1, *, method: str = "auto",
+           out: Array | None = None) -> Array:
     """2D convolution (cross-correlation) over ``(N, C_in, H, W)`` inputs.
 
     ``Y[n, l, i, j] = b[l] + sum_{d, a, b} X_pad[n, g*C_in/groups + d, i*sH + a*dH, j*sW + b*dW] * W[l, d, a, b]``
@@ -142,8 +123,9 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, m
 
     Parameters
     ----------
-    x : array_like, shape (N, C_in, H, W) or (C_in, H, W)
-        Input images (unbatched input gives an unbatched result).
+    input : array_like, shape (N, C_in, H, W) or (C_in, H, W)
+        Input images (unbatched input gives an unbatched result); PyTorch's parameter
+        name, messages call it ``x``.
     weight : array_like, shape (C_out, C_in/groups, kH, kW)
         The kernels.
     bias : array_like, shape (C_out,), optional
@@ -165,7 +147,7 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, m
     Returns
     -------
     ndarray, shape (N, C_out, H_out, W_out) or (C_out, H_out, W_out)
-        float32 or float64: ``np.result_type(x, weight, np.float32)``.
+        float32 or float64: ``np.result_type(input, weight, np.float32)``.
 
     Examples
     --------
@@ -176,7 +158,48 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, m
             [ 2., -1.,  2.],
             [ 3., -1.,  0.]]])
     """
-    return _conv("conv2d", 2, x, weight, bias, stride, padding, dilation, groups, method, out)
+    return _conv("conv2d", 2, input, weight, bias, stride, padding, dilation, groups, method, out)
+
+
+def conv3d(input: ArrayLike, weight: ArrayLike, bias: ArrayLike | None = None, stride: IntOrTuple = 1,
+           padding: Padding = 0, dilation: IntOrTuple = 1, groups: int = 1, *, method: str = "auto",
+           out: Array | None = None) -> Array:
+    """3D convolution (cross-correlation) over ``(N, C_in, D, H, W)`` inputs (volumes, video).
+
+    ``Y[n, l, i, j, k] = b[l] + sum_{d, a, b, c} X_pad[n, g*C_in/groups + d, i*sD + a*dD, j*sH + b*dH,
+    k*sW + c*dW] * W[l, d, a, b, c]`` where ``g`` is output channel ``l``'s group.
+
+    Parameters
+    ----------
+    input : array_like, shape (N, C_in, D, H, W) or (C_in, D, H, W)
+        Input volumes (unbatched input gives an unbatched result); error messages call it ``x``.
+    weight : array_like, shape (C_out, C_in/groups, kD, kH, kW)
+        The kernels.
+    bias : array_like, shape (C_out,), optional
+        Added to every output of each channel.
+    stride, dilation : int or (int, int, int)
+        Step between receptive fields; spacing of the kernel taps.
+    padding : int, (int, int, int), ((lo, hi), (lo, hi), (lo, hi)), 'valid' or 'same'
+        Zeros around the volume; 'same' is TensorFlow's rule for any stride.
+    groups : int
+        Input and output channels are split into ``groups`` independent convolutions.
+    method : str
+        'auto' (default), 'measure' or a registered strategy (``fastconv.strategies.names()``).
+    out : ndarray, optional
+        C-contiguous array of the result's shape and dtype to write into.
+
+    Returns
+    -------
+    ndarray, shape (N, C_out, D_out, H_out, W_out) or (C_out, D_out, H_out, W_out)
+        float32 or float64: ``np.result_type(x, weight, np.float32)``.
+
+    Examples
+    --------
+    >>> import numpy as np, fastconv
+    >>> fastconv.conv3d(np.ones((1, 1, 3, 3, 3)), np.ones((1, 1, 2, 2, 2))).shape
+    (1, 1, 2, 2, 2)
+    """
+    return _conv("conv3d", 3, input, weight, bias, stride, padding, dilation, groups, method, out)
 
 
 def _conv_backward(fn, nd, grad_output, x, weight, stride, padding, dilation, groups, method, output_mask):
@@ -203,7 +226,7 @@ def _conv_backward(fn, nd, grad_output, x, weight, stride, padding, dilation, gr
             if g is not None:
                 g[...] = 0
     else:
-        dispatch.run(method, "conv2d_backward", geom, dtype, fn, (g4, x4, w4, geom, grad_x, grad_w, grad_b))
+        dispatch.run(method, "conv_backward", geom, dtype, fn, (g4, x4, w4, geom, grad_x, grad_w, grad_b))
     x_shape = np.shape(x)
     return (
         None if grad_x is None else grad_x.reshape(x_shape),
@@ -212,8 +235,9 @@ def _conv_backward(fn, nd, grad_output, x, weight, stride, padding, dilation, gr
     )
 
 
-def conv1d_backward(grad_output, x, weight, stride=1, padding=0, dilation=1, groups=1, *,
-                    method="auto", output_mask=(True, True, True)):
+def conv1d_backward(grad_output: ArrayLike, x: ArrayLike, weight: ArrayLike, stride: IntOrTuple = 1,
+                    padding: Padding = 0, dilation: IntOrTuple = 1, groups: int = 1, *, method: str = "auto",
+                    output_mask: Sequence[bool] = (True, True, True)) -> Gradients:
     """Gradients of :func:`conv1d` with respect to its input, weight and bias.
 
     Takes the forward call's ``x``, ``weight`` and geometry, and ``grad_output``
@@ -229,8 +253,9 @@ def conv1d_backward(grad_output, x, weight, stride=1, padding=0, dilation=1, gro
                           method, output_mask)
 
 
-def conv2d_backward(grad_output, x, weight, stride=1, padding=0, dilation=1, groups=1, *,
-                    method="auto", output_mask=(True, True, True)):
+def conv2d_backward(grad_output: ArrayLike, x: ArrayLike, weight: ArrayLike, stride: IntOrTuple = 1,
+                    padding: Padding = 0, dilation: IntOrTuple = 1, groups: int = 1, *, method: str = "auto",
+                    output_mask: Sequence[bool] = (True, True, True)) -> Gradients:
     """Gradients of :func:`conv2d` with respect to its input, weight and bias.
 
     The lecture's backward: ``dL/dW = dL/dY · X̂ᵀ``, ``dL/dX̂ = Wᵀ · dL/dY``
@@ -268,4 +293,30 @@ def conv2d_backward(grad_output, x, weight, stride=1, padding=0, dilation=1, gro
     array([9.])
     """
     return _conv_backward("conv2d_backward", 2, grad_output, x, weight, stride, padding, dilation, groups,
+                          method, output_mask)
+
+
+def conv3d_backward(grad_output: ArrayLike, x: ArrayLike, weight: ArrayLike, stride: IntOrTuple = 1,
+                    padding: Padding = 0, dilation: IntOrTuple = 1, groups: int = 1, *, method: str = "auto",
+                    output_mask: Sequence[bool] = (True, True, True)) -> Gradients:
+    """Gradients of :func:`conv3d` with respect to its input, weight and bias.
+
+    Parameters
+    ----------
+    grad_output : array_like, shape (N, C_out, D_out, H_out, W_out) or unbatched
+        dL/dY, the shape of the forward output.
+    x, weight, stride, padding, dilation, groups
+        As given to the forward :func:`conv3d`.
+    method : str
+        'auto', 'measure' or a registered strategy.
+    output_mask : (bool, bool, bool)
+        Which of (grad_input, grad_weight, grad_bias) to compute; the others are None.
+
+    Returns
+    -------
+    grad_input : ndarray, x's shape, or None
+    grad_weight : ndarray, weight's shape, or None
+    grad_bias : ndarray, shape (C_out,), or None
+    """
+    return _conv_backward("conv3d_backward", 3, grad_output, x, weight, stride, padding, dilation, groups,
                           method, output_mask)

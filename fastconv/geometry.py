@@ -23,23 +23,29 @@ window that would start in the right padding is dropped::
     o = ceil((n + 2p - d*(k-1) - 1) / s) + 1
     if (o - 1) * s >= n + p:  o -= 1
 
-The kernels in ``fastconv.strategies`` see every problem as 2D: a 1D problem
-of length ``L`` is a 2D problem of height 1. :class:`ConvGeometry` and
-:class:`PoolGeometry` carry the resolved 2D numbers to them.
+The resolved problem records, :class:`ConvGeometry` and :class:`PoolGeometry`, are N-d:
+per-axis tuples of rank 1, 2 or 3. :func:`conv_problem` and :func:`pool_problem` check a
+call's shapes and arguments and build them; this is the one place where a 1D problem is
+lifted to the kernels' rank (2D of height 1). 3D problems keep rank 3; the Numba strategies
+compute them as sums of 2D problems over the depth taps (:mod:`fastconv.strategies._depth`).
 """
 
 from __future__ import annotations
 
+import math
 import operator
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 __all__ = [
     "ConvGeometry",
     "PoolGeometry",
+    "conv_problem",
+    "pool_problem",
     "conv_output_size",
     "pool_output_size",
     "resolve_padding",
     "same_padding",
+    "tap_output_range",
 ]
 
 
@@ -205,6 +211,24 @@ def _resolve_padding(padding, input_size, kernel_size, stride, dilation, fn):
     return tuple(pairs)
 
 
+def tap_output_range(n: int, tap: int, stride: int, dilation: int, lo: int, first: int = 0, last: int | None = None):
+    """The outputs ``o`` in ``[first, last)`` whose tap ``tap`` reads inside the input, as ``(start, stop)``.
+
+    Output ``o`` reads input position ``o*stride + tap*dilation - lo``; it is in the input when
+    ``0 <= o*stride + tap*dilation - lo < n``. ``start >= stop`` means none does.
+
+    Examples
+    --------
+    >>> tap_output_range(5, 0, 1, 1, 1, 0, 5)   # 'same' 3-tap window over 5: tap 0 misses output 0
+    (1, 5)
+    """
+    offset = tap * dilation - lo
+    start = max(first, -(offset // stride) if offset < 0 else 0)
+    stop_limit = (n - 1 - offset) // stride + 1 if n - 1 - offset >= 0 else 0
+    stop = stop_limit if last is None else min(last, stop_limit)
+    return start, max(start, stop)
+
+
 def pool_output_size(n: int, k: int, stride: int, padding: int, dilation: int = 1,
                      ceil_mode: bool = False) -> int:
     """Output length of a pooling window along one dimension (PyTorch's rule).
@@ -235,12 +259,60 @@ def _pool_output_size(n, k, stride, padding, dilation, ceil_mode):
     return o
 
 
-@dataclass(frozen=True)
-class ConvGeometry:
-    """Resolved 2D geometry of one convolution (1D problems have height 1).
+#: What :func:`key_part` returns for an argument no cache should be keyed on.
+UNCACHEABLE = object()
 
-    Every field is a plain int or a pair of ints ``(height, width)``;
-    ``padding`` is ``((top, bottom), (left, right))``.
+
+def key_part(value):
+    """``value`` as part of a cache key, or :data:`UNCACHEABLE`.
+
+    Plain ints, strs, None and (nested) tuples of ints are keys as they are; bools are tagged
+    (``True == 1``, and the checks treat them differently); anything else (lists, NumPy
+    integers, floats) is left to the uncached path, which checks it every time.
+    """
+    kind = type(value)
+    if kind is int or kind is str or value is None:
+        return value
+    if kind is bool:
+        return ("bool", value)
+    if kind is tuple:
+        for item in value:
+            if type(item) is not int and (type(item) is not tuple or key_part(item) is UNCACHEABLE):
+                return UNCACHEABLE
+        return value
+    return UNCACHEABLE
+
+
+def _cached_hash(record) -> int:
+    """The hash of a frozen record, computed once: records key the dispatcher's and kernels' caches."""
+    value = record.__dict__.get("_hash")
+    if value is None:
+        value = hash(tuple(getattr(record, f.name) for f in fields(record)))
+        object.__setattr__(record, "_hash", value)
+    return value
+
+
+class _Record:
+    """What both problem records share: a hash computed once, the rank."""
+
+    def __hash__(self) -> int:
+        return _cached_hash(self)
+
+    @property
+    def rank(self) -> int:
+        """Number of spatial axes the strategies see (2 or 3)."""
+        return len(self.in_size)
+
+
+@dataclass(frozen=True, eq=True)
+class ConvGeometry(_Record):
+    """The resolved problem of one convolution: channels, groups and per-axis sizes.
+
+    Every spatial field is a tuple with one entry per axis (rank 2 or 3; a 1D problem is
+    lifted to rank 2, height 1): ``in_size`` ``(H, W)`` or ``(D, H, W)``, ``kernel``,
+    ``stride``, ``dilation``, ``out_size``, and ``padding`` as ``(lo, hi)`` pairs.
+    ``dtype`` is the computation's dtype and ``layout`` the memory layout of the arrays the
+    strategies receive (``"channels_first"``: ``(N, C, *spatial)``, C-contiguous).
     """
 
     batch: int
@@ -253,17 +325,31 @@ class ConvGeometry:
     dilation: tuple     # (dH, dW)
     padding: tuple      # ((top, bottom), (left, right))
     out_size: tuple     # (oH, oW)
+    dtype: str = "float32"
+    layout: str = "channels_first"
+
+    op = "conv"
+    __hash__ = _Record.__hash__  # the dataclass would generate an uncached one
 
     @property
     def flops(self) -> int:
-        """``2 * N * C_out * (C_in/groups) * kH*kW * oH*oW``."""
-        kh, kw = self.kernel
-        oh, ow = self.out_size
-        return 2 * self.batch * self.out_channels * (self.in_channels // self.groups) * kh * kw * oh * ow
+        """``2 * N * C_out * (C_in/groups) * prod(kernel) * prod(out_size)``."""
+        return (2 * self.batch * self.out_channels * (self.in_channels // self.groups)
+                * math.prod(self.kernel) * math.prod(self.out_size))
+
+    @property
+    def input_shape(self) -> tuple:
+        """``(N, C_in, *in_size)``."""
+        return (self.batch, self.in_channels) + tuple(self.in_size)
+
+    @property
+    def weight_shape(self) -> tuple:
+        """``(C_out, C_in/groups, *kernel)``."""
+        return (self.out_channels, self.in_channels // self.groups) + tuple(self.kernel)
 
     @property
     def output_shape(self) -> tuple:
-        """``(N, C_out, oH, oW)``."""
+        """``(N, C_out, *out_size)``."""
         return (self.batch, self.out_channels) + tuple(self.out_size)
 
     @property
@@ -271,11 +357,12 @@ class ConvGeometry:
         return self.groups == self.in_channels and self.groups > 1
 
 
-@dataclass(frozen=True)
-class PoolGeometry:
-    """Resolved 2D geometry of one pooling (1D problems have height 1).
+@dataclass(frozen=True, eq=True)
+class PoolGeometry(_Record):
+    """The resolved problem of one pooling: channels and per-axis sizes (rank 2 or 3, as
+    :class:`ConvGeometry`; a 1D problem is lifted to height 1).
 
-    ``padding`` is symmetric per dim, as in PyTorch: ``(pH, pW)``.
+    ``padding`` is symmetric per axis, as in PyTorch: ``(pH, pW)``.
     """
 
     batch: int
@@ -288,23 +375,42 @@ class PoolGeometry:
     out_size: tuple     # (oH, oW)
     ceil_mode: bool = False
     count_include_pad: bool = True
+    dtype: str = "float32"
+    layout: str = "channels_first"
+    divisor_override: int | None = None  # average pooling: every window's divisor, if set (never 0)
+
+    op = "pool"
+    __hash__ = _Record.__hash__  # the dataclass would generate an uncached one
+
+    @property
+    def input_shape(self) -> tuple:
+        """``(N, C, *in_size)``."""
+        return (self.batch, self.channels) + tuple(self.in_size)
 
     @property
     def output_shape(self) -> tuple:
-        """``(N, C, oH, oW)``."""
+        """``(N, C, *out_size)``."""
         return (self.batch, self.channels) + tuple(self.out_size)
+
+    @property
+    def window_elements(self) -> int:
+        """Elements a window reads per output (for cost accounting)."""
+        return math.prod(self.kernel)
 
 
 def avg_pool_divisors(geom: PoolGeometry):
-    """PyTorch's average-pooling divisor for every output position, an int array ``(oH, oW)``.
+    """PyTorch's average-pooling divisor for every output position, an int array of ``out_size``.
 
-    Per dimension the window ``[start, start + k)`` is clipped to the padded input
+    Per axis the window ``[start, start + k)`` is clipped to the padded input
     ``[-p, n + p)``; with ``count_include_pad`` the divisor is the clipped window's
     size (padding counts, ``ceil_mode``'s overhang does not), otherwise the number of
-    input elements in it. The 2D divisor is the product of the two.
+    input elements in it. The N-d divisor is the product over the axes. With
+    ``geom.divisor_override`` set (PyTorch's ``divisor_override``), every divisor is that value.
     """
     import numpy as np
 
+    if geom.divisor_override is not None:
+        return np.full(tuple(geom.out_size), geom.divisor_override, dtype=np.int64)
     counts = []
     for n, k, s, p, o in zip(geom.in_size, geom.kernel, geom.stride, geom.padding, geom.out_size):
         start = np.arange(o) * s - p
@@ -313,5 +419,150 @@ def avg_pool_divisors(geom: PoolGeometry):
             counts.append(end - start)
         else:
             counts.append(np.minimum(end, n) - np.maximum(start, 0))
-    return counts[0][:, None] * counts[1][None, :]
+    divisor = counts[0]
+    for axis in counts[1:]:
+        divisor = np.multiply.outer(divisor, axis)
+    return divisor
 
+
+_SPATIAL = {1: "L", 2: "H, W", 3: "D, H, W"}
+_KERNEL_DIMS = {1: "k", 2: "kH, kW", 3: "kD, kH, kW"}
+
+
+def _np_bool():
+    import numpy as np
+
+    return np.bool_
+
+
+def conv_problem(fn, nd, x_shape, weight_shape, bias_shape, stride, padding, dilation, groups, dtype="float32"):
+    """Check a convolution's shapes and arguments; return its :class:`ConvGeometry` and the result's shape.
+
+    ``nd`` is the spatial rank of the call (1, 2 or 3); a 1D problem is lifted to 2D (height 1)
+    here, the one place it happens. Raises ValueError/TypeError naming ``fn`` and the argument.
+    """
+    spatial = _SPATIAL[nd]
+    if len(x_shape) not in (nd + 1, nd + 2):
+        raise ValueError(f"{fn}: x must be (N, C_in, {spatial}) or unbatched (C_in, {spatial}), "
+                         f"got a {len(x_shape)}-D array of shape {tuple(x_shape)}")
+    if len(weight_shape) != nd + 2:
+        kernel_dims = _KERNEL_DIMS[nd]
+        raise ValueError(f"{fn}: weight must be (C_out, C_in/groups, {kernel_dims}), "
+                         f"got a {len(weight_shape)}-D array of shape {tuple(weight_shape)}")
+    batched = len(x_shape) == nd + 2
+    N, C_in = ((x_shape[0],) if batched else (1,)) + (x_shape[-nd - 1],)
+    C_out, C_per_group = weight_shape[:2]
+    kernel = tuple(weight_shape[2:])
+    groups = _as_int(groups, "groups", fn)
+    if groups < 1:
+        raise ValueError(f"{fn}: groups must be >= 1, got {groups}")
+    if C_in % groups:
+        raise ValueError(f"{fn}: groups={groups} does not divide the {C_in} input channels")
+    if C_out % groups:
+        raise ValueError(f"{fn}: groups={groups} does not divide the {C_out} output channels (weight.shape[0])")
+    if C_per_group * groups != C_in:
+        raise ValueError(
+            f"{fn}: input has {C_in} channels but weight.shape[1] * groups is "
+            f"{C_per_group} * {groups} = {C_per_group * groups}"
+        )
+    if C_per_group == 0 or min(kernel) == 0:
+        raise ValueError(f"{fn}: weight must not be empty, got shape {tuple(weight_shape)}")
+    if bias_shape is not None and tuple(bias_shape) != (C_out,):
+        raise ValueError(f"{fn}: bias must have shape ({C_out},) (C_out), got {tuple(bias_shape)}")
+
+    stride = normalize_tuple(stride, nd, "stride", fn)
+    dilation = normalize_tuple(dilation, nd, "dilation", fn)
+    in_size = tuple(x_shape[-nd:])
+    pads = _resolve_padding(padding, in_size, kernel, stride, dilation, fn)
+    out_size = tuple(
+        _conv_output_size(n, k, s, lo, hi, d) for n, k, s, (lo, hi), d in zip(in_size, kernel, stride, pads, dilation)
+    )
+    if min(out_size) < 1:
+        raise ValueError(
+            f"{fn}: padded input {tuple(n + lo + hi for n, (lo, hi) in zip(in_size, pads))} is smaller "
+            f"than the dilated kernel {tuple(d * (k - 1) + 1 for k, d in zip(kernel, dilation))}; "
+            "the output would be empty"
+        )
+    if nd == 1:  # a 1D problem is a 2D problem of height 1
+        in_size, kernel, out_size = (1,) + in_size, (1,) + kernel, (1,) + out_size
+        stride, dilation, pads = (1,) + stride, (1,) + dilation, ((0, 0),) + pads
+    geom = ConvGeometry(
+        batch=N, in_channels=C_in, out_channels=C_out, groups=groups, in_size=in_size,
+        kernel=kernel, stride=stride, dilation=dilation, padding=pads, out_size=out_size, dtype=str(dtype),
+    )
+    user_shape = ((N,) if batched else ()) + (C_out,) + geom.out_size[len(geom.out_size) - nd:]
+    return geom, user_shape
+
+
+def _windows_touch_input(n, k, s, p, d, o):
+    """True if each of the ``o`` windows (start ``i*s - p``, taps ``d`` apart) reads an input element."""
+    for i in range(o):
+        start = i * s - p
+        first = start if start >= 0 else start - (start // d) * d  # first tap at or after 0
+        if not (first < n and first <= start + d * (k - 1)):
+            return False
+    return True
+
+
+def pool_problem(fn, nd, shape, kernel_size, stride, padding, dilation, ceil_mode, count_include_pad, dtype="float32",
+                 divisor_override=None):
+    """Check the pooling arguments for an input of ``shape``; return its :class:`PoolGeometry` and the result's shape.
+
+    ``nd`` is the spatial rank of the call (1, 2 or 3); a 1D problem is lifted to 2D (height 1) here.
+    """
+    batched = len(shape) == nd + 2
+    N, C = ((shape[0],) if batched else (1,)) + (shape[-nd - 1],)
+    in_size = tuple(shape[-nd:])
+    kernel = normalize_tuple(kernel_size, nd, "kernel_size", fn)
+    stride = kernel if stride is None else normalize_tuple(stride, nd, "stride", fn)
+    dilation = normalize_tuple(dilation, nd, "dilation", fn)
+    if isinstance(padding, str):
+        raise ValueError(f"{fn}: padding must be an int or one int per spatial dimension, got {padding!r}")
+    pads = normalize_tuple(padding, nd, "padding", fn, minimum=0)
+    for p, k in zip(pads, kernel):
+        if p > k // 2:
+            raise ValueError(
+                f"{fn}: padding must be at most half the kernel size, got padding={padding!r} "
+                f"for kernel_size={kernel_size!r}"
+            )
+    if not isinstance(ceil_mode, (bool, _np_bool())):
+        raise TypeError(f"{fn}: ceil_mode must be a bool, got {ceil_mode!r}")
+    if not isinstance(count_include_pad, (bool, _np_bool())):
+        raise TypeError(f"{fn}: count_include_pad must be a bool, got {count_include_pad!r}")
+    out_size = tuple(
+        _pool_output_size(n, k, s, p, d, bool(ceil_mode))
+        for n, k, s, p, d in zip(in_size, kernel, stride, pads, dilation)
+    )
+    if min(out_size) < 1:
+        raise ValueError(
+            f"{fn}: padded input {tuple(n + 2 * p for n, p in zip(in_size, pads))} is smaller than the "
+            f"(dilated) window {tuple(d * (k - 1) + 1 for k, d in zip(kernel, dilation))}; "
+            "the output would be empty"
+        )
+    for n, k, s, p, d, o in zip(in_size, kernel, stride, pads, dilation, out_size):
+        if d > 1 and not _windows_touch_input(n, k, s, p, d, o):
+            raise ValueError(
+                f"{fn}: with dilation {d} and padding {p}, a window over an input of size {n} holds "
+                "only padding; its maximum and index would be meaningless"
+            )
+    if nd == 1:  # a 1D problem is a 2D problem of height 1
+        in_size, kernel, out_size = (1,) + in_size, (1,) + kernel, (1,) + out_size
+        stride, dilation, pads = (1,) + stride, (1,) + dilation, (0,) + pads
+    geom = PoolGeometry(
+        batch=N, channels=C, in_size=tuple(in_size), kernel=tuple(kernel), stride=tuple(stride),
+        dilation=tuple(dilation), padding=tuple(pads), out_size=tuple(out_size),
+        ceil_mode=bool(ceil_mode), count_include_pad=bool(count_include_pad), dtype=str(dtype),
+        divisor_override=_divisor_override(fn, divisor_override),
+    )
+    user_shape = ((N,) if batched else ()) + (C,) + geom.out_size[len(geom.out_size) - nd:]
+    return geom, user_shape
+
+
+def _divisor_override(fn, divisor_override):
+    """``divisor_override`` checked: None, or a non-zero int (negative allowed, as in PyTorch)."""
+    if divisor_override is None:
+        return None
+    divisor = _as_int(divisor_override, "divisor_override", fn)
+    if divisor == 0:
+        raise ValueError(f"{fn}: divisor_override must be a non-zero integer or None, got {divisor_override!r}")
+    return divisor

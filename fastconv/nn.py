@@ -27,7 +27,8 @@ from . import conv as _conv
 from . import pool as _pool
 from ._validate import as_array
 
-__all__ = ["Conv1d", "Conv2d", "MaxPool1d", "MaxPool2d", "AvgPool1d", "AvgPool2d", "Layer"]
+__all__ = ["AvgPool1d", "AvgPool2d", "AvgPool3d", "Conv1d", "Conv2d", "Conv3d", "Layer", "MaxPool1d", "MaxPool2d",
+           "MaxPool3d"]
 
 
 class Layer:
@@ -66,9 +67,14 @@ class _ConvNd(Layer):
     _nd = 2
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
-                 bias=True, dtype=np.float32, *, rng=None, method="auto"):
+                 bias=True, padding_mode="zeros", device=None, dtype=None, *, rng=None, method="auto"):
         super().__init__()
         name = type(self).__name__
+        if padding_mode != "zeros":
+            raise ValueError(f"{name}: only padding_mode='zeros' is supported, got {padding_mode!r}")
+        if device not in (None, "cpu"):
+            raise ValueError(f"{name}: fastconv computes on the CPU; device must be None or 'cpu', got {device!r}")
+        dtype = np.float32 if dtype is None else dtype
         kernel = tuple(kernel_size) if isinstance(kernel_size, (tuple, list)) else (kernel_size,) * self._nd
         if len(kernel) != self._nd or any(not isinstance(k, (int, np.integer)) or k < 1 for k in kernel):
             raise ValueError(f"{name}: kernel_size must be a positive int or {self._nd} of them, got {kernel_size!r}")
@@ -108,7 +114,7 @@ class _ConvNd(Layer):
     def forward(self, x):
         """``conv(x)``; keeps ``x`` for backward."""
         x = as_array(x, "x", f"{type(self).__name__}.forward")
-        fn = _conv.conv1d if self._nd == 1 else _conv.conv2d
+        fn = getattr(_conv, f"conv{self._nd}d")
         y = fn(x, self.weight, self.bias, method=self.method, **self._geometry())
         self._saved = x
         return y
@@ -116,7 +122,7 @@ class _ConvNd(Layer):
     def backward(self, grad_output):
         """dL/dx for the last forward's input; stores dL/dW (and dL/db) in ``grads``."""
         x = self._need_forward()
-        fn = _conv.conv1d_backward if self._nd == 1 else _conv.conv2d_backward
+        fn = getattr(_conv, f"conv{self._nd}d_backward")
         gx, gw, gb = fn(grad_output, x, self.weight, method=self.method,
                         output_mask=(True, True, "bias" in self.params), **self._geometry())
         self.grads["weight"][...] = gw
@@ -152,27 +158,38 @@ class Conv2d(_ConvNd):
     _nd = 2
 
 
+class Conv3d(_ConvNd):
+    """3D convolution layer, constructed like ``torch.nn.Conv3d`` (plus ``dtype``, ``rng``, ``method``)."""
+
+    _nd = 3
+
+
 class _MaxPoolNd(Layer):
     _nd = 2
 
-    def __init__(self, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, *, method="auto"):
+    def __init__(self, kernel_size, stride=None, padding=0, dilation=1, return_indices=False, ceil_mode=False, *,
+                 method="auto"):
         super().__init__()
         self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
-        self.dilation, self.ceil_mode, self.method = dilation, ceil_mode, method
+        self.dilation, self.return_indices, self.ceil_mode, self.method = dilation, return_indices, ceil_mode, method
 
     def forward(self, x):
-        """Max pooling; keeps the argmax indices and the input's shape for backward."""
+        """Max pooling; keeps the argmax indices and the input's shape for backward.
+
+        Returns the pooled array, and the indices too when the layer was built with
+        ``return_indices=True`` (as ``torch.nn.MaxPool2d``).
+        """
         x = as_array(x, "x", f"{type(self).__name__}.forward")
-        fn = _pool.max_pool1d if self._nd == 1 else _pool.max_pool2d
+        fn = getattr(_pool, f"max_pool{self._nd}d")
         y, idx = fn(x, self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode,
                     return_indices=True, method=self.method)
         self._saved = (idx, x.shape)
-        return y
+        return (y, idx) if self.return_indices else y
 
     def backward(self, grad_output):
         """dL/dx: each output's gradient to the input element its maximum came from."""
         idx, shape = self._need_forward()
-        fn = _pool.max_pool1d_backward if self._nd == 1 else _pool.max_pool2d_backward
+        fn = getattr(_pool, f"max_pool{self._nd}d_backward")
         return fn(grad_output, idx, shape, method=self.method)
 
 
@@ -188,6 +205,12 @@ class MaxPool2d(_MaxPoolNd):
     _nd = 2
 
 
+class MaxPool3d(_MaxPoolNd):
+    """3D max pooling layer, constructed like ``torch.nn.MaxPool3d``."""
+
+    _nd = 3
+
+
 class _AvgPoolNd(Layer):
     _nd = 2
 
@@ -198,12 +221,13 @@ class _AvgPoolNd(Layer):
         self.ceil_mode, self.count_include_pad, self.method = ceil_mode, count_include_pad, method
 
     def _args(self):
+        """The pooling arguments shared by the forward and backward functions, positionally."""
         return (self.kernel_size, self.stride, self.padding, self.ceil_mode, self.count_include_pad)
 
     def forward(self, x):
         """Average pooling; keeps the input's shape for backward."""
         x = as_array(x, "x", f"{type(self).__name__}.forward")
-        fn = _pool.avg_pool1d if self._nd == 1 else _pool.avg_pool2d
+        fn = getattr(_pool, f"avg_pool{self._nd}d")
         y = fn(x, *self._args(), method=self.method)
         self._saved = x.shape
         return y
@@ -211,7 +235,7 @@ class _AvgPoolNd(Layer):
     def backward(self, grad_output):
         """dL/dx: each output's gradient spread evenly over its window."""
         shape = self._need_forward()
-        fn = _pool.avg_pool1d_backward if self._nd == 1 else _pool.avg_pool2d_backward
+        fn = getattr(_pool, f"avg_pool{self._nd}d_backward")
         return fn(grad_output, shape, *self._args(), method=self.method)
 
 
@@ -222,6 +246,23 @@ class AvgPool1d(_AvgPoolNd):
 
 
 class AvgPool2d(_AvgPoolNd):
-    """2D average pooling layer, constructed like ``torch.nn.AvgPool2d``."""
+    """2D average pooling layer, constructed like ``torch.nn.AvgPool2d``.
+
+    ``divisor_override`` (a non-zero int or None) is passed to :func:`fastconv.avg_pool2d`.
+    """
 
     _nd = 2
+
+    def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
+                 divisor_override=None, *, method="auto"):
+        super().__init__(kernel_size, stride, padding, ceil_mode, count_include_pad, method=method)
+        self.divisor_override = divisor_override
+
+    def _args(self):
+        return super()._args() + (self.divisor_override,)
+
+
+class AvgPool3d(AvgPool2d):
+    """3D average pooling layer, constructed like ``torch.nn.AvgPool3d`` (``divisor_override`` included)."""
+
+    _nd = 3

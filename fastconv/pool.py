@@ -1,106 +1,77 @@
-"""Max and average pooling, 1D and 2D: validate, resolve the geometry, dispatch."""
+"""Max and average pooling, 1D, 2D and 3D: validate, resolve the geometry, dispatch."""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import numpy as np
 
 from . import _validate as v
+from ._typing import Array, ArrayLike, IntOrTuple
 from . import dispatch
-from .geometry import PoolGeometry, _as_int, _pool_output_size, normalize_tuple
+from .geometry import _SPATIAL, UNCACHEABLE, PoolGeometry, _as_int, key_part, pool_problem
 
 __all__ = [
-    "max_pool1d", "max_pool2d", "avg_pool1d", "avg_pool2d",
-    "max_pool1d_backward", "max_pool2d_backward", "avg_pool1d_backward", "avg_pool2d_backward",
+    "avg_pool1d", "avg_pool1d_backward", "avg_pool2d", "avg_pool2d_backward", "avg_pool3d", "avg_pool3d_backward",
+    "max_pool1d", "max_pool1d_backward", "max_pool2d", "max_pool2d_backward", "max_pool3d", "max_pool3d_backward",
 ]
 
 
-def _windows_touch_input(n, k, s, p, d, o):
-    """True if each of the ``o`` windows (start ``i*s - p``, taps ``d`` apart) reads an input element."""
-    for i in range(o):
-        start = i * s - p
-        first = start if start >= 0 else start - (start // d) * d  # first tap at or after 0
-        if not (first < n and first <= start + d * (k - 1)):
-            return False
-    return True
+#: (function, shape, dtype, arguments) -> (problem, result shape, dtype): a repeated call with the same
+#: shape and arguments skips the checks and the geometry (they depend on nothing else).
+_problems: dict = {}
+_PROBLEMS_MAX = 4096
 
 
-def _pool_geometry(fn, nd, shape, kernel_size, stride, padding, dilation, ceil_mode, count_include_pad):
-    """Check the pooling arguments for an input of ``shape``; return the geometry and the user's output shape."""
-    batched = len(shape) == nd + 2
-    N, C = ((shape[0],) if batched else (1,)) + (shape[-nd - 1],)
-    in_size = tuple(shape[-nd:])
-    kernel = normalize_tuple(kernel_size, nd, "kernel_size", fn)
-    stride = kernel if stride is None else normalize_tuple(stride, nd, "stride", fn)
-    dilation = normalize_tuple(dilation, nd, "dilation", fn)
-    if isinstance(padding, str):
-        raise ValueError(f"{fn}: padding must be an int or one int per spatial dimension, got {padding!r}")
-    pads = normalize_tuple(padding, nd, "padding", fn, minimum=0)
-    for p, k in zip(pads, kernel):
-        if p > k // 2:
-            raise ValueError(
-                f"{fn}: padding must be at most half the kernel size, got padding={padding!r} "
-                f"for kernel_size={kernel_size!r}"
-            )
-    if not isinstance(ceil_mode, (bool, np.bool_)):
-        raise TypeError(f"{fn}: ceil_mode must be a bool, got {ceil_mode!r}")
-    if not isinstance(count_include_pad, (bool, np.bool_)):
-        raise TypeError(f"{fn}: count_include_pad must be a bool, got {count_include_pad!r}")
-    out_size = tuple(
-        _pool_output_size(n, k, s, p, d, bool(ceil_mode))
-        for n, k, s, p, d in zip(in_size, kernel, stride, pads, dilation)
-    )
-    if min(out_size) < 1:
-        raise ValueError(
-            f"{fn}: padded input {tuple(n + 2 * p for n, p in zip(in_size, pads))} is smaller than the "
-            f"(dilated) window {tuple(d * (k - 1) + 1 for k, d in zip(kernel, dilation))}; "
-            "the output would be empty"
-        )
-    for n, k, s, p, d, o in zip(in_size, kernel, stride, pads, dilation, out_size):
-        if d > 1 and not _windows_touch_input(n, k, s, p, d, o):
-            raise ValueError(
-                f"{fn}: with dilation {d} and padding {p}, a window over an input of size {n} holds "
-                "only padding; its maximum and index would be meaningless"
-            )
-    if nd == 1:  # a 1D problem is a 2D problem of height 1
-        in_size, kernel, out_size = (1,) + in_size, (1,) + kernel, (1,) + out_size
-        stride, dilation, pads = (1,) + stride, (1,) + dilation, (0,) + pads
-    geom = PoolGeometry(
-        batch=N, channels=C, in_size=tuple(in_size), kernel=tuple(kernel), stride=tuple(stride),
-        dilation=tuple(dilation), padding=tuple(pads), out_size=tuple(out_size),
-        ceil_mode=bool(ceil_mode), count_include_pad=bool(count_include_pad),
-    )
-    user_shape = ((N,) if batched else ()) + (C,) + geom.out_size[2 - nd:]
-    return geom, user_shape
-
-
-def _prepare_pool(fn, nd, x, kernel_size, stride, padding, dilation, ceil_mode, count_include_pad):
-    """Check every argument; return the 4D contiguous input, the geometry and the user's output shape."""
+def _prepare_pool(fn, nd, x, kernel_size, stride, padding, dilation, ceil_mode, count_include_pad,
+                  divisor_override=None):
+    """Check every argument; return the contiguous input of the problem's rank, the problem and the user's shape."""
     x = v.as_array(x, "x", fn)
-    spatial = "L" if nd == 1 else "H, W"
-    v.check_ndim(x, "x", fn, (nd + 1, nd + 2), f"(N, C, {spatial}) or unbatched (C, {spatial})")
-    geom, user_shape = _pool_geometry(fn, nd, x.shape, kernel_size, stride, padding, dilation, ceil_mode,
-                                      count_include_pad)
-    x4 = v.contiguous(x, v.result_dtype(x)).reshape((geom.batch, geom.channels) + geom.in_size)
-    return x4, geom, user_shape
+    args = tuple(key_part(a) for a in (kernel_size, stride, padding, dilation, ceil_mode, count_include_pad,
+                                       divisor_override))
+    key = (fn, x.shape, x.dtype) + args if UNCACHEABLE not in args else None
+    hit = None if key is None else _problems.get(key)
+    if hit is None:
+        spatial = _SPATIAL[nd]
+        v.check_ndim(x, "x", fn, (nd + 1, nd + 2), f"(N, C, {spatial}) or unbatched (C, {spatial})")
+        dtype = v.result_dtype(x)
+        geom, user_shape = pool_problem(fn, nd, x.shape, kernel_size, stride, padding, dilation, ceil_mode,
+                                        count_include_pad, dtype, divisor_override)
+        hit = (geom, user_shape, dtype)
+        if key is not None:
+            if len(_problems) >= _PROBLEMS_MAX:
+                _problems.clear()
+            _problems[key] = hit
+    geom, user_shape, dtype = hit
+    return v.contiguous(x, dtype).reshape(geom.input_shape), geom, user_shape
 
 
 def _max_pool(fn, nd, x, kernel_size, stride, padding, dilation, ceil_mode, return_indices, method):
-    dispatch.check_method(method, fn)
     x4, geom, user_shape = _prepare_pool(fn, nd, x, kernel_size, stride, padding, dilation, ceil_mode, True)
+    _, run = dispatch.resolve(method, "max_pool", geom, x4.dtype, fn)
     out = np.empty(user_shape, dtype=x4.dtype)
     indices = np.empty(user_shape, dtype=np.int64) if return_indices else None
     if out.size:
         i4 = None if indices is None else indices.reshape(geom.output_shape)
-        dispatch.run(method, "max_pool2d", geom, x4.dtype, fn, (x4, geom, out.reshape(geom.output_shape), i4))
+        args = (x4, geom, out.reshape(geom.output_shape), i4)
+        if run is None:  # measure mode times on the real arrays
+            dispatch.run(method, "max_pool", geom, x4.dtype, fn, args)
+        else:
+            run(*args)
     return (out, indices) if return_indices else out
 
 
-def _avg_pool(fn, nd, x, kernel_size, stride, padding, ceil_mode, count_include_pad, method):
-    dispatch.check_method(method, fn)
-    x4, geom, user_shape = _prepare_pool(fn, nd, x, kernel_size, stride, padding, 1, ceil_mode, count_include_pad)
+def _avg_pool(fn, nd, x, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override, method):
+    x4, geom, user_shape = _prepare_pool(fn, nd, x, kernel_size, stride, padding, 1, ceil_mode, count_include_pad,
+                                         divisor_override)
+    _, run = dispatch.resolve(method, "avg_pool", geom, x4.dtype, fn)
     out = np.empty(user_shape, dtype=x4.dtype)
     if out.size:
-        dispatch.run(method, "avg_pool2d", geom, x4.dtype, fn, (x4, geom, out.reshape(geom.output_shape)))
+        args = (x4, geom, out.reshape(geom.output_shape))
+        if run is None:  # measure mode times on the real arrays
+            dispatch.run(method, "avg_pool", geom, x4.dtype, fn, args)
+        else:
+            run(*args)
     return out
 
 
@@ -113,20 +84,23 @@ _POOL_PARAMS = """
         Implicit padding on both sides, at most half the kernel size (PyTorch's rule)."""
 
 
-def max_pool1d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
-               return_indices=False, *, method="auto"):
+def max_pool1d(input: ArrayLike, kernel_size: IntOrTuple, stride: IntOrTuple | None = None,
+               padding: IntOrTuple = 0, dilation: IntOrTuple = 1, ceil_mode: bool = False,
+               return_indices: bool = False, *, method: str = "auto") -> Array | tuple[Array, Array]:
     """Max pooling over ``(N, C, L)`` or ``(C, L)`` inputs; see :func:`max_pool2d`."""
-    return _max_pool("max_pool1d", 1, x, kernel_size, stride, padding, dilation, ceil_mode,
+    return _max_pool("max_pool1d", 1, input, kernel_size, stride, padding, dilation, ceil_mode,
                      return_indices, method)
 
 
-def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
-               return_indices=False, *, method="auto"):
+def max_pool2d(input: ArrayLike, kernel_size: IntOrTuple, stride: IntOrTuple | None = None,
+               padding: IntOrTuple = 0, dilation: IntOrTuple = 1, ceil_mode: bool = False,
+               return_indices: bool = False, *, method: str = "auto") -> Array | tuple[Array, Array]:
     """Max pooling over ``(N, C, H, W)`` or ``(C, H, W)`` inputs, as ``torch.nn.functional.max_pool2d``.
 
     Parameters
     ----------
-    x : array_like, shape (N, C, H, W) or (C, H, W)
+    input : array_like, shape (N, C, H, W) or (C, H, W)
+        The input (PyTorch's parameter name; messages call it ``x``).
     {params}
     dilation : int or tuple of int
         Spacing of the window's elements.
@@ -153,29 +127,37 @@ def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=Fal
     array([[[ 5.,  7.],
             [13., 15.]]])
     """
-    return _max_pool("max_pool2d", 2, x, kernel_size, stride, padding, dilation, ceil_mode,
+    return _max_pool("max_pool2d", 2, input, kernel_size, stride, padding, dilation, ceil_mode,
                      return_indices, method)
 
 
-def avg_pool1d(x, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
-               *, method="auto"):
-    """Average pooling over ``(N, C, L)`` or ``(C, L)`` inputs; see :func:`avg_pool2d`."""
-    return _avg_pool("avg_pool1d", 1, x, kernel_size, stride, padding, ceil_mode, count_include_pad, method)
+def avg_pool1d(input: ArrayLike, kernel_size: IntOrTuple, stride: IntOrTuple | None = None,
+               padding: IntOrTuple = 0, ceil_mode: bool = False, count_include_pad: bool = True, *,
+               method: str = "auto") -> Array:
+    """Average pooling over ``(N, C, L)`` or ``(C, L)`` inputs; see :func:`avg_pool2d` (no ``divisor_override``,
+    as in PyTorch)."""
+    return _avg_pool("avg_pool1d", 1, input, kernel_size, stride, padding, ceil_mode, count_include_pad, None, method)
 
 
-def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
-               *, method="auto"):
+def avg_pool2d(input: ArrayLike, kernel_size: IntOrTuple, stride: IntOrTuple | None = None,
+               padding: IntOrTuple = 0, ceil_mode: bool = False, count_include_pad: bool = True,
+               divisor_override: int | None = None, *, method: str = "auto") -> Array:
     """Average pooling over ``(N, C, H, W)`` or ``(C, H, W)`` inputs, as ``torch.nn.functional.avg_pool2d``.
 
     Parameters
     ----------
-    x : array_like, shape (N, C, H, W) or (C, H, W)
+    input : array_like, shape (N, C, H, W) or (C, H, W)
+        The input (PyTorch's parameter name; messages call it ``x``).
     {params}
     ceil_mode : bool
         Round the output size up (a last, partial window).
     count_include_pad : bool
         Divide by the window size including zero padding (default), or by the
         number of input elements in the window.
+    divisor_override : int, optional
+        If given, every output is its window's sum divided by this (non-zero,
+        possibly negative) integer, whatever ``count_include_pad`` and
+        ``ceil_mode`` say. None (default): the divisor described above.
     method : str
         'auto', 'loop', 'vectorized', 'direct' or 'img2col'.
 
@@ -190,7 +172,8 @@ def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False, count_in
     array([[[ 2.5,  4.5],
             [10.5, 12.5]]])
     """
-    return _avg_pool("avg_pool2d", 2, x, kernel_size, stride, padding, ceil_mode, count_include_pad, method)
+    return _avg_pool("avg_pool2d", 2, input, kernel_size, stride, padding, ceil_mode, count_include_pad,
+                     divisor_override, method)
 
 
 def _input_shape(fn, nd, input_shape):
@@ -200,7 +183,7 @@ def _input_shape(fn, nd, input_shape):
     except TypeError:
         raise TypeError(f"{fn}: input_shape must be a tuple of ints, got {input_shape!r}") from None
     if len(shape) not in (nd + 1, nd + 2) or min(shape) < 0:
-        spatial = "L" if nd == 1 else "H, W"
+        spatial = _SPATIAL[nd]
         raise ValueError(f"{fn}: input_shape must be (N, C, {spatial}) or (C, {spatial}), got {input_shape!r}")
     return shape
 
@@ -247,32 +230,34 @@ def _max_pool_backward(fn, nd, grad_output, indices, input_shape, method):
     if grad_x.size and grad_output.size:
         g4 = v.contiguous(grad_output, dtype).reshape(geom.output_shape)
         i4 = v.contiguous(indices, np.int64).reshape(geom.output_shape)
-        dispatch.run(method, "max_pool2d_backward", geom, dtype, fn, (g4, i4, geom, grad_x.reshape((N, C) + in_size)))
+        dispatch.run(method, "max_pool_backward", geom, dtype, fn, (g4, i4, geom, grad_x.reshape((N, C) + in_size)))
     return grad_x
 
 
 def _avg_pool_backward(fn, nd, grad_output, input_shape, kernel_size, stride, padding, ceil_mode,
-                       count_include_pad, method):
+                       count_include_pad, divisor_override, method):
     dispatch.check_method(method, fn)
     shape = _input_shape(fn, nd, input_shape)
-    geom, user_shape = _pool_geometry(fn, nd, shape, kernel_size, stride, padding, 1, ceil_mode,
-                                      count_include_pad)
+    geom, user_shape = pool_problem(fn, nd, shape, kernel_size, stride, padding, 1, ceil_mode,
+                                    count_include_pad, divisor_override=divisor_override)
     grad_output = _grad_output(fn, grad_output, user_shape)
     dtype = v.result_dtype(grad_output)
     grad_x = np.empty(shape, dtype)
     if grad_x.size:
         g4 = v.contiguous(grad_output, dtype).reshape(geom.output_shape)
         gx4 = grad_x.reshape((geom.batch, geom.channels) + geom.in_size)
-        dispatch.run(method, "avg_pool2d_backward", geom, dtype, fn, (g4, geom, gx4))
+        dispatch.run(method, "avg_pool_backward", geom, dtype, fn, (g4, geom, gx4))
     return grad_x
 
 
-def max_pool1d_backward(grad_output, indices, input_shape, *, method="auto"):
+def max_pool1d_backward(grad_output: ArrayLike, indices: ArrayLike, input_shape: Sequence[int], *,
+                        method: str = "auto") -> Array:
     """Gradient of :func:`max_pool1d`; see :func:`max_pool2d_backward`."""
     return _max_pool_backward("max_pool1d_backward", 1, grad_output, indices, input_shape, method)
 
 
-def max_pool2d_backward(grad_output, indices, input_shape, *, method="auto"):
+def max_pool2d_backward(grad_output: ArrayLike, indices: ArrayLike, input_shape: Sequence[int], *,
+                        method: str = "auto") -> Array:
     """Gradient of :func:`max_pool2d` with respect to its input.
 
     Parameters
@@ -302,20 +287,40 @@ def max_pool2d_backward(grad_output, indices, input_shape, *, method="auto"):
     return _max_pool_backward("max_pool2d_backward", 2, grad_output, indices, input_shape, method)
 
 
-def avg_pool1d_backward(grad_output, input_shape, kernel_size, stride=None, padding=0, ceil_mode=False,
-                        count_include_pad=True, *, method="auto"):
+def avg_pool1d_backward(grad_output: ArrayLike, input_shape: Sequence[int], kernel_size: IntOrTuple,
+                        stride: IntOrTuple | None = None, padding: IntOrTuple = 0, ceil_mode: bool = False,
+                        count_include_pad: bool = True, *, method: str = "auto") -> Array:
     """Gradient of :func:`avg_pool1d`; see :func:`avg_pool2d_backward`."""
     return _avg_pool_backward("avg_pool1d_backward", 1, grad_output, input_shape, kernel_size, stride,
-                              padding, ceil_mode, count_include_pad, method)
+                              padding, ceil_mode, count_include_pad, None, method)
 
 
-def avg_pool2d_backward(grad_output, input_shape, kernel_size, stride=None, padding=0, ceil_mode=False,
-                        count_include_pad=True, *, method="auto"):
+def avg_pool2d_backward(grad_output: ArrayLike, input_shape: Sequence[int], kernel_size: IntOrTuple,
+                        stride: IntOrTuple | None = None, padding: IntOrTuple = 0, ceil_mode: bool = False,
+                        count_include_pad: bool = True, divisor_override: int | None = None, *,
+                        method: str = "auto") -> Array:
     """Gradient of :func:`avg_pool2d` with respect to its input.
 
     ``grad_output`` is dL/dY (the forward output's shape); ``input_shape`` and the
     other arguments are those of the forward call. Each output's gradient,
     divided by its window's divisor, is added to every input element of the window.
+
+    Parameters
+    ----------
+    grad_output : array_like, shape (N, C, H_out, W_out) or (C, H_out, W_out)
+        dL/dY.
+    input_shape : tuple of int
+        The forward input's shape, (N, C, H, W) or (C, H, W).
+    kernel_size, stride, padding, ceil_mode, count_include_pad
+        As in :func:`avg_pool2d`.
+    divisor_override : int, optional
+        As in :func:`avg_pool2d`: if given, every window's divisor.
+    method : str
+        'auto', 'loop', 'vectorized', 'direct' or 'img2col'.
+
+    Returns
+    -------
+    ndarray of ``input_shape``
 
     Examples
     --------
@@ -327,9 +332,116 @@ def avg_pool2d_backward(grad_output, input_shape, kernel_size, stride=None, padd
            [0.25, 0.25, 0.25, 0.25]])
     """
     return _avg_pool_backward("avg_pool2d_backward", 2, grad_output, input_shape, kernel_size, stride,
-                              padding, ceil_mode, count_include_pad, method)
+                              padding, ceil_mode, count_include_pad, divisor_override, method)
 
 
 for _f in (max_pool2d, avg_pool2d):
     _f.__doc__ = _f.__doc__.replace("    {params}", _POOL_PARAMS.strip("\n"))
 del _f
+
+
+def max_pool3d(input: ArrayLike, kernel_size: IntOrTuple, stride: IntOrTuple | None = None,
+               padding: IntOrTuple = 0, dilation: IntOrTuple = 1, ceil_mode: bool = False,
+               return_indices: bool = False, *, method: str = "auto") -> Array | tuple[Array, Array]:
+    """Max pooling over ``(N, C, D, H, W)`` or ``(C, D, H, W)`` inputs, as ``torch.nn.functional.max_pool3d``.
+
+    Parameters
+    ----------
+    input : array_like, shape (N, C, D, H, W) or (C, D, H, W)
+    kernel_size, stride, padding, dilation, ceil_mode
+        As in :func:`max_pool2d`, one value per axis or one for all three.
+    return_indices : bool
+        Also return, for each output, the flat index ``(d * H + h) * W + w`` of the maximum
+        in its input volume (what :func:`max_pool3d_backward` needs), as PyTorch does.
+    method : str
+        'auto', 'measure' or a registered strategy (``fastconv.strategies.names()``).
+
+    Returns
+    -------
+    ndarray, shape (N, C, D_out, H_out, W_out) or unbatched; and the int64 indices if asked
+
+    Examples
+    --------
+    >>> import numpy as np, fastconv
+    >>> fastconv.max_pool3d(np.arange(8.).reshape(1, 1, 2, 2, 2), 2)
+    array([[[[[7.]]]]])
+    """
+    return _max_pool("max_pool3d", 3, input, kernel_size, stride, padding, dilation, ceil_mode,
+                     return_indices, method)
+
+
+def avg_pool3d(input: ArrayLike, kernel_size: IntOrTuple, stride: IntOrTuple | None = None,
+               padding: IntOrTuple = 0, ceil_mode: bool = False, count_include_pad: bool = True,
+               divisor_override: int | None = None, *, method: str = "auto") -> Array:
+    """Average pooling over ``(N, C, D, H, W)`` or ``(C, D, H, W)`` inputs, as ``torch.nn.functional.avg_pool3d``.
+
+    Parameters
+    ----------
+    input : array_like, shape (N, C, D, H, W) or (C, D, H, W)
+    kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override
+        As in :func:`avg_pool2d`, one value per axis or one for all three.
+    method : str
+        'auto', 'measure' or a registered strategy (``fastconv.strategies.names()``).
+
+    Returns
+    -------
+    ndarray, shape (N, C, D_out, H_out, W_out) or unbatched
+
+    Examples
+    --------
+    >>> import numpy as np, fastconv
+    >>> fastconv.avg_pool3d(np.arange(8.).reshape(1, 1, 2, 2, 2), 2)
+    array([[[[[3.5]]]]])
+    """
+    return _avg_pool("avg_pool3d", 3, input, kernel_size, stride, padding, ceil_mode, count_include_pad,
+                     divisor_override, method)
+
+
+def max_pool3d_backward(grad_output: ArrayLike, indices: ArrayLike, input_shape: Sequence[int], *,
+                        method: str = "auto") -> Array:
+    """Gradient of :func:`max_pool3d` with respect to its input.
+
+    Parameters
+    ----------
+    grad_output : array_like, the forward output's shape
+        dL/dY.
+    indices : array_like of int
+        From ``max_pool3d(..., return_indices=True)``.
+    input_shape : tuple of int
+        The forward input's shape, (N, C, D, H, W) or (C, D, H, W).
+    method : str
+        'auto', 'measure' or a registered strategy.
+
+    Returns
+    -------
+    ndarray of ``input_shape``
+        Each output's gradient added at the input element its maximum came from.
+    """
+    return _max_pool_backward("max_pool3d_backward", 3, grad_output, indices, input_shape, method)
+
+
+def avg_pool3d_backward(grad_output: ArrayLike, input_shape: Sequence[int], kernel_size: IntOrTuple,
+                        stride: IntOrTuple | None = None, padding: IntOrTuple = 0, ceil_mode: bool = False,
+                        count_include_pad: bool = True, divisor_override: int | None = None, *,
+                        method: str = "auto") -> Array:
+    """Gradient of :func:`avg_pool3d` with respect to its input.
+
+    Parameters
+    ----------
+    grad_output : array_like, the forward output's shape
+        dL/dY.
+    input_shape : tuple of int
+        The forward input's shape, (N, C, D, H, W) or (C, D, H, W).
+    kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override
+        As in :func:`avg_pool3d`.
+    method : str
+        'auto', 'measure' or a registered strategy.
+
+    Returns
+    -------
+    ndarray of ``input_shape``
+        Each output's gradient, divided by its window's divisor, added to every input element
+        of the window.
+    """
+    return _avg_pool_backward("avg_pool3d_backward", 3, grad_output, input_shape, kernel_size, stride, padding,
+                              ceil_mode, count_include_pad, divisor_override, method)

@@ -18,9 +18,9 @@ __all__ = ["Problem", "SHAPES", "QUICK", "BACKWARD", "get", "parse_problem"]
 class Problem:
     """One benchmark problem: an op and its geometry.
 
-    ``op`` is ``"conv2d"``, ``"conv1d"``, ``"max_pool2d"`` or ``"avg_pool2d"``.
-    For convolutions ``spatial`` is ``(H, W)`` or ``(L,)`` and ``kernel`` the
-    kernel size; for pooling ``out_channels`` is unused.
+    ``op`` is a public function's name (``"conv1d"``, ``"conv2d"``, ``"conv3d"``,
+    ``"max_pool2d"``, ``"avg_pool3d"``, ...). ``spatial`` is ``(L,)``, ``(H, W)`` or
+    ``(D, H, W)`` and ``kernel`` the kernel size; for pooling ``out_channels`` is unused.
     """
 
     name: str
@@ -99,6 +99,14 @@ class Problem:
         return f"{self.op} N={self.batch} C={self.in_channels} {dims}, k={self.kernel[0]} s={self.stride} p={self.padding}"
 
 
+def _conv3d(name, n, c, d, h, w, co, k, s, p, description=""):
+    return Problem(name, "conv3d", n, c, (d, h, w), co, (k, k, k), s, p, 1, description)
+
+
+def _pool3d(name, op, n, c, d, h, w, k, s, p, description=""):
+    return Problem(name, op, n, c, (d, h, w), c, (k, k, k), s, p, 1, description)
+
+
 def _conv2d(name, n, c, h, w, co, kh, kw, s, p, groups=1, description=""):
     return Problem(name, "conv2d", n, c, (h, w), co, (kh, kw), s, p, groups, description)
 
@@ -130,6 +138,10 @@ _ALL = [
     _pool("lenet_maxpool", "max_pool2d", 32, 8, 24, 24, 2, 2, 0, description="LeNet pooling"),
     _pool("global_avgpool", "avg_pool2d", 1, 2048, 7, 7, 7, 7, 0, description="global average pooling"),
     _pool("avgpool_3x3", "avg_pool2d", 8, 256, 28, 28, 3, 1, 1, description="3x3 average pooling"),
+    _conv3d("unet3d_3x3x3", 1, 32, 64, 64, 64, 32, 3, 1, 1, description="3D U-Net stage (CT, microscopy)"),
+    _conv3d("c3d_video", 1, 64, 16, 56, 56, 128, 3, 1, 1, description="video (C3D)"),
+    _conv3d("ct_stem_3d", 1, 1, 128, 128, 128, 16, 5, 2, 2, description="CT volume first layer"),
+    _pool3d("maxpool3d", "max_pool3d", 1, 64, 32, 56, 56, 2, 2, 0, description="3D pooling"),
 ]
 
 #: Every problem of the shape set, by name, in the order of BENCHMARKS.md.
@@ -175,7 +187,7 @@ def parse_problem(spec: str) -> Problem:
         problem = _conv1d(spec, *v)
     else:
         problem = _pool(spec, op, *v)
-    from .dispatch import explain
+    from .explain import explain
 
     try:  # the library's own checks: stride >= 1, channels divisible by groups, a non-empty output, ...
         if problem.is_conv:

@@ -1,12 +1,9 @@
-"""Shared fixtures: the dtype -> tolerance table, PyTorch (optional), strategy lists.
+"""Shared fixtures: tolerances and strategy lists from the registry, PyTorch (optional).
 
-Tolerances: every fast strategy is compared with an oracle computed in float64
-from the *same* (already rounded) inputs. A float32 convolution output is a sum
-of K = C_in/groups*kH*kW products of O(1) values, rounded once per add (or
-reassociated by the JIT), so its error grows like sqrt(K) * 6e-8 * |terms|.
-With K <= ~600 and |values| <= ~30 in these tests, errors stayed below 2e-5
-in practice (found by experiment over thousands of hypothesis examples); the
-float32 bounds below leave ~5x headroom. float64 is held to 1e-10.
+Tolerances: every fast strategy is compared with an oracle computed in float64 from the
+*same* (already rounded) inputs. Each strategy states its tolerance per dtype in its
+registry record (``fastconv.strategies.Strategy.tolerance``; the default table,
+``strategies.DEFAULT_TOLERANCE``, says how it was chosen): :func:`tolerance` reads it.
 """
 
 from __future__ import annotations
@@ -27,25 +24,31 @@ settings.register_profile("boundscheck", max_examples=15, deadline=None,
                           suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile(os.environ.get("FASTCONV_HYPOTHESIS_PROFILE", "default"))
 
-TOLERANCES = {
-    np.dtype(np.float32): dict(rtol=1e-4, atol=1e-4),
-    np.dtype(np.float64): dict(rtol=1e-10, atol=1e-10),
-}
-
+#: The reference strategy (the readable loop), which the others are tested against.
+ORACLE = next(m for m in strategies.names() if strategies.strategy(m).reference)
 #: The strategies other than the oracle.
-FAST_METHODS = tuple(m for m in strategies.NAMES if m != "loop")
-#: The Numba strategies.
+FAST_METHODS = tuple(m for m in strategies.names() if m != ORACLE)
+#: The strategies ``auto`` may choose (the Numba kernels and the NumPy one).
+AUTO_METHODS = tuple(m for m in strategies.names() if strategies.strategy(m).automatic)
+#: The Numba strategies (their modules compile kernels).
 JIT_METHODS = ("direct", "img2col")
 
 
-def tolerance(dtype):
-    return TOLERANCES[np.dtype(dtype)]
+def tolerance(dtype, method=None):
+    """``dict(rtol=, atol=)`` for ``method``'s results in ``dtype`` (the registry's table; the
+    strictest entry when no method is named)."""
+    name = np.dtype(dtype).name
+    if method is not None:
+        rtol, atol = strategies.strategy(method).tolerance[name]
+    else:
+        rtol, atol = strategies.DEFAULT_TOLERANCE[name]
+    return dict(rtol=rtol, atol=atol)
 
 
-def assert_close(actual, expected, dtype=None):
+def assert_close(actual, expected, dtype=None, method=None):
     dtype = np.dtype(dtype or actual.dtype)
     assert actual.shape == expected.shape, (actual.shape, expected.shape)
-    np.testing.assert_allclose(actual, expected, **tolerance(dtype))
+    np.testing.assert_allclose(actual, expected, **tolerance(dtype, method))
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import numpy as np
 from hypothesis import assume, strategies as st
 
 import fastconv
-from fastconv.pool import _windows_touch_input
+from fastconv.geometry import _windows_touch_input
 
 
 @dataclass
@@ -95,6 +95,7 @@ class PoolCase:
     dilation: tuple
     ceil_mode: bool
     count_include_pad: bool
+    divisor_override: int | None = None  # only 2D: avg_pool1d has none (as in PyTorch)
 
     def max(self, method, return_indices=True):
         fn = fastconv.max_pool1d if self.nd == 1 else fastconv.max_pool2d
@@ -103,8 +104,16 @@ class PoolCase:
 
     def avg(self, method):
         fn = fastconv.avg_pool1d if self.nd == 1 else fastconv.avg_pool2d
+        extra = {} if self.divisor_override is None else dict(divisor_override=self.divisor_override)
         return fn(self.x, self.kernel_size, self.stride, self.padding, self.ceil_mode,
-                  self.count_include_pad, method=method)
+                  self.count_include_pad, method=method, **extra)
+
+    def avg_backward(self, grad_output, method):
+        """:meth:`avg`'s input gradient for ``grad_output``."""
+        fn = fastconv.avg_pool1d_backward if self.nd == 1 else fastconv.avg_pool2d_backward
+        extra = {} if self.divisor_override is None else dict(divisor_override=self.divisor_override)
+        return fn(grad_output, self.x.shape, self.kernel_size, self.stride, self.padding, self.ceil_mode,
+                  self.count_include_pad, method=method, **extra)
 
 
 @st.composite
@@ -138,3 +147,11 @@ def pool_cases(draw, nd=None, dtype=None, max_size=10, special_values=True, dist
         for value in draw(st.lists(st.sampled_from([np.nan, np.inf, -np.inf]), min_size=1, max_size=3)):
             flat[rng.integers(flat.size)] = value
     return PoolCase(nd, x, kernel, stride, padding, dilation, ceil_mode, draw(st.booleans()))
+
+
+@st.composite
+def divisor_override_cases(draw, dtype=None, **kwargs):
+    """A 2D :func:`pool_cases` problem with a ``divisor_override``: any non-zero int, either sign (as PyTorch)."""
+    case = draw(pool_cases(nd=2, dtype=dtype, **kwargs))
+    case.divisor_override = draw(st.integers(-20, 20).filter(lambda d: d != 0))
+    return case

@@ -1,5 +1,6 @@
 """The dispatcher: deterministic rules, explain(), FASTCONV_METHOD, and measure mode's cache."""
 
+import dataclasses
 import json
 import multiprocessing
 import os
@@ -9,30 +10,37 @@ import numpy as np
 import pytest
 
 import fastconv
-from fastconv import dispatch, shapes, strategies
+from conftest import AUTO_METHODS
+from fastconv import bench, dispatch, measure, shapes, strategies
 
 
 @pytest.fixture
 def cache_dir(tmp_path, monkeypatch):
     monkeypatch.setenv("FASTCONV_CACHE_DIR", str(tmp_path))
     monkeypatch.delenv("FASTCONV_METHOD", raising=False)
-    dispatch.clear_memory()
+    measure.clear_memory()
     yield tmp_path
-    dispatch.clear_memory()
+    measure.clear_memory()
 
 
 @pytest.fixture
-def spy(monkeypatch):
-    """Records which strategy module each call actually ran."""
+def spy():
+    """Records which strategy each call actually ran: every registered strategy's ops wrapped, then restored."""
     ran = []
-    real_get = strategies.get
+    originals = {name: strategies.strategy(name) for name in strategies.names()}
 
-    def get(name):
-        ran.append(name)
-        return real_get(name)
+    def recording(name, function):
+        def run(*args):
+            ran.append(name)
+            return function(*args)
+        return run
 
-    monkeypatch.setattr(strategies, "get", get)
-    return ran
+    for name, record in originals.items():
+        ops = {op: recording(name, f) for op, f in record.ops.items()}
+        strategies.register(dataclasses.replace(record, ops=ops), replace=True)
+    yield ran
+    for record in originals.values():
+        strategies.register(record, replace=True)
 
 
 def _call(problem, method="auto"):
@@ -45,9 +53,9 @@ def _call(problem, method="auto"):
 def test_explain_matches_what_auto_runs(name, spy, cache_dir):
     problem = shapes.SHAPES[name]
     small = problem if problem.flops() < 3e8 else None
-    expected = dispatch.auto_method_for(problem, np.float32)
+    expected = bench.auto_method_for(problem, np.float32)
     if small is None:  # keep the test fast: check the decision only, not the run
-        assert expected in dispatch.CANDIDATES
+        assert expected in AUTO_METHODS
         return
     spy.clear()
     _call(problem)
@@ -61,17 +69,17 @@ def test_explain_accepts_arrays_or_shapes_and_reads_well():
     from_shapes = fastconv.explain("conv2d", x.shape, w.shape, padding=1, dtype=np.float64)
     assert from_arrays.method == from_shapes.method
     assert from_arrays.flops == 2 * 2 * 16 * 8 * 9 * 20 * 20
-    assert set(from_arrays.workspace) == set(dispatch.CANDIDATES)
+    assert set(from_arrays.workspace) == set(AUTO_METHODS) == set(from_arrays.candidates)
     assert from_arrays.workspace["img2col"] >= 8 * 9 * 20 * 20 * 8
     text = str(from_arrays)
     assert "conv2d: method=" in text and "why:" in text and "workspace" in text
     pool = fastconv.explain("max_pool2d", (1, 4, 12, 12), kernel_size=3, stride=2, padding=1)
-    assert pool.method in dispatch.CANDIDATES and "window" in str(pool)
+    assert pool.method in AUTO_METHODS and "window" in str(pool)
 
 
 def test_explain_rejects_bad_calls():
-    with pytest.raises(ValueError, match="explain: unknown op 'conv3d'"):
-        fastconv.explain("conv3d", (1, 1, 4, 4, 4), (1, 1, 2, 2, 2))
+    with pytest.raises(ValueError, match="explain: unknown op 'conv4d'"):
+        fastconv.explain("conv4d", (1, 1, 4, 4, 4, 4), (1, 1, 2, 2, 2, 2))
     with pytest.raises(ValueError, match="needs kernel_size"):
         fastconv.explain("avg_pool2d", (1, 1, 4, 4))
     with pytest.raises(TypeError, match="unexpected argument"):
@@ -80,11 +88,49 @@ def test_explain_rejects_bad_calls():
         fastconv.explain("conv2d", (1, 3, 4, 4), (1, 2, 2, 2))
 
 
-def test_choice_is_a_pure_function_of_the_problem():
-    geom, _ = fastconv.conv.conv_geometry("t", 2, (1, 64, 56, 56), (64, 64, 3, 3), None, 1, 1, 1, 1)
-    first = [dispatch.choose_method(op, geom, np.float32, threads=2) for op in ("conv2d", "conv2d_backward")]
-    again = [dispatch.choose_method(op, geom, np.float32, threads=2) for op in ("conv2d", "conv2d_backward")]
-    assert first == again
+_GEMM = dispatch.GEMM_MIN_OUT_CHANNELS
+_POINTWISE = dispatch.POINTWISE_GEMM_MIN_OUT_CHANNELS
+_REDUCTION = dispatch.POINTWISE_GEMM_MIN_REDUCTION
+
+#: Convolutions on both sides of each threshold of the rules (see dispatch._rules):
+#: (input channels, output channels, kernel, groups, method, a phrase of the reason).
+RULE_EDGES = [
+    (8, _GEMM, 3, 1, "img2col", "large GEMM"),                             # output channels at the GEMM threshold
+    (8, _GEMM - 1, 3, 1, "direct", "too few rows"),                        # one below
+    (16, 2 * _GEMM, 3, 2, "img2col", "large GEMM"),                        # counted per group
+    (16, 2 * _GEMM - 2, 3, 2, "direct", "too few rows"),
+    (_REDUCTION, _POINTWISE, 1, 1, "img2col", "1x1 kernel"),               # deep 1x1 at both thresholds
+    (_REDUCTION - 1, _POINTWISE, 1, 1, "direct", "too few rows"),          # reduction one short
+    (_REDUCTION, _POINTWISE - 1, 1, 1, "direct", "too few rows"),          # output channels one short
+    (2 * _REDUCTION, 2 * _POINTWISE, 1, 2, "img2col", "1x1 kernel"),       # per group
+    (2 * _REDUCTION - 2, 2 * _POINTWISE, 1, 2, "direct", "too few rows"),
+    (_REDUCTION, _POINTWISE, 3, 1, "direct", "too few rows"),              # a long reduction, but not 1x1
+    (32, 32, 3, 32, "direct", "depthwise"),
+    (32, 64, 3, 32, "direct", "depthwise"),                                # depthwise, multiplier 2
+    (2, 2 * _GEMM, 3, 2, "img2col", "large GEMM"),                         # one input channel per group, many outputs
+]
+
+
+@pytest.mark.parametrize("c_in, c_out, k, groups, method, phrase", RULE_EDGES)
+def test_rules_at_their_thresholds(c_in, c_out, k, groups, method, phrase, monkeypatch):
+    monkeypatch.delenv("FASTCONV_METHOD", raising=False)
+    geom, _ = fastconv.geometry.conv_problem("t", 2, (1, c_in, 12, 12), (c_out, c_in // groups, k, k), None,
+                                             1, 0, 1, groups)
+    for op in [op for op in dispatch.OPS if op.startswith("conv")]:
+        dispatch._rules.cache_clear()  # decide by the rule, not by what an earlier call left in the cache
+        chosen, reason, source = dispatch.decide(op, geom, np.float32, threads=2)
+        assert (chosen, source) == (method, "rules") and phrase in reason, reason
+        dispatch._rules.cache_clear()
+        assert dispatch.choose_method(op, geom, np.float32, threads=2) == method
+
+
+@pytest.mark.parametrize("kernel_size, stride, padding", [(2, None, 0), (3, 2, 1), (7, None, 0)])
+def test_rules_send_pooling_to_direct(kernel_size, stride, padding, monkeypatch):
+    monkeypatch.delenv("FASTCONV_METHOD", raising=False)
+    geom, _ = fastconv.geometry.pool_problem("t", 2, (1, 2048, 14, 14), kernel_size, stride, padding, 1, False, True)
+    for op in [op for op in dispatch.OPS if not op.startswith("conv")]:
+        dispatch._rules.cache_clear()
+        assert dispatch.choose_method(op, geom, np.float32, threads=2) == "direct"
 
 
 #: Representative problems and what the measured rules choose (see dispatch.TUNED_ON):
@@ -144,18 +190,18 @@ def test_measure_remembers_in_memory_and_on_disk(cache_dir, spy):
     spy.clear()
     y = fastconv.conv2d(x, w, padding=1, method="measure")
     np.testing.assert_allclose(y, ref, rtol=1e-10, atol=1e-10)
-    assert set(spy) == set(dispatch.CANDIDATES)  # every candidate was timed
-    path = dispatch.cache_path()
+    assert set(spy) == set(AUTO_METHODS)  # every candidate was timed
+    path = measure.cache_path()
     assert os.path.dirname(path) == str(cache_dir) and os.path.exists(path)
     data = json.loads(open(path).read())
     assert data["machine"]["numba"] and len(data["entries"]) == 1
     (entry,) = data["entries"].values()
     winner = entry["method"]
-    assert winner in dispatch.CANDIDATES and set(entry["seconds"]) == set(dispatch.CANDIDATES)
+    assert winner in AUTO_METHODS and set(entry["seconds"]) == set(AUTO_METHODS)
     spy.clear()
     np.testing.assert_allclose(fastconv.conv2d(x, w, padding=1, method="measure"), ref, rtol=1e-10, atol=1e-10)
     assert spy == [winner]  # memory hit: no timing
-    dispatch.clear_memory()
+    measure.clear_memory()
     spy.clear()
     fastconv.conv2d(x, w, padding=1, method="measure")
     assert spy == [winner]  # disk hit
@@ -163,7 +209,7 @@ def test_measure_remembers_in_memory_and_on_disk(cache_dir, spy):
 
 @pytest.mark.parametrize("content", ["{not json", json.dumps({"machine": "x", "entries": []}), "\x00\x01"])
 def test_corrupt_cache_is_ignored_with_a_warning_and_rebuilt(cache_dir, content):
-    path = dispatch.cache_path()
+    path = measure.cache_path()
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w") as f:
         f.write(content)
@@ -179,12 +225,12 @@ def test_unwritable_cache_dir_warns_and_still_answers(tmp_path, monkeypatch):
     blocker = tmp_path / "file"
     blocker.write_text("")
     monkeypatch.setenv("FASTCONV_CACHE_DIR", str(blocker / "sub"))  # a directory below a file: cannot exist
-    dispatch.clear_memory()
+    measure.clear_memory()
     x, w = np.ones((1, 1, 6, 6)), np.ones((1, 1, 3, 3))
     with pytest.warns(RuntimeWarning, match="could not write the measure cache"):
         y = fastconv.conv2d(x, w, method="measure")
     np.testing.assert_allclose(y, 9.0)
-    dispatch.clear_memory()
+    measure.clear_memory()
 
 
 def _tune_in_child(args):
@@ -205,5 +251,44 @@ def test_concurrent_writers_keep_every_entry(cache_dir):
     ctx = multiprocessing.get_context("spawn")
     with ctx.Pool(4) as pool:
         assert sorted(pool.map(_tune_in_child, [(str(cache_dir), s) for s in sizes])) == sizes
-    data = json.loads(open(dispatch.cache_path()).read())
+    data = json.loads(open(measure.cache_path()).read())
     assert len(data["entries"]) == len(sizes)
+
+
+def test_a_registered_strategy_is_seen_everywhere(cache_dir):
+    """A test-only strategy, registered from here: explain, measure mode, forcing and the report list it."""
+    vectorized = strategies.strategy("vectorized")
+    calls = []
+
+    def conv(*args):
+        calls.append(args[3].kernel)
+        return vectorized.ops["conv"](*args)
+
+    toy = strategies.Strategy(name="toy", ops={"conv": conv}, summary="3x3 convolutions only (test)", ranks=(2,),
+                              supports=lambda op, problem: problem.kernel == (3, 3),
+                              workspace_bytes=lambda op, problem, itemsize: 123)
+    strategies.register(toy)
+    try:
+        assert "toy" in fastconv.METHODS and "toy" in bench.report_methods()
+        e = fastconv.explain("conv2d", (1, 2, 8, 8), (3, 2, 3, 3))
+        assert "toy" in e.candidates and e.workspace["toy"] == 123 and "toy" in str(e)
+        assert "toy" not in fastconv.explain("conv2d", (1, 2, 8, 8), (3, 2, 5, 5)).candidates  # supports()
+        assert "toy" not in fastconv.explain("max_pool2d", (1, 2, 8, 8), kernel_size=2).candidates  # no pooling
+        assert "toy" not in fastconv.explain("conv3d", (1, 2, 4, 8, 8), (3, 2, 3, 3, 3)).candidates  # rank 2 only
+        rng = np.random.default_rng(0)
+        x, w = rng.standard_normal((1, 2, 8, 8)), rng.standard_normal((3, 2, 3, 3))
+        ref = fastconv.conv2d(x, w, method="loop")
+        np.testing.assert_allclose(fastconv.conv2d(x, w, method="toy"), ref, rtol=1e-10, atol=1e-10)
+        assert calls == [(3, 3)]
+        fastconv.conv2d(x, w, method="measure")
+        (entry,) = json.loads(open(measure.cache_path()).read())["entries"].values()
+        assert "toy" in entry["seconds"]  # measure mode timed it
+        with pytest.raises(ValueError, match="method='toy' does not compute this problem"):
+            fastconv.max_pool2d(x, 2, method="toy")
+        with pytest.raises(ValueError, match="already"):
+            strategies.register(toy)
+    finally:
+        strategies.unregister("toy")
+    assert "toy" not in fastconv.METHODS
+    with pytest.raises(ValueError, match="method must be one of"):
+        fastconv.conv2d(np.ones((1, 1, 4, 4)), np.ones((1, 1, 3, 3)), method="toy")

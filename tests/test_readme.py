@@ -17,3 +17,13 @@ def test_readme_usage_example_runs():
     readme = (ROOT / "README.md").read_text()
     block = re.search(r"## Usage\n\n```python\n(.*?)```", readme, re.S).group(1)
     exec(compile(block, "README.md", "exec"), {})
+
+
+def test_public_names_are_complete_and_sorted():
+    import fastconv
+
+    assert fastconv.__all__ == sorted(fastconv.__all__)
+    for name in fastconv.__all__:
+        assert hasattr(fastconv, name), name
+    public = {n for n in dir(fastconv) if not n.startswith("_") and callable(getattr(fastconv, n))}
+    assert public <= set(fastconv.__all__), sorted(public - set(fastconv.__all__))

@@ -5,7 +5,10 @@ the semantics, which are PyTorch's: padding never wins a max, ``v > best or
 isnan(v)`` replaces the best (NaN propagates, the last NaN's index is kept),
 the best starts at the window's first in-image element (the same as starting
 at ``-inf`` with that element's index), and the average divides by PyTorch's
-divisor. Every path below visits a window's taps in row-major order, so
+divisor, which the strategy functions take from
+:func:`fastconv.geometry.avg_pool_divisors` (one ``(oH, oW)`` array, flat, in
+the data's dtype: ``count_include_pad``, ``ceil_mode`` and ``divisor_override``
+are all in it). Every path below visits a window's taps in row-major order, so
 values *and* indices match PyTorch exactly.
 
 Layout. The kernels take flat views of the ``P = N*C`` planes and index them
@@ -51,11 +54,14 @@ not depend on the thread count.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 from numba import prange
 
 from .. import _jit
 from .._jit import kernel
+from ..geometry import avg_pool_divisors
 
 __all__ = ["avg_pool2d", "avg_pool2d_backward", "max_pool2d", "max_pool2d_backward"]
 
@@ -79,12 +85,11 @@ _MIN_ITEMS = 32
 
 
 @kernel(parallel=False)
-def _axis_tables(out_len, in_len, size, stride, dilation, padding, count_include_pad):
-    """Per output position along one axis: window start, in-image taps ``[lo, hi)``, avg divisor factor."""
+def _axis_tables(out_len, in_len, size, stride, dilation, padding):
+    """Per output position along one axis: window start and in-image taps ``[lo, hi)``."""
     start = np.empty(out_len, np.int64)
     tap_lo = np.empty(out_len, np.int64)
     tap_hi = np.empty(out_len, np.int64)
-    factor = np.empty(out_len, np.int64)
     for o in range(out_len):
         s = o * stride - padding
         lo = 0 if s >= 0 else (-s + dilation - 1) // dilation
@@ -92,9 +97,7 @@ def _axis_tables(out_len, in_len, size, stride, dilation, padding, count_include
         start[o] = s
         tap_lo[o] = lo
         tap_hi[o] = hi
-        # PyTorch's divisor: the window clipped to the padded input, or only its in-image part.
-        factor[o] = min(s + size, in_len + padding) - s if count_include_pad else hi - lo
-    return start, tap_lo, tap_hi, factor
+    return start, tap_lo, tap_hi
 
 
 @kernel(parallel=False)
@@ -238,8 +241,8 @@ def _max_windows(x, out, indices, shape, window, rows, cols, t_begin, t_end):
     """One window at a time (any geometry): for rows too narrow for tap-major passes."""
     _, H, W, oH, oW = shape
     kH, kW, sH, sW, dH, dW, pH, pW = window
-    row_start, row_lo, row_hi, _ = rows
-    col_start, col_lo, col_hi, _ = cols
+    row_start, row_lo, row_hi = rows
+    col_start, col_lo, col_hi = cols
     plane = t_begin // oH
     i = t_begin - plane * oH
     for t in range(t_begin, t_end):
@@ -271,8 +274,8 @@ def _max_taps(x, out, indices, shape, window, rows, cols, col_taps, t_begin, t_e
     """Tap by tap (any geometry): each tap is one strided compare-select pass over an output row."""
     _, H, W, oH, oW = shape
     kH, kW, sH, sW, dH, dW, pH, pW = window
-    row_start, row_lo, row_hi, _ = rows
-    col_start, col_lo, _, _ = cols
+    row_start, row_lo, row_hi = rows
+    col_start, col_lo, _ = cols
     tap_first, tap_end = col_taps
     step = _U(sW)
     plane = t_begin // oH
@@ -314,8 +317,8 @@ def _max_pool_kernel(x, out, indices, shape, window, rows_per_item):
     """Max pooling of flat ``(P, H, W)`` planes into flat ``(P, oH, oW)`` (and indices, unless None)."""
     P, H, W, oH, oW = shape
     kH, kW, sH, sW, dH, dW, pH, pW = window
-    rows = _axis_tables(oH, H, kH, sH, dH, pH, False)
-    cols = _axis_tables(oW, W, kW, sW, dW, pW, False)
+    rows = _axis_tables(oH, H, kH, sH, dH, pH)
+    cols = _axis_tables(oW, W, kW, sW, dW, pW)
     col_taps = _tap_spans(oW, W, kW, sW, dW, pW)
     full, interior = _fixed_ranges(window, (oH, oW), _tap_spans(oH, H, kH, sH, dH, pH), col_taps)
     n_rows = P * oH
@@ -350,17 +353,18 @@ def _max_pool_kernel(x, out, indices, shape, window, rows_per_item):
 
 
 @kernel(parallel=False)
-def _avg_fixed(x, out, shape, window, rows, cols, t_begin, t_end, interior, kw, sw):
+def _avg_fixed(x, out, shape, window, rows, cols, divisor, t_begin, t_end, interior, kw, sw):
     """Full rows of one plane, ``kw`` and ``sw`` literal: sums of unrolled taps; see ``_max_fixed``."""
     _, H, W, oH, oW = shape
     kH, kW, sH, sW, dH, dW, pH, pW = window
     j0, j1 = interior
-    row_start, _, _, row_factor = rows
-    col_start, _, _, col_factor = cols
-    divisor = x.dtype.type(kH * kw)  # interior windows lie wholly in the image
+    row_start = rows[0]
+    col_start = cols[0]
     plane = t_begin // oH
     x_plane = plane * H * W
     i_begin = t_begin - plane * oH
+    # Interior windows lie wholly in the image, so they all share one divisor (kH*kW, or the override).
+    interior_divisor = divisor[i_begin * oW + j0]
     runs = t_end - t_begin
     count = j1 - j0
     if sH * W == sw * oW:
@@ -377,7 +381,7 @@ def _avg_fixed(x, out, shape, window, rows, cols, t_begin, t_end, interior, kw, 
                 total = x[at]
                 for b in range(1, kw):
                     total += x[at + _U(b)]
-                out[dst + k] = total / divisor
+                out[dst + k] = total / interior_divisor
         else:
             for k in range(_U(count)):
                 at = first + _U(sw) * k
@@ -385,7 +389,7 @@ def _avg_fixed(x, out, shape, window, rows, cols, t_begin, t_end, interior, kw, 
                 for a in range(kw):
                     for b in range(kw):
                         total += x[at + _U(a) * pitch + _U(b)]
-                out[dst + k] = total / divisor
+                out[dst + k] = total / interior_divisor
     for t in range(t_begin, t_end):
         i = t - plane * oH
         for part in range(2):
@@ -396,15 +400,15 @@ def _avg_fixed(x, out, shape, window, rows, cols, t_begin, t_end, interior, kw, 
                     for b in range(kw):
                         if a < kH and 0 <= c0 + b < W:
                             total += x[x_plane + (row_start[i] + a) * W + c0 + b]
-                out[t * oW + j] = total / x.dtype.type(row_factor[i] * col_factor[j])
+                out[t * oW + j] = total / divisor[i * oW + j]
 
 
 @kernel(parallel=False)
-def _avg_windows(x, out, shape, rows, cols, t_begin, t_end):
+def _avg_windows(x, out, shape, rows, cols, divisor, t_begin, t_end):
     """One window at a time: for rows too narrow for tap-major passes (e.g. global pooling)."""
     _, H, W, oH, oW = shape
-    row_start, row_lo, row_hi, row_factor = rows
-    col_start, col_lo, col_hi, col_factor = cols
+    row_start, row_lo, row_hi = rows
+    col_start, col_lo, col_hi = cols
     plane = t_begin // oH
     i = t_begin - plane * oH
     for t in range(t_begin, t_end):
@@ -422,7 +426,7 @@ def _avg_windows(x, out, shape, rows, cols, t_begin, t_end):
                 at = _U(plane * H * W + (r_first + run) * W + c_first)
                 for c in range(_U(run_length)):
                     total += x[at + c]
-            out[t * oW + j] = total / x.dtype.type(row_factor[i] * col_factor[j])
+            out[t * oW + j] = total / divisor[i * oW + j]
         i += 1
         if i == oH:
             i = 0
@@ -430,12 +434,12 @@ def _avg_windows(x, out, shape, rows, cols, t_begin, t_end):
 
 
 @kernel(parallel=False)
-def _avg_taps(x, out, shape, window, rows, cols, col_taps, t_begin, t_end):
+def _avg_taps(x, out, shape, window, rows, cols, divisor, col_taps, t_begin, t_end):
     """Tap by tap: each tap is one strided add pass over an output row, then the divisors."""
     _, H, W, oH, oW = shape
     kH, kW, sH, sW, dH, dW, pH, pW = window
-    row_start, row_lo, row_hi, row_factor = rows
-    col_start, _, _, col_factor = cols
+    row_start, row_lo, row_hi = rows
+    col_start = cols[0]
     tap_first, tap_end = col_taps
     step = _U(sW)
     plane = t_begin // oH
@@ -452,7 +456,7 @@ def _avg_taps(x, out, shape, window, rows, cols, col_taps, t_begin, t_end):
                 for k in range(_U(max(tap_end[b] - j0, 0))):
                     out[dst + k] += x[src + step * k]
         for j in range(oW):
-            out[o_row + j] = out[o_row + j] / x.dtype.type(row_factor[i] * col_factor[j])
+            out[o_row + j] = out[o_row + j] / divisor[i * oW + j]
         i += 1
         if i == oH:
             i = 0
@@ -460,12 +464,12 @@ def _avg_taps(x, out, shape, window, rows, cols, col_taps, t_begin, t_end):
 
 
 @kernel
-def _avg_pool_kernel(x, out, shape, window, count_include_pad, rows_per_item):
-    """Average pooling of flat ``(P, H, W)`` planes into flat ``(P, oH, oW)``."""
+def _avg_pool_kernel(x, out, shape, window, divisor, rows_per_item):
+    """Average pooling of flat ``(P, H, W)`` planes into flat ``(P, oH, oW)``; ``divisor`` is flat ``(oH, oW)``."""
     P, H, W, oH, oW = shape
     kH, kW, sH, sW, dH, dW, pH, pW = window
-    rows = _axis_tables(oH, H, kH, sH, 1, pH, count_include_pad)
-    cols = _axis_tables(oW, W, kW, sW, 1, pW, count_include_pad)
+    rows = _axis_tables(oH, H, kH, sH, 1, pH)
+    cols = _axis_tables(oW, W, kW, sW, 1, pW)
     col_taps = _tap_spans(oW, W, kW, sW, 1, pW)
     full, interior = _fixed_ranges(window, (oH, oW), _tap_spans(oH, H, kH, sH, 1, pH), col_taps)
     n_rows = P * oH
@@ -476,16 +480,16 @@ def _avg_pool_kernel(x, out, shape, window, count_include_pad, rows_per_item):
             fixed_begin, fixed_end = _next_fixed_rows(t, t_end, oH, full)
             if fixed_begin > t:
                 if oW >= _TAP_MAJOR_MIN_WIDTH:
-                    _avg_taps(x, out, shape, window, rows, cols, col_taps, t, fixed_begin)
+                    _avg_taps(x, out, shape, window, rows, cols, divisor, col_taps, t, fixed_begin)
                 else:
-                    _avg_windows(x, out, shape, rows, cols, t, fixed_begin)
+                    _avg_windows(x, out, shape, rows, cols, divisor, t, fixed_begin)
             if fixed_end > fixed_begin:
                 if kW == 2:
-                    _avg_fixed(x, out, shape, window, rows, cols, fixed_begin, fixed_end, interior, 2, 2)
+                    _avg_fixed(x, out, shape, window, rows, cols, divisor, fixed_begin, fixed_end, interior, 2, 2)
                 elif sW == 2:
-                    _avg_fixed(x, out, shape, window, rows, cols, fixed_begin, fixed_end, interior, 3, 2)
+                    _avg_fixed(x, out, shape, window, rows, cols, divisor, fixed_begin, fixed_end, interior, 3, 2)
                 else:
-                    _avg_fixed(x, out, shape, window, rows, cols, fixed_begin, fixed_end, interior, 3, 1)
+                    _avg_fixed(x, out, shape, window, rows, cols, divisor, fixed_begin, fixed_end, interior, 3, 1)
             t = fixed_end
 
 
@@ -532,7 +536,7 @@ def _avg_backward_rows(scaled, grad_x, shape, window, cols, col_taps, covering, 
     """Input rows ``[t_begin, t_end)`` of the P*H: each element sums the scaled gradients covering it."""
     _, H, W, oH, oW = shape
     kH, kW, sH, sW, dH, dW, pH, pW = window
-    col_start, col_lo, col_hi, _ = cols
+    col_start, col_lo, col_hi = cols
     tap_first, tap_end = col_taps
     cover_begin, cover_end = covering
     step = _U(sW)
@@ -565,16 +569,16 @@ def _avg_backward_rows(scaled, grad_x, shape, window, cols, col_taps, covering, 
 
 
 @kernel
-def _avg_pool_backward_kernel(grad_out, grad_x, shape, window, count_include_pad, rows_per_item):
-    """Average pooling's input gradient: a gather, parallel over runs of input rows (race-free)."""
+def _avg_pool_backward_kernel(grad_out, grad_x, shape, window, divisor, rows_per_item):
+    """Average pooling's input gradient: a gather, parallel over runs of input rows (race-free).
+
+    ``divisor`` is flat ``(oH, oW)``, in ``grad_out``'s dtype.
+    """
     P, H, W, oH, oW = shape
     kH, kW, sH, sW, dH, dW, pH, pW = window
-    rows = _axis_tables(oH, H, kH, sH, 1, pH, count_include_pad)
-    cols = _axis_tables(oW, W, kW, sW, 1, pW, count_include_pad)
+    cols = _axis_tables(oW, W, kW, sW, 1, pW)
     col_taps = _tap_spans(oW, W, kW, sW, 1, pW)
     covering = _covering_rows(H, oH, kH, sH, pH)
-    row_factor = rows[3]
-    col_factor = cols[3]
     # grad / divisor, once per output (PyTorch divides each contribution the same way).
     scaled = np.empty(P * oH * oW, grad_out.dtype)
     n_out = P * oH
@@ -582,7 +586,7 @@ def _avg_pool_backward_kernel(grad_out, grad_x, shape, window, count_include_pad
         for t in range(item * rows_per_item, min((item + 1) * rows_per_item, n_out)):
             i = t % oH
             for j in range(oW):
-                scaled[t * oW + j] = grad_out[t * oW + j] / grad_out.dtype.type(row_factor[i] * col_factor[j])
+                scaled[t * oW + j] = grad_out[t * oW + j] / divisor[i * oW + j]
     n_rows = P * H
     for item in prange((n_rows + rows_per_item - 1) // rows_per_item):
         t = item * rows_per_item
@@ -609,23 +613,34 @@ def _rows_per_item(planes, rows, width):
     return max(1, min(per_item, -(-(planes * rows) // _MIN_ITEMS)))
 
 
+@functools.lru_cache(maxsize=256)
+def _launch(geom):
+    """``(shape, window, rows per item, backward rows per item)`` of the kernels for ``geom``, once per problem."""
+    planes = geom.batch * geom.channels
+    (H, W), (oH, oW) = geom.in_size, geom.out_size
+    return (_shape(planes, (H, W), (oH, oW)), _window(geom), _rows_per_item(planes, oH, oW),
+            _rows_per_item(planes, H, W))
+
+
 def max_pool2d(x, geom, out, indices):
     """Max pooling with PyTorch's rules (NaN wins, padding never does); ``indices`` may be None."""
-    N, C, H, W = x.shape
-    oH, oW = geom.out_size
+    shape, window, rows, _ = _launch(geom)
     flat_indices = None if indices is None else indices.reshape(-1)
     with _jit.launch():
-        _max_pool_kernel(x.reshape(-1), out.reshape(-1), flat_indices, _shape(N * C, (H, W), (oH, oW)),
-                         _window(geom), _rows_per_item(N * C, oH, oW))
+        _max_pool_kernel(x.reshape(-1), out.reshape(-1), flat_indices, shape, window, rows)
+
+
+@functools.lru_cache(maxsize=256)
+def _divisors(geom, dtype):
+    """:func:`~fastconv.geometry.avg_pool_divisors` flat, in ``dtype``, once per problem (read, never written)."""
+    return avg_pool_divisors(geom).astype(dtype).reshape(-1)
 
 
 def avg_pool2d(x, geom, out):
-    """Average pooling with PyTorch's divisor (``count_include_pad``, ``ceil_mode`` overhang excluded)."""
-    N, C, H, W = x.shape
-    oH, oW = geom.out_size
+    """Average pooling with PyTorch's divisor (:func:`~fastconv.geometry.avg_pool_divisors`)."""
+    shape, window, rows, _ = _launch(geom)
     with _jit.launch():
-        _avg_pool_kernel(x.reshape(-1), out.reshape(-1), _shape(N * C, (H, W), (oH, oW)), _window(geom),
-                         bool(geom.count_include_pad), _rows_per_item(N * C, oH, oW))
+        _avg_pool_kernel(x.reshape(-1), out.reshape(-1), shape, window, _divisors(geom, x.dtype), rows)
 
 
 def max_pool2d_backward(grad_out, indices, geom, grad_x):
@@ -639,8 +654,7 @@ def max_pool2d_backward(grad_out, indices, geom, grad_x):
 
 def avg_pool2d_backward(grad_out, geom, grad_x):
     """Each output's ``grad / divisor`` added to its window's in-image elements (gathered per input row)."""
-    N, C, H, W = grad_x.shape
-    oH, oW = geom.out_size
+    shape, window, _, rows = _launch(geom)
     with _jit.launch():
-        _avg_pool_backward_kernel(grad_out.reshape(-1), grad_x.reshape(-1), _shape(N * C, (H, W), (oH, oW)),
-                                  _window(geom), bool(geom.count_include_pad), _rows_per_item(N * C, H, W))
+        _avg_pool_backward_kernel(grad_out.reshape(-1), grad_x.reshape(-1), shape, window,
+                                  _divisors(geom, grad_out.dtype), rows)

@@ -68,6 +68,7 @@ from numba import prange
 from .. import _jit
 from .._jit import kernel
 from ..workspace import get_workspace_limit
+from . import Strategy, _depth
 
 #: Output channels computed together: each loaded input vector feeds this many
 #: accumulators. 8 channels x 4 taps (32 broadcast weights; LLVM keeps most in
@@ -588,3 +589,25 @@ def workspace_bytes(geom, itemsize):
 # pooling and backward kernels are imported at the bottom
 from ._direct_backward import conv2d_backward  # noqa: E402,F401
 from ._pool_kernels import avg_pool2d, avg_pool2d_backward, max_pool2d, max_pool2d_backward  # noqa: E402,F401
+
+
+
+def _workspace(op, geom, itemsize):
+    if geom.rank == 3 and op.startswith("conv"):
+        return _depth.workspace_bytes(geom, itemsize, lambda plane: _workspace(op, plane, itemsize))
+    if op == "conv":
+        return workspace_bytes(geom, itemsize)
+    if op == "conv_backward":
+        from ._direct_backward import backward_workspace_bytes
+
+        return backward_workspace_bytes(geom, itemsize)
+    return 0
+
+
+STRATEGY = Strategy(
+    name="direct",
+    summary="Numba kernels computing each output row in place, no im2col buffer",
+    ranks=(2, 3),
+    ops=_depth.ops(conv2d, conv2d_backward, max_pool2d, max_pool2d_backward, avg_pool2d, avg_pool2d_backward),
+    workspace_bytes=_workspace,
+)

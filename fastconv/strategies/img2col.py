@@ -59,6 +59,7 @@ from .._jit import kernel
 from ..geometry import avg_pool_divisors
 from ..threads import gemm_calls
 from ..workspace import get_workspace_limit
+from . import Strategy, _depth
 
 __all__ = [
     "CHUNK_TARGET_BYTES",
@@ -615,3 +616,24 @@ def avg_pool2d_backward(grad_out, geom, grad_x):
         cols.reshape(C, kH * kW, B, width)[...] = spread[:, None]
         with _jit.launch():
             _col2im(cols, n0, r0, r0 > 0, layout, False, grad_x)
+
+
+
+_OP_NAMES = {"conv": "conv2d", "conv_backward": "conv2d_backward", "max_pool": "max_pool2d", "avg_pool": "avg_pool2d"}
+
+
+def _workspace(op, geom, itemsize):
+    if geom.rank == 3 and op.startswith("conv"):
+        return _depth.workspace_bytes(geom, itemsize, lambda plane: _workspace(op, plane, itemsize))
+    if op not in _OP_NAMES or geom.rank == 3:
+        return 0
+    return workspace_bytes(geom, itemsize, _OP_NAMES[op])
+
+
+STRATEGY = Strategy(
+    name="img2col",
+    summary="Numba im2col (the lecture's layout) + BLAS GEMM",
+    ranks=(2, 3),
+    ops=_depth.ops(conv2d, conv2d_backward, max_pool2d, max_pool2d_backward, avg_pool2d, avg_pool2d_backward),
+    workspace_bytes=_workspace,
+)

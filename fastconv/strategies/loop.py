@@ -1,155 +1,88 @@
-"""The pure-Python loop strategy: the readable definition and the test oracle.
+"""The pure-Python loop strategy: the readable definition and the test oracle, for every rank.
 
-Each function is the lecture's formula written out as loops, one output value
-at a time. It is slow (about a microsecond per multiply-add) and is meant for
-reading and for checking the fast strategies on small problems, not for use.
+Each function is the lecture's formula written out as loops, one output value at a time,
+over any number of spatial axes (``itertools.product`` walks the output positions and the
+kernel taps in row-major order). It is slow (about a microsecond per multiply-add) and is
+meant for reading and for checking the fast strategies on small problems, not for use.
 
-Every strategy module has the same functions with the same signatures:
-``conv2d(x, weight, bias, geom, out)``, ``max_pool2d(x, geom, out, indices)``,
-``avg_pool2d(x, geom, out)`` (and the backward functions). Inputs are
-validated, C-contiguous, 4D ``(N, C, H, W)`` arrays of one float dtype; the
-function writes every element of ``out``.
+Arrays are validated, C-contiguous ``(N, C, *spatial)`` of one float dtype; ``geom`` is the
+resolved problem (:mod:`fastconv.geometry`): per-axis ``in_size``, ``kernel``, ``stride``,
+``dilation``, ``padding`` and ``out_size``. Sums are kept in Python floats (float64).
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 
+import numpy as np
 
-def conv2d(x, weight, bias, geom, out):
+from . import Strategy
+
+
+def _positions(sizes):
+    """Every index tuple of an array of ``sizes``, row-major."""
+    return itertools.product(*(range(n) for n in sizes))
+
+
+def _conv_taps(o, geom):
+    """``[(tap, input position)]`` for output position ``o``: the taps that read inside the input."""
+    taps = []
+    for tap in _positions(geom.kernel):
+        pos = tuple(oi * s + t * d - lo for oi, t, s, d, (lo, _) in
+                    zip(o, tap, geom.stride, geom.dilation, geom.padding))
+        if all(0 <= p < n for p, n in zip(pos, geom.in_size)):
+            taps.append((tap, pos))
+    return taps
+
+
+def conv(x, weight, bias, geom, out):
     """Cross-correlation, as in the lecture, summed over each group's channels.
 
-    ``Y[n, l, i, j] = b[l] + sum_{d, a, b} X[n, d, i*sH + a*dH - top, j*sW + b*dW - left] * W[l, d, a, b]``
-    where ``d`` runs over the input channels of ``l``'s group and input
-    positions outside the image read as zero (the padding).
+    ``Y[n, l, o] = b[l] + sum_{d, t} X[n, g*C_in/groups + d, o*s + t*dil - lo] * W[l, d, t]``
+    for every output position ``o`` and kernel tap ``t`` (tuples, one entry per axis), where
+    ``g`` is output channel ``l``'s group and positions outside the input read as zero.
     """
-    N, C_in, H, W = x.shape
-    C_out, C_per_group, kH, kW = weight.shape
+    N = x.shape[0]
+    C_out, C_per_group = weight.shape[:2]
     out_per_group = C_out // geom.groups
-    sH, sW = geom.stride
-    dH, dW = geom.dilation
-    (top, _), (left, _) = geom.padding
-    oH, oW = geom.out_size
     for n in range(N):
-        for l in range(C_out):
-            first_channel = (l // out_per_group) * C_per_group
-            for i in range(oH):
-                for j in range(oW):
-                    total = 0.0 if bias is None else float(bias[l])
-                    for d in range(C_per_group):
-                        for a in range(kH):
-                            row = i * sH + a * dH - top
-                            if row < 0 or row >= H:
-                                continue
-                            for b in range(kW):
-                                col = j * sW + b * dW - left
-                                if col < 0 or col >= W:
-                                    continue
-                                total += float(x[n, first_channel + d, row, col]) * float(weight[l, d, a, b])
-                    out[n, l, i, j] = total
+        for o in _positions(geom.out_size):
+            taps = _conv_taps(o, geom)
+            for l in range(C_out):
+                first_channel = (l // out_per_group) * C_per_group
+                total = 0.0 if bias is None else float(bias[l])
+                for d in range(C_per_group):
+                    for tap, pos in taps:
+                        total += float(x[(n, first_channel + d) + pos]) * float(weight[(l, d) + tap])
+                out[(n, l) + o] = total
 
 
-def max_pool2d(x, geom, out, indices):
-    """Maximum over each window; ``indices`` (or None) gets the flat index ``row*W + col``.
+def conv_backward(grad_out, x, weight, geom, grad_x, grad_w, grad_b):
+    """Gradients of :func:`conv`, following each output's contributions back.
 
-    Padding never wins. A NaN in the window wins (and the last NaN's index is
-    kept), as in PyTorch; a window of only -inf reports its first input element.
+    For every output ``Y[n, l, o]`` with upstream gradient ``g``: ``dL/db[l] += g``; for every
+    tap that reads an in-image input element, ``dL/dW[l, d, t] += g * X[...]`` and
+    ``dL/dX[...] += g * W[l, d, t]`` (the lecture's ``dL/dW = dL/dY X̂ᵀ`` and
+    ``dL/dX̂ = Wᵀ dL/dY`` + col2im, one element at a time).
     """
-    N, C, H, W = x.shape
-    kH, kW = geom.kernel
-    sH, sW = geom.stride
-    dH, dW = geom.dilation
-    pH, pW = geom.padding
-    oH, oW = geom.out_size
-    for n in range(N):
-        for c in range(C):
-            for i in range(oH):
-                rows = [i * sH - pH + a * dH for a in range(kH)]
-                rows = [r for r in rows if 0 <= r < H]
-                for j in range(oW):
-                    cols = [j * sW - pW + b * dW for b in range(kW)]
-                    cols = [q for q in cols if 0 <= q < W]
-                    best = -math.inf
-                    best_index = rows[0] * W + cols[0]
-                    for r in rows:
-                        for q in cols:
-                            v = float(x[n, c, r, q])
-                            if v > best or math.isnan(v):
-                                best = v
-                                best_index = r * W + q
-                    out[n, c, i, j] = best
-                    if indices is not None:
-                        indices[n, c, i, j] = best_index
-
-
-def avg_pool2d(x, geom, out):
-    """Mean over each window, with PyTorch's divisor.
-
-    The window is clipped to the padded input; with ``count_include_pad`` the
-    divisor is the clipped window's size (padding counts, the overhang that
-    ``ceil_mode`` adds does not), otherwise the number of input elements in it.
-    """
-    N, C, H, W = x.shape
-    kH, kW = geom.kernel
-    sH, sW = geom.stride
-    pH, pW = geom.padding
-    oH, oW = geom.out_size
-    for n in range(N):
-        for c in range(C):
-            for i in range(oH):
-                r0 = i * sH - pH
-                r1 = min(r0 + kH, H + pH)
-                for j in range(oW):
-                    q0 = j * sW - pW
-                    q1 = min(q0 + kW, W + pW)
-                    padded_size = (r1 - r0) * (q1 - q0)
-                    rows = range(max(r0, 0), min(r1, H))
-                    cols = range(max(q0, 0), min(q1, W))
-                    total = 0.0
-                    for r in rows:
-                        for q in cols:
-                            total += float(x[n, c, r, q])
-                    divisor = padded_size if geom.count_include_pad else len(rows) * len(cols)
-                    out[n, c, i, j] = total / divisor if divisor > 0 else 0.0
-
-
-def conv2d_backward(grad_out, x, weight, geom, grad_x, grad_w, grad_b):
-    """Gradients of :func:`conv2d`, following each output's contributions back.
-
-    For every output ``Y[n, l, i, j]`` with upstream gradient ``g``:
-    ``dL/db[l] += g``; for every tap that reads an in-image input element,
-    ``dL/dW[l, d, a, b] += g * X[...]`` and ``dL/dX[...] += g * W[l, d, a, b]``.
-    (The lecture's ``dL/dW = dL/dY X̂ᵀ`` and ``dL/dX̂ = Wᵀ dL/dY`` + col2im, one
-    element at a time.) Sums are kept in float64 and stored at the end.
-    """
-    N, C_in, H, W = x.shape
-    C_out, C_per_group, kH, kW = weight.shape
+    N = x.shape[0]
+    C_out, C_per_group = weight.shape[:2]
     out_per_group = C_out // geom.groups
-    sH, sW = geom.stride
-    dH, dW = geom.dilation
-    (top, _), (left, _) = geom.padding
-    oH, oW = geom.out_size
-    gx = [[[[0.0] * W for _ in range(H)] for _ in range(C_in)] for _ in range(N)]
-    gw = [[[[0.0] * kW for _ in range(kH)] for _ in range(C_per_group)] for _ in range(C_out)]
+    gx = np.zeros(x.shape)
+    gw = np.zeros(weight.shape)
     gb = [0.0] * C_out
     for n in range(N):
-        for l in range(C_out):
-            first_channel = (l // out_per_group) * C_per_group
-            for i in range(oH):
-                for j in range(oW):
-                    g = float(grad_out[n, l, i, j])
-                    gb[l] += g
-                    for d in range(C_per_group):
-                        for a in range(kH):
-                            row = i * sH + a * dH - top
-                            if row < 0 or row >= H:
-                                continue
-                            for b in range(kW):
-                                col = j * sW + b * dW - left
-                                if col < 0 or col >= W:
-                                    continue
-                                gw[l][d][a][b] += g * float(x[n, first_channel + d, row, col])
-                                gx[n][first_channel + d][row][col] += g * float(weight[l, d, a, b])
+        for o in _positions(geom.out_size):
+            taps = _conv_taps(o, geom)
+            for l in range(C_out):
+                first_channel = (l // out_per_group) * C_per_group
+                g = float(grad_out[(n, l) + o])
+                gb[l] += g
+                for d in range(C_per_group):
+                    for tap, pos in taps:
+                        gw[(l, d) + tap] += g * float(x[(n, first_channel + d) + pos])
+                        gx[(n, first_channel + d) + pos] += g * float(weight[(l, d) + tap])
     if grad_x is not None:
         grad_x[...] = gx
     if grad_w is not None:
@@ -158,40 +91,103 @@ def conv2d_backward(grad_out, x, weight, geom, grad_x, grad_w, grad_b):
         grad_b[...] = gb
 
 
-def max_pool2d_backward(grad_out, indices, geom, grad_x):
+def _pool_window(o, geom):
+    """The in-input positions of output ``o``'s window, in row-major tap order."""
+    positions = []
+    for tap in _positions(geom.kernel):
+        pos = tuple(oi * s + t * d - p for oi, t, s, d, p in zip(o, tap, geom.stride, geom.dilation, geom.padding))
+        if all(0 <= q < n for q, n in zip(pos, geom.in_size)):
+            positions.append(pos)
+    return positions
+
+
+def max_pool(x, geom, out, indices):
+    """Maximum over each window; ``indices`` (or None) gets the flat index of the maximum in its input plane.
+
+    Padding never wins. A NaN in the window wins (and the last NaN's index is kept), as in
+    PyTorch; a window of only -inf reports its first input element.
+    """
+    N, C = x.shape[:2]
+    for n in range(N):
+        for c in range(C):
+            for o in _positions(geom.out_size):
+                window = _pool_window(o, geom)
+                best = -math.inf
+                best_at = window[0]
+                for pos in window:
+                    v = float(x[(n, c) + pos])
+                    if v > best or math.isnan(v):
+                        best, best_at = v, pos
+                out[(n, c) + o] = best
+                if indices is not None:
+                    indices[(n, c) + o] = np.ravel_multi_index(best_at, geom.in_size)
+
+
+def _avg_window(o, geom):
+    """``(in-input positions, divisor)`` of output ``o``: PyTorch's rule.
+
+    Per axis the window ``[o*s - p, o*s - p + k)`` is clipped to the padded input
+    ``[-p, n + p)``; with ``count_include_pad`` the divisor is the clipped window's size
+    (padding counts, the overhang that ``ceil_mode`` adds does not), otherwise the number of
+    input elements in it. ``geom.divisor_override``, when set, is every window's divisor.
+    """
+    ranges, padded_size = [], 1
+    for oi, k, s, p, n in zip(o, geom.kernel, geom.stride, geom.padding, geom.in_size):
+        lo = oi * s - p
+        hi = min(lo + k, n + p)
+        padded_size *= hi - lo
+        ranges.append(range(max(lo, 0), min(hi, n)))
+    positions = list(itertools.product(*ranges))
+    if geom.divisor_override is not None:
+        divisor = geom.divisor_override
+    else:
+        divisor = padded_size if geom.count_include_pad else len(positions)
+    return positions, divisor
+
+
+def avg_pool(x, geom, out):
+    """Mean over each window, with PyTorch's divisor (see :func:`_avg_window`)."""
+    N, C = x.shape[:2]
+    for n in range(N):
+        for c in range(C):
+            for o in _positions(geom.out_size):
+                positions, divisor = _avg_window(o, geom)
+                total = sum(float(x[(n, c) + pos]) for pos in positions)
+                out[(n, c) + o] = total / divisor if divisor != 0 else 0.0
+
+
+def max_pool_backward(grad_out, indices, geom, grad_x):
     """Each output's gradient goes to the input element its max came from (summed where windows share it)."""
-    N, C, oH, oW = grad_out.shape
-    H, W = geom.in_size
-    gx = [[[0.0] * (H * W) for _ in range(C)] for _ in range(N)]
+    N, C = grad_out.shape[:2]
+    gx = np.zeros(grad_x.shape)
     for n in range(N):
         for c in range(C):
-            for i in range(oH):
-                for j in range(oW):
-                    gx[n][c][int(indices[n, c, i, j])] += float(grad_out[n, c, i, j])
-    grad_x[...] = [[[row[r * W : (r + 1) * W] for r in range(H)] for row in plane] for plane in gx]
-
-
-def avg_pool2d_backward(grad_out, geom, grad_x):
-    """Each output's gradient, divided by its divisor, goes to every input element of its window."""
-    N, C, H, W = grad_x.shape
-    kH, kW = geom.kernel
-    sH, sW = geom.stride
-    pH, pW = geom.padding
-    oH, oW = geom.out_size
-    gx = [[[[0.0] * W for _ in range(H)] for _ in range(C)] for _ in range(N)]
-    for n in range(N):
-        for c in range(C):
-            for i in range(oH):
-                r0 = i * sH - pH
-                r1 = min(r0 + kH, H + pH)
-                for j in range(oW):
-                    q0 = j * sW - pW
-                    q1 = min(q0 + kW, W + pW)
-                    rows = range(max(r0, 0), min(r1, H))
-                    cols = range(max(q0, 0), min(q1, W))
-                    divisor = (r1 - r0) * (q1 - q0) if geom.count_include_pad else len(rows) * len(cols)
-                    g = float(grad_out[n, c, i, j]) / divisor
-                    for r in rows:
-                        for q in cols:
-                            gx[n][c][r][q] += g
+            for o in _positions(grad_out.shape[2:]):
+                pos = np.unravel_index(int(indices[(n, c) + o]), geom.in_size)
+                gx[(n, c) + tuple(pos)] += float(grad_out[(n, c) + o])
     grad_x[...] = gx
+
+
+def avg_pool_backward(grad_out, geom, grad_x):
+    """Each output's gradient, divided by its divisor, goes to every input element of its window."""
+    N, C = grad_x.shape[:2]
+    gx = np.zeros(grad_x.shape)
+    for n in range(N):
+        for c in range(C):
+            for o in _positions(geom.out_size):
+                positions, divisor = _avg_window(o, geom)
+                g = float(grad_out[(n, c) + o]) / divisor
+                for pos in positions:
+                    gx[(n, c) + pos] += g
+    grad_x[...] = gx
+
+
+STRATEGY = Strategy(
+    name="loop",
+    summary="pure Python, one output at a time: the definition and the test oracle (slow)",
+    automatic=False,
+    reference=True,
+    ranks=(2, 3),
+    ops={"conv": conv, "conv_backward": conv_backward, "max_pool": max_pool,
+         "max_pool_backward": max_pool_backward, "avg_pool": avg_pool, "avg_pool_backward": avg_pool_backward},
+)

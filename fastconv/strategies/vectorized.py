@@ -14,11 +14,13 @@ strided slices of the padded input, which keeps every pass contiguous.
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from ..geometry import avg_pool_divisors
+from . import Strategy, _depth
 from ..threads import gemm_calls
 from ..workspace import chunk_size, get_workspace_limit
 
@@ -250,3 +252,29 @@ def avg_pool2d_backward(grad_out, geom, grad_x):
     """Each output's ``grad / divisor`` added to its window's taps on the padded input, then cropped."""
     scaled = grad_out / avg_pool_divisors(geom).astype(grad_out.dtype)
     _grad_on_padded(grad_x, _pool_pads(geom), lambda buf: _add_taps(buf, lambda a, b: scaled, geom))
+
+
+def workspace_bytes(op, geom, itemsize):
+    """Scratch bytes: a padded copy plus one tap product (depthwise) or capped im2col columns (convolution)."""
+    if not op.startswith("conv"):
+        return 0
+    if geom.rank == 3:
+        return _depth.workspace_bytes(geom, itemsize, lambda plane: workspace_bytes(op, plane, itemsize))
+    padded = math.prod(n + lo + hi for n, (lo, hi) in zip(geom.in_size, geom.padding))
+    padded = 0 if padded == math.prod(geom.in_size) else geom.batch * geom.in_channels * padded * itemsize
+    out_plane = math.prod(geom.out_size)
+    if geom.in_channels == geom.groups and geom.out_channels == geom.groups:
+        return padded + geom.batch * geom.out_channels * out_plane * itemsize
+    per_row = geom.in_channels * math.prod(geom.kernel) * geom.out_size[-1] * itemsize
+    rows = out_plane // geom.out_size[-1]
+    return padded + min(per_row * rows * geom.batch, max(get_workspace_limit(), per_row))
+
+
+STRATEGY = Strategy(
+    name="vectorized",
+    summary="NumPy only: im2col as a strided view + one batched matmul per group; shift-and-accumulate "
+            "for depthwise and pooling",
+    ranks=(2, 3),
+    ops=_depth.ops(conv2d, conv2d_backward, max_pool2d, max_pool2d_backward, avg_pool2d, avg_pool2d_backward),
+    workspace_bytes=workspace_bytes,
+)
