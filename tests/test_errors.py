@@ -120,3 +120,36 @@ P = np.zeros((1, 2, 8, 8))
 def test_pool_rejects(call, exc, pattern):
     with pytest.raises(exc, match=pattern):
         call()
+
+
+# divisor_override: None or a non-zero int. PyTorch raises "divisor must be not zero" for 0 and takes
+# a negative divisor as it is (the sum divided by it); fastconv does the same.
+@pytest.mark.parametrize(
+    "divisor_override, exc, pattern",
+    [
+        (0, ValueError, r"divisor_override must be a non-zero integer or None, got 0"),
+        (np.int64(0), ValueError, r"divisor_override must be a non-zero integer"),
+        (2.5, TypeError, r"divisor_override must be an integer, got float 2.5"),
+        (2.0, TypeError, r"divisor_override must be an integer, got float"),
+        (True, TypeError, r"divisor_override must be an integer, got bool"),
+        ("4", TypeError, r"divisor_override must be an integer, got str"),
+        ((2, 2), TypeError, r"divisor_override must be an integer, got tuple"),
+    ],
+)
+@pytest.mark.parametrize("fn", ["avg_pool2d", "avg_pool2d_backward"])
+def test_avg_pool_rejects_bad_divisor_override(fn, divisor_override, exc, pattern):
+    if fn == "avg_pool2d":
+        call = lambda: fastconv.avg_pool2d(P, 2, divisor_override=divisor_override)  # noqa: E731
+    else:
+        call = lambda: fastconv.avg_pool2d_backward(np.zeros((1, 2, 4, 4)), P.shape, 2,  # noqa: E731
+                                                    divisor_override=divisor_override)
+    with pytest.raises(exc, match=rf"{fn}: {pattern}"):
+        call()
+
+
+def test_avg_pool1d_has_no_divisor_override():
+    # As in PyTorch: only avg_pool2d (and its backward and layer) take it.
+    with pytest.raises(TypeError, match="divisor_override"):
+        fastconv.avg_pool1d(np.zeros((1, 1, 8)), 2, divisor_override=2)
+    with pytest.raises(TypeError, match="divisor_override"):
+        fastconv.avg_pool1d_backward(np.zeros((1, 1, 4)), (1, 1, 8), 2, divisor_override=2)

@@ -18,6 +18,7 @@ LAYERS = [
     ("MaxPool2d", dict(kernel_size=3, stride=2, padding=1, ceil_mode=True), (2, 3, 9, 8)),
     ("MaxPool1d", dict(kernel_size=2, dilation=2), (2, 3, 11)),
     ("AvgPool2d", dict(kernel_size=2, padding=1, count_include_pad=False), (2, 3, 7, 8)),
+    ("AvgPool2d", dict(kernel_size=3, stride=2, padding=1, ceil_mode=True, divisor_override=-5), (2, 3, 8, 8)),
     ("AvgPool1d", dict(kernel_size=3, stride=2, ceil_mode=True), (2, 3, 12)),
 ]
 
