@@ -85,6 +85,10 @@ def padded_bytes(geom, itemsize: int) -> int:
 # The rules of "auto"
 
 
+#: 3D convolutions (computed as 2D problems over the depth taps, strategies/_depth.py) go to the
+#: direct kernels: on the AMD EPYC (Zen 4, 2026-12-05, fastconv bench --repeat 3) direct / img2col
+#: ms were unet3d_3x3x3 107 / 156, c3d_video (128 outputs) 124 / 138, ct_stem_3d 15.5 / 28.5.
+#:
 #: Output channels per group from which BLAS's GEMM (img2col) beats the direct kernels'
 #: 8-channel tiles. On the shape set: 64 channels -> direct won (resnet_3x3_56 1.28 vs
 #: 1.47 ms, batch8_3x3_56 11.1 vs 12.0, resnet_conv1 1.39 vs 1.68, audio_3 5.19 vs 5.37);
@@ -116,6 +120,9 @@ def _rules(op: str, geom, dtype, threads: int):
     if op.startswith(("max_pool", "avg_pool")):
         return "direct", ("pooling is memory-bound: the direct Numba kernels stream each plane once "
                           "(4-50x PyTorch on the shape set), img2col copies every window first")
+    if geom.rank == 3:
+        return "direct", ("3D: the depth taps' 2D problems run fastest on the direct kernels (measured on "
+                          "unet3d_3x3x3, c3d_video and ct_stem_3d: 1.1-1.8x img2col, 1.6-3.4x vectorized)")
     per_group_out = geom.out_channels // geom.groups
     per_group_in = geom.in_channels // geom.groups
     reduction = per_group_in * math.prod(geom.kernel)
