@@ -95,7 +95,7 @@ def conv1d(input: ArrayLike, weight: ArrayLike, bias: ArrayLike | None = None, s
         Input and output channels are split into ``groups`` independent
         convolutions; ``groups == C_in`` is depthwise.
     method : str
-        'auto' (default), 'loop', 'vectorized', 'direct' or 'img2col'.
+        'auto' (default), 'measure', or a registered strategy: 'loop', 'vectorized', 'direct', 'img2col' (``fastconv.strategies.names()``).
     out : ndarray, optional
         C-contiguous array of the result's shape and dtype to write into.
 
@@ -140,7 +140,7 @@ def conv2d(input: ArrayLike, weight: ArrayLike, bias: ArrayLike | None = None, s
         Input and output channels are split into ``groups`` independent
         convolutions; ``groups == C_in`` is depthwise.
     method : str
-        'auto' (default), 'loop', 'vectorized', 'direct' or 'img2col'.
+        'auto' (default), 'measure', or a registered strategy: 'loop', 'vectorized', 'direct', 'img2col' (``fastconv.strategies.names()``).
     out : ndarray, optional
         C-contiguous array of the result's shape and dtype to write into.
 
@@ -240,8 +240,16 @@ def conv1d_backward(grad_output: ArrayLike, x: ArrayLike, weight: ArrayLike, str
                     output_mask: Sequence[bool] = (True, True, True)) -> Gradients:
     """Gradients of :func:`conv1d` with respect to its input, weight and bias.
 
-    Takes the forward call's ``x``, ``weight`` and geometry, and ``grad_output``
-    (dL/dy, the forward output's shape). See :func:`conv2d_backward`.
+    Parameters
+    ----------
+    grad_output : array_like, shape (N, C_out, L_out) or (C_out, L_out)
+        dL/dY, the shape of the forward output.
+    x, weight, stride, padding, dilation, groups
+        As given to the forward :func:`conv1d`.
+    method : str
+        'auto', 'measure' or a registered strategy.
+    output_mask : (bool, bool, bool)
+        Which of (grad_input, grad_weight, grad_bias) to compute; the others are None.
 
     Returns
     -------
@@ -269,7 +277,7 @@ def conv2d_backward(grad_output: ArrayLike, x: ArrayLike, weight: ArrayLike, str
     x, weight, stride, padding, dilation, groups
         As given to the forward :func:`conv2d`.
     method : str
-        'auto', 'loop', 'vectorized', 'direct' or 'img2col'.
+        'auto', 'measure', or a registered strategy (``fastconv.strategies.names()``).
     output_mask : (bool, bool, bool)
         Which of (grad_input, grad_weight, grad_bias) to compute; the others are None.
 

@@ -38,7 +38,13 @@ OPS = strategies.OPS
 
 
 def methods() -> tuple:
-    """What ``method=`` accepts: 'auto', 'measure' and every registered strategy."""
+    """What ``method=`` accepts.
+
+    Returns
+    -------
+    tuple of str
+        'auto', 'measure' and every registered strategy, in registry order.
+    """
     return ("auto", "measure") + strategies.names()
 
 

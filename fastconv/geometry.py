@@ -91,9 +91,21 @@ def _check_axis(fn: str, n, k, stride, dilation, pads) -> None:
 def conv_output_size(n: int, k: int, stride: int = 1, padding=(0, 0), dilation: int = 1) -> int:
     """Output length of a convolution along one dimension.
 
-    ``o = floor((n + lo + hi - d*(k-1) - 1) / s) + 1``. ``padding`` is an int
-    (both sides) or a ``(lo, hi)`` pair. The result is 0 when the padded
+    ``o = floor((n + lo + hi - d*(k-1) - 1) / s) + 1``. The result is 0 when the padded
     input is shorter than the dilated kernel.
+
+    Parameters
+    ----------
+    n, k : int
+        Input length (>= 0) and kernel length (>= 1).
+    stride, dilation : int
+        At least 1.
+    padding : int or (int, int)
+        Zeros on both sides, or ``(lo, hi)``.
+
+    Returns
+    -------
+    int
 
     Examples
     --------
@@ -120,6 +132,16 @@ def same_padding(n: int, k: int, stride: int = 1, dilation: int = 1) -> tuple[in
     """TensorFlow's 'same' padding ``(lo, hi)`` for one dimension.
 
     ``o = ceil(n/s)``, ``p = max(s*(o-1) + d*(k-1) + 1 - n, 0)``, ``lo = p // 2``.
+
+    Parameters
+    ----------
+    n, k, stride, dilation : int
+        Input length, kernel length, stride and dilation of the axis.
+
+    Returns
+    -------
+    (int, int)
+        ``(lo, hi)``; the odd element goes to ``hi``.
 
     Examples
     --------
@@ -215,7 +237,19 @@ def tap_output_range(n: int, tap: int, stride: int, dilation: int, lo: int, firs
     """The outputs ``o`` in ``[first, last)`` whose tap ``tap`` reads inside the input, as ``(start, stop)``.
 
     Output ``o`` reads input position ``o*stride + tap*dilation - lo``; it is in the input when
-    ``0 <= o*stride + tap*dilation - lo < n``. ``start >= stop`` means none does.
+    ``0 <= o*stride + tap*dilation - lo < n``.
+
+    Parameters
+    ----------
+    n, tap, stride, dilation, lo : int
+        Input length, kernel tap, stride, dilation and leading padding of the axis.
+    first, last : int
+        The outputs considered (``last`` None: all).
+
+    Returns
+    -------
+    (int, int)
+        ``(start, stop)``; ``start == stop`` when no output's tap is inside.
 
     Examples
     --------
@@ -232,6 +266,21 @@ def tap_output_range(n: int, tap: int, stride: int, dilation: int, lo: int, firs
 def pool_output_size(n: int, k: int, stride: int, padding: int, dilation: int = 1,
                      ceil_mode: bool = False) -> int:
     """Output length of a pooling window along one dimension (PyTorch's rule).
+
+    Parameters
+    ----------
+    n, k, stride : int
+        Input length, window length and stride of the axis.
+    padding : int
+        On both sides (at most ``k // 2`` for the pooling functions).
+    dilation : int
+        Spacing of the window's elements.
+    ceil_mode : bool
+        Round up, never starting a window in the right padding.
+
+    Returns
+    -------
+    int
 
     Examples
     --------

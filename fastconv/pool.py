@@ -87,7 +87,28 @@ _POOL_PARAMS = """
 def max_pool1d(input: ArrayLike, kernel_size: IntOrTuple, stride: IntOrTuple | None = None,
                padding: IntOrTuple = 0, dilation: IntOrTuple = 1, ceil_mode: bool = False,
                return_indices: bool = False, *, method: str = "auto") -> Array | tuple[Array, Array]:
-    """Max pooling over ``(N, C, L)`` or ``(C, L)`` inputs; see :func:`max_pool2d`."""
+    """Max pooling over ``(N, C, L)`` or ``(C, L)`` inputs, as ``torch.nn.functional.max_pool1d``.
+
+    Parameters
+    ----------
+    input : array_like, shape (N, C, L) or (C, L)
+    kernel_size, stride, padding, dilation, ceil_mode
+        As in :func:`max_pool2d`, one value (or a 1-tuple) each.
+    return_indices : bool
+        Also return the index of each maximum in its input row (what :func:`max_pool1d_backward` needs).
+    method : str
+        'auto', 'measure' or a registered strategy (``fastconv.strategies.names()``).
+
+    Returns
+    -------
+    ndarray, shape (N, C, L_out) or (C, L_out); and the int64 indices if asked
+
+    Examples
+    --------
+    >>> import numpy as np, fastconv
+    >>> fastconv.max_pool1d(np.array([[1., 3, 2, 5, 4]]), 2)
+    array([[3., 5.]])
+    """
     return _max_pool("max_pool1d", 1, input, kernel_size, stride, padding, dilation, ceil_mode,
                      return_indices, method)
 
@@ -111,7 +132,7 @@ def max_pool2d(input: ArrayLike, kernel_size: IntOrTuple, stride: IntOrTuple | N
         Also return, for each output, the flat index ``row * W + col`` of the
         maximum in its input plane (what ``max_pool2d_backward`` needs).
     method : str
-        'auto', 'loop', 'vectorized', 'direct' or 'img2col'.
+        'auto', 'measure', or a registered strategy (``fastconv.strategies.names()``).
 
     Returns
     -------
@@ -134,8 +155,27 @@ def max_pool2d(input: ArrayLike, kernel_size: IntOrTuple, stride: IntOrTuple | N
 def avg_pool1d(input: ArrayLike, kernel_size: IntOrTuple, stride: IntOrTuple | None = None,
                padding: IntOrTuple = 0, ceil_mode: bool = False, count_include_pad: bool = True, *,
                method: str = "auto") -> Array:
-    """Average pooling over ``(N, C, L)`` or ``(C, L)`` inputs; see :func:`avg_pool2d` (no ``divisor_override``,
-    as in PyTorch)."""
+    """Average pooling over ``(N, C, L)`` or ``(C, L)`` inputs, as ``torch.nn.functional.avg_pool1d``.
+
+    Parameters
+    ----------
+    input : array_like, shape (N, C, L) or (C, L)
+    kernel_size, stride, padding, ceil_mode, count_include_pad
+        As in :func:`avg_pool2d`, one value (or a 1-tuple) each (no ``divisor_override``: PyTorch's
+        ``avg_pool1d`` has none).
+    method : str
+        'auto', 'measure' or a registered strategy (``fastconv.strategies.names()``).
+
+    Returns
+    -------
+    ndarray, shape (N, C, L_out) or (C, L_out)
+
+    Examples
+    --------
+    >>> import numpy as np, fastconv
+    >>> fastconv.avg_pool1d(np.array([[1., 3, 2, 6]]), 2)
+    array([[2., 4.]])
+    """
     return _avg_pool("avg_pool1d", 1, input, kernel_size, stride, padding, ceil_mode, count_include_pad, None, method)
 
 
@@ -159,7 +199,7 @@ def avg_pool2d(input: ArrayLike, kernel_size: IntOrTuple, stride: IntOrTuple | N
         possibly negative) integer, whatever ``count_include_pad`` and
         ``ceil_mode`` say. None (default): the divisor described above.
     method : str
-        'auto', 'loop', 'vectorized', 'direct' or 'img2col'.
+        'auto', 'measure', or a registered strategy (``fastconv.strategies.names()``).
 
     Returns
     -------
@@ -252,7 +292,24 @@ def _avg_pool_backward(fn, nd, grad_output, input_shape, kernel_size, stride, pa
 
 def max_pool1d_backward(grad_output: ArrayLike, indices: ArrayLike, input_shape: Sequence[int], *,
                         method: str = "auto") -> Array:
-    """Gradient of :func:`max_pool1d`; see :func:`max_pool2d_backward`."""
+    """Gradient of :func:`max_pool1d` with respect to its input.
+
+    Parameters
+    ----------
+    grad_output : array_like, the forward output's shape
+        dL/dY.
+    indices : array_like of int
+        From ``max_pool1d(..., return_indices=True)``.
+    input_shape : tuple of int
+        The forward input's shape, (N, C, L) or (C, L).
+    method : str
+        'auto', 'measure' or a registered strategy.
+
+    Returns
+    -------
+    ndarray of ``input_shape``
+        Each output's gradient added at the input element its maximum came from.
+    """
     return _max_pool_backward("max_pool1d_backward", 1, grad_output, indices, input_shape, method)
 
 
@@ -290,7 +347,24 @@ def max_pool2d_backward(grad_output: ArrayLike, indices: ArrayLike, input_shape:
 def avg_pool1d_backward(grad_output: ArrayLike, input_shape: Sequence[int], kernel_size: IntOrTuple,
                         stride: IntOrTuple | None = None, padding: IntOrTuple = 0, ceil_mode: bool = False,
                         count_include_pad: bool = True, *, method: str = "auto") -> Array:
-    """Gradient of :func:`avg_pool1d`; see :func:`avg_pool2d_backward`."""
+    """Gradient of :func:`avg_pool1d` with respect to its input.
+
+    Parameters
+    ----------
+    grad_output : array_like, the forward output's shape
+        dL/dY.
+    input_shape : tuple of int
+        The forward input's shape, (N, C, L) or (C, L).
+    kernel_size, stride, padding, ceil_mode, count_include_pad
+        As in :func:`avg_pool1d`.
+    method : str
+        'auto', 'measure' or a registered strategy.
+
+    Returns
+    -------
+    ndarray of ``input_shape``
+        Each output's gradient, divided by its window's divisor, added to the window's elements.
+    """
     return _avg_pool_backward("avg_pool1d_backward", 1, grad_output, input_shape, kernel_size, stride,
                               padding, ceil_mode, count_include_pad, None, method)
 
@@ -316,7 +390,7 @@ def avg_pool2d_backward(grad_output: ArrayLike, input_shape: Sequence[int], kern
     divisor_override : int, optional
         As in :func:`avg_pool2d`: if given, every window's divisor.
     method : str
-        'auto', 'loop', 'vectorized', 'direct' or 'img2col'.
+        'auto', 'measure', or a registered strategy (``fastconv.strategies.names()``).
 
     Returns
     -------

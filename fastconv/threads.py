@@ -233,6 +233,11 @@ def blas_threads(n: int | None = None):
     so a user's own smaller limit is kept. Used around the GEMMs fastconv calls itself. The
     count is process-wide for the block's duration (BLAS has no per-thread setting).
 
+    Parameters
+    ----------
+    n : int, optional
+        The most threads BLAS may use inside the block.
+
     Examples
     --------
     >>> import fastconv

@@ -39,12 +39,24 @@ _limit = _parse(os.environ["FASTCONV_WORKSPACE_LIMIT"]) if os.environ.get("FASTC
 
 
 def get_workspace_limit() -> int:
-    """The largest scratch buffer, in bytes, a strategy may allocate."""
+    """The largest scratch buffer, in bytes, a strategy may allocate.
+
+    Returns
+    -------
+    int
+        The cap (default 1 GiB, or ``FASTCONV_WORKSPACE_LIMIT``).
+    """
     return _limit
 
 
 def set_workspace_limit(nbytes: int) -> None:
-    """Set the workspace cap in bytes (at least 1)."""
+    """Set the workspace cap: no scratch buffer of the Numba strategies grows past it.
+
+    Parameters
+    ----------
+    nbytes : int
+        The cap in bytes, at least 1.
+    """
     global _limit
     if isinstance(nbytes, bool) or not isinstance(nbytes, int):
         raise TypeError(f"set_workspace_limit: nbytes must be an int, got {nbytes!r}")

@@ -108,7 +108,13 @@ version = 0
 def register(entry, *, replace: bool = False) -> None:
     """Add a strategy: a :class:`Strategy`, or the import path of a module that defines ``STRATEGY``.
 
-    A module path is registered under its last component's name and imported on first use.
+    Parameters
+    ----------
+    entry : Strategy or str
+        The record, or a module path (registered under its last component's name and
+        imported on first use).
+    replace : bool
+        Replace a strategy of the same name instead of raising ValueError.
     """
     name = entry.name if isinstance(entry, Strategy) else entry.rsplit(".", 1)[-1]
     if name in ("auto", "measure"):
@@ -130,12 +136,27 @@ def unregister(name: str) -> None:
 
 
 def names() -> tuple:
-    """Every registered strategy's name, in registration order."""
+    """Every registered strategy's name.
+
+    Returns
+    -------
+    tuple of str
+        In registration order.
+    """
     return tuple(_registry)
 
 
 def strategy(name: str) -> Strategy:
-    """The :class:`Strategy` called ``name`` (its module imported on first use)."""
+    """The :class:`Strategy` called ``name`` (its module imported on first use).
+
+    Parameters
+    ----------
+    name : str
+
+    Returns
+    -------
+    Strategy
+    """
     entry = _registry.get(name)
     if entry is None:
         raise ValueError(f"unknown strategy {name!r}; expected one of {', '.join(_registry)}")
