@@ -90,6 +90,36 @@ MIN_WEIGHT_TASKS = 8
 # Layout
 
 
+class _BackwardDims(NamedTuple):
+    """The numbers the backward kernels read: the problem and its scratch layout, for a chunk of images.
+
+    Plain ints only, so that Numba types it as a homogeneous int64 tuple (one compiled signature
+    for every problem) and the kernels read each number by name.
+    """
+
+    images: int       # N: images in the chunk
+    groups: int
+    out_h: int        # oH
+    out_w: int        # oW
+    stride_h: int     # sH
+    stride_w: int     # sW
+    top: int          # rows of zero padding above the input
+    left: int         # columns of zero padding left of the input
+    plane_width: int  # columns of a phase-plane row of xq and of the grad_x tiles (and of gop's with whole_planes)
+    x_rows: int       # rows of each phase plane of xq
+    gx_rows: int      # phase-plane rows holding any input row (the rows grad_x tiles cover)
+    gx_row0: int      # phase-plane row of input row 0 (for its phase)
+    gx_col0: int      # phase-plane column of input column 0 (for its phase)
+    tile_rows: int    # phase-plane rows per grad_x tile
+    row_tiles: int    # grad_x tiles down a phase plane
+    tile_cols: int    # phase-plane columns per grad_x tile
+    col_tiles: int    # grad_x tiles across a phase plane
+    go_width: int     # columns of a gop row (oW, or plane_width with a zero border)
+    go_rows: int      # rows of a gop plane
+    go_top: int       # zero rows above dY in gop
+    go_left: int      # zero columns left of dY in gop
+
+
 class _Layout(NamedTuple):
     """Scratch layout of one problem for chunks of ``n`` images."""
 
@@ -98,7 +128,7 @@ class _Layout(NamedTuple):
     blocks: int         # blocks of 4 output channels per group
     per_task: int       # input channels per grad_w task
     whole_planes: bool  # short rows: sums over whole planes, gop with a zero border
-    dims: np.ndarray    # int64 numbers the kernels read, in _dims' order
+    dims: _BackwardDims  # the numbers the kernels read
     tap_row: np.ndarray     # (kH*kW,) stride-1 row offset a*dH // sH of each tap
     tap_col: np.ndarray     # (kH*kW,) stride-1 column offset b*dW // sW
     pair_offset: np.ndarray   # (per_task*kH*kW,) offset of (channel i, tap t) from the input under dY[.., 0, 0]
@@ -106,13 +136,14 @@ class _Layout(NamedTuple):
     phase_taps: np.ndarray    # tap indices a*kW + b ordered by phase
 
 
-@kernel(parallel=False)
-def _dims(dims):
-    """The layout numbers: (N, groups, oH, oW, sH, sW, top, left, width, x_rows, gx_rows, gx_row0, gx_col0,
-    tile_rows, row_tiles, tile_cols, col_tiles, go_width, go_rows, go_top, go_left)."""
-    return (dims[0], dims[1], dims[2], dims[3], dims[4], dims[5], dims[6], dims[7], dims[8], dims[9],
-            dims[10], dims[11], dims[12], dims[13], dims[14], dims[15], dims[16], dims[17], dims[18],
-            dims[19], dims[20])
+class _Axis(NamedTuple):
+    """The phase-plane layout along one axis (see :func:`_axis`), in rows (or columns)."""
+
+    offsets: list   # stride-1 offset a*d // s of each tap a
+    phases: list    # phase a*d % s of each tap a
+    first: int      # phase-plane row of input row 0 (for its phase)
+    rows: int       # phase-plane rows holding any input row
+    border: int     # zero rows of dY needed above row 0
 
 
 def _axis(n, k, s, d, lo):
@@ -122,7 +153,7 @@ def _axis(n, k, s, d, lo):
     first = lo // s                       # phase-plane row of input row 0 (for its phase)
     rows = (lo + n - 1) // s - first + 1  # phase-plane rows holding any input row
     border = max(0, max(offsets) - first)  # zero rows of dY needed above row 0
-    return offsets, phases, first, rows, border
+    return _Axis(offsets=offsets, phases=phases, first=first, rows=rows, border=border)
 
 
 @functools.lru_cache(maxsize=128)
@@ -134,8 +165,10 @@ def _layout(geom, n):
     dH, dW = geom.dilation
     (top, _), (left, _) = geom.padding
     oH, oW = geom.out_size
-    row_off, row_ph, gx_row0, gx_rows, top_rows = _axis(H, kH, sH, dH, top)
-    col_off, col_ph, gx_col0, gx_cols, left_cols = _axis(W, kW, sW, dW, left)
+    down, across = _axis(H, kH, sH, dH, top), _axis(W, kW, sW, dW, left)
+    row_off, row_ph, gx_row0, gx_rows, top_rows = down.offsets, down.phases, down.first, down.rows, down.border
+    col_off, col_ph, gx_col0, gx_cols, left_cols = (across.offsets, across.phases, across.first, across.rows,
+                                                    across.border)
     # Row width of xq and the grad_x tiles: a tap's operand never wraps into the next row
     # for a valid output (oW + max offset), every input column fits, and so does dY with
     # its left border (the whole-plane sums need the same width in gop).
@@ -153,8 +186,12 @@ def _layout(geom, n):
         go_width, go_rows, go_top, go_left = width, top_rows + max(oH, gx_row0 + gx_rows) + 1, top_rows, left_cols
     else:
         go_width, go_rows, go_top, go_left = oW, oH, 0, 0  # only dY's own elements are ever read
-    dims = np.array([n, geom.groups, oH, oW, sH, sW, top, left, width, x_rows, gx_rows, gx_row0, gx_col0,
-                     tile_rows, row_tiles, tile_cols, col_tiles, go_width, go_rows, go_top, go_left], dtype=np.int64)
+    dims = _BackwardDims(
+        images=int(n), groups=int(geom.groups), out_h=int(oH), out_w=int(oW), stride_h=int(sH), stride_w=int(sW),
+        top=int(top), left=int(left), plane_width=int(width), x_rows=int(x_rows), gx_rows=int(gx_rows),
+        gx_row0=int(gx_row0), gx_col0=int(gx_col0), tile_rows=int(tile_rows), row_tiles=int(row_tiles),
+        tile_cols=int(tile_cols), col_tiles=int(col_tiles), go_width=int(go_width), go_rows=int(go_rows),
+        go_top=int(go_top), go_left=int(go_left))
     taps = [(a, b) for a in range(kH) for b in range(kW)]
     tap_phase = np.array([row_ph[a] * sW + col_ph[b] for a, b in taps], dtype=np.int64)
     tap_row = np.array([row_off[a] for a, _ in taps], dtype=np.int64)
@@ -192,8 +229,8 @@ def _pack_grad_out(grad_out, dims, gop, grad_b, accumulate):
 
     ``gop[l, go_top+i, go_left+j, n] = dY[n, l, i, j]``, zeros around it.
     """
-    (N, groups, oH, oW, stride_h, stride_w, top, left, width, x_rows, gx_rows, gx_row0, gx_col0,
-     tile_rows, row_tiles, tile_cols, col_tiles, go_width, go_rows, go_top, go_left) = _dims(dims)
+    N, oH, oW = dims.images, dims.out_h, dims.out_w
+    go_width, go_rows, go_top, go_left = dims.go_width, dims.go_rows, dims.go_top, dims.go_left
     C_out = grad_out.shape[1]
     go_plane = go_rows * go_width * N
     flat_grad_out = grad_out.reshape(grad_out.size)
@@ -230,8 +267,9 @@ def _pack_input_channel(x, c, dims, xq, count_nonfinite):
 
     Returns the number of inf/NaN elements if ``count_nonfinite``, else 0.
     """
-    (N, groups, oH, oW, stride_h, stride_w, top, left, width, x_rows, gx_rows, gx_row0, gx_col0,
-     tile_rows, row_tiles, tile_cols, col_tiles, go_width, go_rows, go_top, go_left) = _dims(dims)
+    N = dims.images
+    stride_h, stride_w, top, left = dims.stride_h, dims.stride_w, dims.top, dims.left
+    width, x_rows = dims.plane_width, dims.x_rows
     H, W = x.shape[2], x.shape[3]
     row_len = width * N
     bad = 0
@@ -398,8 +436,10 @@ def _grad_weight(x, gop, dims, pair_offset, per_task, chunks, whole_planes, accu
     the dot products run over whole planes in TILE-sized spans, gop's zero border included;
     otherwise row by row over dY's elements only.
     """
-    (N, groups, oH, oW, stride_h, stride_w, top, left, width, x_rows, gx_rows, gx_row0, gx_col0,
-     tile_rows, row_tiles, tile_cols, col_tiles, go_width, go_rows, go_top, go_left) = _dims(dims)
+    N, groups, oH, oW = dims.images, dims.groups, dims.out_h, dims.out_w
+    stride_h, stride_w = dims.stride_h, dims.stride_w
+    width, x_rows = dims.plane_width, dims.x_rows
+    go_width, go_rows, go_top, go_left = dims.go_width, dims.go_rows, dims.go_top, dims.go_left
     C_out = grad_w.shape[0]
     Cg = x.shape[1] // groups
     taps = grad_w.shape[1] // Cg
@@ -524,8 +564,11 @@ def _grad_input(gop, weight, dims, tap_row, tap_col, phase_start, phase_taps, ex
     ``grad_x``. With ``exact`` (or inf/NaN weights) each term is summed only where its window
     lies inside dY; otherwise over the whole tile, reading gop's zero border.
     """
-    (N, groups, oH, oW, stride_h, stride_w, top, left, width, x_rows, gx_rows, gx_row0, gx_col0,
-     tile_rows, row_tiles, tile_cols, col_tiles, go_width, go_rows, go_top, go_left) = _dims(dims)
+    N, groups, oH, oW = dims.images, dims.groups, dims.out_h, dims.out_w
+    stride_h, stride_w, top, left = dims.stride_h, dims.stride_w, dims.top, dims.left
+    width, gx_rows, gx_row0, gx_col0 = dims.plane_width, dims.gx_rows, dims.gx_row0, dims.gx_col0
+    tile_rows, row_tiles, tile_cols, col_tiles = dims.tile_rows, dims.row_tiles, dims.tile_cols, dims.col_tiles
+    go_width, go_rows, go_top, go_left = dims.go_width, dims.go_rows, dims.go_top, dims.go_left
     H, W = grad_x.shape[2], grad_x.shape[3]
     C_out, Cg, kH, kW = weight.shape
     out_per_group = C_out // groups
@@ -654,8 +697,8 @@ def backward_workspace_bytes(geom, itemsize):
         return 0
     lay = _layout(geom, _images_per_chunk(geom, itemsize, get_workspace_limit()))
     d = lay.dims
-    channel = d[4] * d[5] * d[9] * d[8] * lay.n          # sH * sW * x_rows * width * n
-    tile = 4 * d[13] * d[15] * lay.n                      # channels * tile_rows * tile_cols * n
+    channel = d.stride_h * d.stride_w * d.x_rows * d.plane_width * lay.n  # one input channel's phase planes
+    tile = 4 * d.tile_rows * d.tile_cols * lay.n                           # a tile of 4 input channels
     return int(lay.go_size + numba.get_num_threads() * max(lay.per_task * channel, tile)) * itemsize
 
 
@@ -674,7 +717,7 @@ def _backward_images(grad_out, x, weight, lay, grad_x, grad_w, grad_b, accumulat
             # Split each block of input channels' output channels into chunks when there are fewer
             # blocks than two tasks per thread: each chunk packs the channels once more, far less
             # work than its dot products. (Which task computes an element never changes its sum.)
-            in_blocks = lay.dims[1] * -(-weight.shape[1] // lay.per_task)  # groups x blocks of input channels
+            in_blocks = lay.dims.groups * -(-weight.shape[1] // lay.per_task)  # groups x blocks of input channels
             chunks = min(lay.blocks, max(1, -(-2 * numba.get_num_threads() // in_blocks)))
             _grad_weight(x, gop, lay.dims, lay.pair_offset, lay.per_task, chunks, lay.whole_planes, accumulate,
                          grad_w.reshape(weight.shape[0], -1))

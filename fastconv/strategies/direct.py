@@ -106,6 +106,55 @@ ROWS_PER_ITEM = 8
 ROWS_MIN_WIDTH = 96
 ROWS_MAX_TAPS = 12
 
+# CO_BLOCK and TAP_BLOCK are facts about the code, not knobs: the hot block of _conv_tiles is
+# unrolled by hand for 8 output channels (acc rows a0..a7, weight rows w0..w7) x 4 taps (input
+# rows xa..xd, weights w.a..w.d), and its 1-4 channel path for 4 taps. Changing either number
+# without rewriting that block would compute wrong sums (or read past the weight padding).
+if CO_BLOCK != 8 or TAP_BLOCK != 4:
+    raise AssertionError(
+        f"fastconv.strategies.direct: _conv_tiles is hand-unrolled for CO_BLOCK = 8 output channels x "
+        f"TAP_BLOCK = 4 taps per pass, but CO_BLOCK = {CO_BLOCK} and TAP_BLOCK = {TAP_BLOCK}; "
+        f"rewrite the unrolled block before changing them")
+
+
+# --------------------------------------------------------------------------- kernel arguments
+# Numbers a kernel reads are passed as NamedTuples of plain ints (built with int() in the
+# wrappers): Numba types each as a homogeneous int64 tuple, so one compiled signature serves
+# every call, and the kernels read them by name.
+
+
+class _PackLayout(NamedTuple):
+    """What :func:`_pack_phases` needs to know of the padded input and its phase planes."""
+
+    top: int            # rows of zero padding above the input
+    left: int           # columns of zero padding left of the input
+    stride_h: int
+    stride_w: int
+    plane_h: int        # rows of one phase plane
+    plane_w: int        # columns of one phase plane (the row pitch of the flat positions)
+    rows_per_item: int  # plane rows one prange iteration fills
+
+
+class _TilesLayout(NamedTuple):
+    """What :func:`_conv_tiles` (and :func:`_store_tile`) need to know of the packed input and the output."""
+
+    n_channels: int     # packed channels per image (G*Cg')
+    channel_len: int    # elements per packed channel
+    groups: int
+    row_pitch: int      # flat position p is output (p // row_pitch, p % row_pitch)
+    n_positions: int    # flat positions computed per image
+    tile_len: int       # flat positions per tile (at most TILE)
+    out_h: int          # output rows (oH)
+    out_w: int          # output columns (oW); flat columns >= out_w are dropped
+
+
+class _RowsLayout(NamedTuple):
+    """What :func:`_conv_rows` needs besides its tap tables."""
+
+    groups: int
+    stride_h: int
+    top: int            # rows of zero padding above the input
+
 
 # --------------------------------------------------------------------------- kernels
 
@@ -114,12 +163,15 @@ ROWS_MAX_TAPS = 12
 def _pack_phases(x, channel_start, groups, layout, phase_h, phase_w, xs):
     """``xs[n, k, s*plane + u*plane_w + v] = Xpad[n, c, u*sH + phase_h[s], v*sW + phase_w[s]]`` (zero outside ``x``).
 
-    ``layout = (top, left, sH, sW, plane_h, plane_w, rows_per_item)``. Packed channel
+    ``layout`` is a :class:`_PackLayout`. Packed channel
     ``k`` is input channel ``channel_start + k % width`` of group ``k // width``
     (``width = xs.shape[1] // groups``); the tail of each channel after its phase
     planes is zeroed. One iteration fills ``rows_per_item`` rows of one phase plane.
     """
-    top, left, stride_h, stride_w, plane_h, plane_w, rows_per_item = layout
+    top, left = layout.top, layout.left
+    stride_h, stride_w = layout.stride_h, layout.stride_w
+    plane_h, plane_w = layout.plane_h, layout.plane_w
+    rows_per_item = layout.rows_per_item
     C_in, H, W = x.shape[1], x.shape[2], x.shape[3]
     n_images, n_channels, channel_len = xs.shape
     n_phases = phase_h.shape[0]
@@ -167,19 +219,19 @@ def _pack_phases(x, channel_start, groups, layout, phase_h, phase_w, xs):
 
 
 @kernel
-def _conv_tiles(xs, weight, bias, tap_offset, layout, out_size, out):
+def _conv_tiles(xs, weight, bias, tap_offset, layout, out):
     """Forward conv over a phase-packed input, one (image, group, tile, channel block) per iteration.
 
-    ``xs`` is the flat ``(N, G*Cg', channel_len)`` packed input and
-    ``layout = (G*Cg', channel_len, groups, row_pitch, n_positions, tile_len)``;
+    ``xs`` is the flat ``(N, G*Cg', channel_len)`` packed input, described by
+    ``layout`` (a :class:`_TilesLayout`);
     ``tap_offset[d*kH*kW + a*kW + b]`` is tap ``(d, a, b)``'s flat offset from its
     group's first channel; ``weight`` is ``(C_out', Cg'*kH*kW)``, with 8 zero rows
     appended when a block of 5-7 channels can end the array (a block reads 8 rows
-    and drops the sums it does not own). ``out`` is ``(N, C_out, oH*oW)``, ``out_size``
-    ``(oH, oW)``; flat position ``p`` is output ``(p // row_pitch, p % row_pitch)``
-    and columns ``>= oW`` are dropped.
+    and drops the sums it does not own). ``out`` is ``(N, C_out, oH*oW)``; flat position
+    ``p`` is output ``(p // row_pitch, p % row_pitch)`` and columns ``>= oW`` are dropped.
     """
-    n_channels, channel_len, groups, row_pitch, n_positions, tile_len = layout
+    n_channels, channel_len, groups = layout.n_channels, layout.channel_len, layout.groups
+    n_positions, tile_len = layout.n_positions, layout.tile_len
     n_images, C_out = out.shape[0], out.shape[1]
     R = weight.shape[1]
     per_group = n_channels // groups
@@ -290,16 +342,18 @@ def _conv_tiles(xs, weight, bias, tap_offset, layout, out_size, out):
                     w0a = w0[t]
                     for j in range(length):
                         a0[j] += w0a * xa[j]
-        _store_tile(acc, count, p0, length, row_pitch, out_size, out, n, co)
+        _store_tile(acc, count, p0, length, layout, out, n, co)
 
 
 @kernel(parallel=False)
-def _store_tile(acc, count, p0, length, row_pitch, out_size, out, n, co):
+def _store_tile(acc, count, p0, length, layout, out, n, co):
     """Write the valid columns of an accumulator tile (flat positions ``p0 ..``) to ``out[n, co:co+count]``.
 
-    ``out`` is ``(N, C_out, oH*oW)``; position ``p`` is output ``(p // row_pitch, p % row_pitch)``.
+    ``out`` is ``(N, C_out, oH*oW)``; position ``p`` is output ``(p // row_pitch, p % row_pitch)``
+    (``layout`` is a :class:`_TilesLayout`).
     """
-    oH, oW = out_size
+    row_pitch = layout.row_pitch
+    oH, oW = layout.out_h, layout.out_w
     i = p0 // row_pitch
     j = p0 - i * row_pitch
     t = 0
@@ -351,14 +405,14 @@ def _row_taps(y, x, count, oa, ob, oc, od, wa, wb, wc, wd):
 def _conv_rows(x, tap_weight, bias, layout, span_lo, span_len, row_class, class_start, class_taps, tap_shift, out):
     """Forward conv in place, stride 1 along the width: :data:`ROWS_PER_ITEM` output rows of one channel per iteration.
 
-    ``layout = (groups, sH, top)``. Taps are grouped into *spans* that reach the
+    ``layout`` is a :class:`_RowsLayout`. Taps are grouped into *spans* that reach the
     same output columns ``[span_lo, span_lo + span_len)``. Output row ``i``
     applies, for span ``s``, the taps ``class_taps[class_start[c, s] : class_start[c, s + 1]]``
     with ``c = row_class[i]`` (the taps whose kernel row lies inside the image), 4
     per pass. Tap ``t`` reads flat offset ``tap_shift[t]`` (channel, row and column
     shift) from the row's origin in ``x``, with weight ``tap_weight[l, t]``.
     """
-    groups, stride_h, top = layout
+    groups, stride_h, top = layout.groups, layout.stride_h, layout.top
     N, C_in, H, W = x.shape
     C_out, oH = out.shape[1], out.shape[2]
     blocks = (oH + ROWS_PER_ITEM - 1) // ROWS_PER_ITEM
@@ -402,14 +456,27 @@ def _uses_rows_kernel(geom):
             and taps <= ROWS_MAX_TAPS)
 
 
+class _RowsPlan(NamedTuple):
+    """The tap tables of :func:`_conv_rows` for one geometry (see :func:`_row_plan`); int64 arrays."""
+
+    span_lo: np.ndarray       # (spans,) first output column a span's taps reach
+    span_len: np.ndarray      # (spans,) output columns they reach
+    row_class: np.ndarray     # (oH,) row class of each output row
+    class_start: np.ndarray   # (classes, spans + 1): class c's taps of span s start at class_start[c, s]
+    class_taps: np.ndarray    # tap indices, by class then span
+    tap_shift: np.ndarray     # (taps,) flat offset of a tap's input from the row's origin
+    tap_channel: np.ndarray   # (taps,) input channel d of each tap in its group: the weight is W[:, d, a, b]
+    tap_row: np.ndarray       # (taps,) kernel row a
+    tap_col: np.ndarray       # (taps,) kernel column b
+
+
 @functools.lru_cache(maxsize=64)
 def _row_plan(geom):
-    """Tap tables of :func:`_conv_rows` (see its docstring); the taps' ``(d, a, b)`` index the weight.
+    """Tap tables of :func:`_conv_rows` (see its docstring) as a :class:`_RowsPlan`.
 
     Taps are ordered by span (kernel columns reaching the same output columns),
     then kernel column, channel, kernel row. Output rows whose kernel rows fall
     inside the image in the same way share a *row class* and a list of taps.
-    Returns ``(span_lo, span_len, row_class, class_start, class_taps, tap_shift, (d, a, b))``.
     """
     per_group = geom.in_channels // geom.groups
     kH, kW = geom.kernel
@@ -439,13 +506,24 @@ def _row_plan(geom):
         for s in range(len(span_lo)):
             class_taps += [t for t in range(len(taps)) if span[t] == s and rows_in[a[t]]]
             class_start[c, s + 1] = len(class_taps)
-    return (span_lo, span_len, row_class.reshape(-1).astype(np.int64), class_start,
-            np.array(class_taps, dtype=np.int64), tap_shift, (d, a, b))
+    return _RowsPlan(span_lo=span_lo, span_len=span_len, row_class=row_class.reshape(-1).astype(np.int64),
+                     class_start=class_start, class_taps=np.array(class_taps, dtype=np.int64), tap_shift=tap_shift,
+                     tap_channel=d, tap_row=a, tap_col=b)
+
+
+class _Phases(NamedTuple):
+    """The phase planes the taps of one geometry read (see :func:`_phase_layout`)."""
+
+    phase_h: np.ndarray       # (phases,) row phase rh of each plane
+    phase_w: np.ndarray       # (phases,) column phase rw of each plane
+    plane_h: int              # rows of one phase plane
+    plane_w: int              # columns of one phase plane
+    tap_in_plane: np.ndarray  # (kH*kW,) offset of tap (a, b) inside one packed channel, at a*kW + b
 
 
 @functools.lru_cache(maxsize=64)
 def _phase_layout(geom):
-    """Phase planes the taps read: ``(phase_h, phase_w, plane_h, plane_w, tap_in_plane)``.
+    """Phase planes the taps read, as :class:`_Phases`.
 
     ``tap_in_plane[a*kW + b]`` is tap ``(a, b)``'s offset inside one packed channel.
     """
@@ -467,7 +545,7 @@ def _phase_layout(geom):
             tap[a * kW + b] = s * plane + (a * dH // sH) * plane_w + (b * dW // sW)
     phase_h = np.array([p[0] for p in phases], dtype=np.int64)
     phase_w = np.array([p[1] for p in phases], dtype=np.int64)
-    return phase_h, phase_w, plane_h, plane_w, tap
+    return _Phases(phase_h=phase_h, phase_w=phase_w, plane_h=plane_h, plane_w=plane_w, tap_in_plane=tap)
 
 
 def _tap_offsets(tap_in_plane, channels, channel_len):
@@ -508,7 +586,9 @@ def _tiles_plan(geom, itemsize, limit):
         n_positions = (oH - 1) * W + oW
         images, width = geom.batch, per_group
     else:
-        phase_h, phase_w, plane_h, plane_w, taps = _phase_layout(geom)
+        phases = _phase_layout(geom)
+        phase_h, phase_w, plane_h, plane_w, taps = (phases.phase_h, phases.phase_w, phases.plane_h, phases.plane_w,
+                                                    phases.tap_in_plane)
         packed = True
         channel_len = phase_h.size * plane_h * plane_w + VECTOR
         n_positions = -(-((oH - 1) * plane_w + oW) // VECTOR) * VECTOR
@@ -519,8 +599,10 @@ def _tiles_plan(geom, itemsize, limit):
             images, width = 1, max(1, min(per_group, limit // (geom.groups * channel_len * itemsize)))
     tiles = -(-n_positions // TILE)
     tile_len = min(TILE, -(-n_positions // (tiles * VECTOR)) * VECTOR)
-    return _TilesPlan(packed, phase_h, phase_w, plane_h, plane_w, channel_len, n_positions, tile_len,
-                      _tap_offsets(taps, width, channel_len), images, width, max(1, PACK_ITEM // plane_w))
+    return _TilesPlan(packed=packed, phase_h=phase_h, phase_w=phase_w, plane_h=plane_h, plane_w=plane_w,
+                      channel_len=channel_len, n_positions=n_positions, tile_len=tile_len,
+                      offsets=_tap_offsets(taps, width, channel_len), images=images, width=width,
+                      rows_per_item=max(1, PACK_ITEM // plane_w))
 
 
 def _run_tiles(xs, weight, bias, offsets, groups, plan, out):
@@ -528,10 +610,11 @@ def _run_tiles(xs, weight, bias, offsets, groups, plan, out):
     if (weight.shape[0] // groups) % CO_BLOCK > CO_BLOCK // 2:
         # blocks of 5-7 channels read 8 weight rows: give the last block rows to read
         weight = np.concatenate([weight, np.zeros((CO_BLOCK, weight.shape[1]), dtype=weight.dtype)])
-    layout = (xs.shape[1], xs.shape[2], groups, plan.plane_w, plan.n_positions, plan.tile_len)
+    layout = _TilesLayout(n_channels=int(xs.shape[1]), channel_len=int(xs.shape[2]), groups=int(groups),
+                          row_pitch=int(plan.plane_w), n_positions=int(plan.n_positions),
+                          tile_len=int(plan.tile_len), out_h=int(out.shape[2]), out_w=int(out.shape[3]))
     with _jit.launch():
-        _conv_tiles(xs.reshape(-1), weight, bias, offsets, layout, (out.shape[2], out.shape[3]),
-                    out.reshape(out.shape[0], out.shape[1], -1))
+        _conv_tiles(xs.reshape(-1), weight, bias, offsets, layout, out.reshape(out.shape[0], out.shape[1], -1))
 
 
 # --------------------------------------------------------------------------- public
@@ -547,17 +630,19 @@ def conv2d(x, weight, bias, geom, out):
     if bias is None:
         bias = np.empty(0, dtype=x.dtype)
     if _uses_rows_kernel(geom):
-        span_lo, span_len, row_class, class_start, class_taps, tap_shift, (d, a, b) = _row_plan(geom)
-        tap_weight = np.ascontiguousarray(weight[:, d, a, b])
+        rows = _row_plan(geom)
+        tap_weight = np.ascontiguousarray(weight[:, rows.tap_channel, rows.tap_row, rows.tap_col])
+        layout = _RowsLayout(groups=int(G), stride_h=int(sH), top=int(top))
         with _jit.launch():
-            _conv_rows(x, tap_weight, bias, (G, sH, top), span_lo, span_len, row_class, class_start, class_taps,
-                       tap_shift, out)
+            _conv_rows(x, tap_weight, bias, layout, rows.span_lo, rows.span_len, rows.row_class, rows.class_start,
+                       rows.class_taps, rows.tap_shift, out)
         return
     plan = _tiles_plan(geom, x.itemsize, get_workspace_limit())
     if not plan.packed:
         _run_tiles(x.reshape(N, C_in, H * W), weight.reshape(C_out, -1), bias, plan.offsets, G, plan, out)
         return
-    layout = (top, left, sH, sW, plan.plane_h, plan.plane_w, plan.rows_per_item)
+    layout = _PackLayout(top=int(top), left=int(left), stride_h=int(sH), stride_w=int(sW), plane_h=int(plan.plane_h),
+                         plane_w=int(plan.plane_w), rows_per_item=int(plan.rows_per_item))
     buffer = np.empty(plan.images * G * plan.width * plan.channel_len, dtype=x.dtype)
     for n0 in range(0, N, plan.images):
         n1 = min(N, n0 + plan.images)
