@@ -55,6 +55,7 @@ not depend on the thread count.
 from __future__ import annotations
 
 import functools
+from typing import NamedTuple
 
 import numpy as np
 from numba import prange
@@ -80,13 +81,87 @@ _OUTPUTS_PER_ITEM = 512
 #: 8..128 items all gave the benchmark shapes' times within about 5%.)
 _MIN_ITEMS = 32
 
+#: The (window width, stride) pairs with a fixed-window path. ``_fixed_ranges`` admits exactly
+#: these (with column dilation 1, and square or one-row windows), and the forward kernels pass
+#: them to ``_max_fixed`` / ``_avg_fixed`` as literals, which unroll the taps: (2, 2) when
+#: ``kW == 2``, else (3, 2) when ``sW == 2``, else (3, 1). A new pair needs its branch there too;
+#: :func:`_check_fixed_windows` (run at import) fails if the rule and these pairs disagree.
+FIXED_WIDTH_STRIDES = ((2, 2), (3, 2), (3, 1))
+
+
+# --------------------------------------------------------------------------- what the kernels take
+#
+# Every field is a plain int (or an int64 array), so Numba types each record as a homogeneous
+# tuple and one compiled signature serves every geometry. Records a ``prange`` body uses are
+# either kernel arguments or built by calling the class in the parallel kernel itself: Numba's
+# parfor lowering cannot rebuild a NamedTuple another kernel returned. So the table helpers
+# return their fields in order and the kernels name them (``AxisTables(*_axis_tables(...))``).
+
+
+class PlaneShape(NamedTuple):
+    """``planes`` (``P = N*C``) planes of ``height x width``, pooled to ``out_height x out_width``."""
+
+    planes: int
+    height: int
+    width: int
+    out_height: int
+    out_width: int
+
+
+class Window(NamedTuple):
+    """The pooling window per axis: size, stride, dilation and padding (on each side)."""
+
+    kernel_h: int
+    kernel_w: int
+    stride_h: int
+    stride_w: int
+    dilation_h: int
+    dilation_w: int
+    padding_h: int
+    padding_w: int
+
+
+class AxisTables(NamedTuple):
+    """Per output position along one axis: its window's ``start`` and in-image taps ``[tap_lo, tap_hi)``."""
+
+    start: np.ndarray
+    tap_lo: np.ndarray
+    tap_hi: np.ndarray
+
+
+class TapSpans(NamedTuple):
+    """Per tap along one axis: the output positions ``[first, end)`` for which the tap is in-image."""
+
+    first: np.ndarray
+    end: np.ndarray
+
+
+class FixedArea(NamedTuple):
+    """The output rows and columns the fixed-window path computes.
+
+    Rows ``[row_begin, row_end)`` of every plane, columns ``[col_begin, col_end)``;
+    the row range is empty if the geometry has no fixed-window path.
+    """
+
+    row_begin: int
+    row_end: int
+    col_begin: int
+    col_end: int
+
+
+class CoveringRows(NamedTuple):
+    """Per input row: the output rows ``[begin, end)`` whose windows hold it."""
+
+    begin: np.ndarray
+    end: np.ndarray
+
 
 # --------------------------------------------------------------------------- geometry tables
 
 
 @kernel(parallel=False)
 def _axis_tables(out_len, in_len, size, stride, dilation, padding):
-    """Per output position along one axis: window start and in-image taps ``[lo, hi)``."""
+    """Per output position along one axis: the fields of :class:`AxisTables`, ``(start, tap_lo, tap_hi)``."""
     start = np.empty(out_len, np.int64)
     tap_lo = np.empty(out_len, np.int64)
     tap_hi = np.empty(out_len, np.int64)
@@ -102,7 +177,7 @@ def _axis_tables(out_len, in_len, size, stride, dilation, padding):
 
 @kernel(parallel=False)
 def _tap_spans(out_len, in_len, size, stride, dilation, padding):
-    """Per tap along one axis: the output positions ``[first, end)`` for which the tap is in-image."""
+    """Per tap along one axis: the fields of :class:`TapSpans`, ``(first, end)``."""
     first = np.empty(size, np.int64)
     end = np.empty(size, np.int64)
     for b in range(size):
@@ -115,41 +190,43 @@ def _tap_spans(out_len, in_len, size, stride, dilation, padding):
 
 
 @kernel(parallel=False)
-def _fixed_ranges(window, out_size, row_taps, col_taps):
-    """Output rows ``(begin, end)`` and columns ``(begin, end)`` the fixed-window path computes.
+def _fixed_ranges(window, shape, row_taps, col_taps):
+    """The fields of :class:`FixedArea`: the output rows and columns the fixed-window path computes.
 
     The rows are those whose window rows are all in-image and the columns
     those whose window columns are, for the windows with a fixed-window path:
-    (kW, sW) = (2, 2), (3, 2) or (3, 1), column dilation 1, and square
+    (kW, sW) in :data:`FIXED_WIDTH_STRIDES`, column dilation 1, and square
     (``kH == kW``, any row dilation) or one row high (1D pooling). For any
     other geometry the row range is empty.
     """
-    kH, kW, sH, sW, dH, dW, pH, pW = window
-    oH, oW = out_size
+    kH, kW = window.kernel_h, window.kernel_w
+    sW, dW = window.stride_w, window.dilation_w
+    oH, oW = shape.out_height, shape.out_width
     width_stride = (kW == 2 and sW == 2) or (kW == 3 and (sW == 1 or sW == 2))
     fixed = width_stride and dW == 1 and (kH == 1 or kH == kW)
-    i0 = row_taps[0][0]
-    i1 = max(row_taps[1][kH - 1], i0)
-    j0 = col_taps[0][0]
-    j1 = max(col_taps[1][kW - 1], j0)
+    i0 = row_taps.first[0]
+    i1 = max(row_taps.end[kH - 1], i0)
+    j0 = col_taps.first[0]
+    j1 = max(col_taps.end[kW - 1], j0)
     if not fixed or j1 == j0:
-        return (oH, oH), (oW, oW)
-    return (i0, i1), (j0, j1)
+        return oH, oH, oW, oW
+    return i0, i1, j0, j1
 
 
 @kernel(parallel=False)
-def _next_fixed_rows(t, t_end, out_rows, full):
+def _next_fixed_rows(t, t_end, out_rows, fixed):
     """The next rows ``[begin, end)`` of the run ``[t, t_end)`` that take the fixed-window path.
 
-    ``full = (begin, end)`` are the fixed-window rows of every plane (empty if
+    ``fixed.row_begin``, ``fixed.row_end`` are the fixed-window rows of every plane (empty if
     the geometry has no such path: then the whole run is returned as general).
     """
-    if full[1] <= full[0]:
+    begin, end = fixed.row_begin, fixed.row_end
+    if end <= begin:
         return t_end, t_end
     plane_row = t - t % out_rows
-    if t < plane_row + full[1]:
-        return min(max(t, plane_row + full[0]), t_end), min(plane_row + full[1], t_end)
-    return min(plane_row + out_rows + full[0], t_end), min(plane_row + out_rows + full[1], t_end)
+    if t < plane_row + end:
+        return min(max(t, plane_row + begin), t_end), min(plane_row + end, t_end)
+    return min(plane_row + out_rows + begin, t_end), min(plane_row + out_rows + end, t_end)
 
 
 # --------------------------------------------------------------------------- max pooling, forward
@@ -159,7 +236,7 @@ def _next_fixed_rows(t, t_end, out_rows, full):
 
 
 @kernel(parallel=False)
-def _max_fixed(x, out, indices, shape, window, rows, cols, t_begin, t_end, interior, kw, sw):
+def _max_fixed(x, out, indices, shape, window, rows, cols, t_begin, t_end, fixed, kw, sw):
     """Full rows ``[t_begin, t_end)`` of one plane (every window row in-image), ``kw`` and ``sw`` literal.
 
     The window is square (``kH == kw``) or one row high (1D pooling). On the
@@ -167,11 +244,12 @@ def _max_fixed(x, out, indices, shape, window, rows, cols, t_begin, t_end, inter
     vectorises across outputs; the few border columns then skip their
     out-of-image taps one by one.
     """
-    _, H, W, oH, oW = shape
-    kH, kW, sH, sW, dH, dW, pH, pW = window
-    j0, j1 = interior
-    row_start = rows[0]
-    col_start = cols[0]
+    H, W = shape.height, shape.width
+    oH, oW = shape.out_height, shape.out_width
+    kH, sH, dH = window.kernel_h, window.stride_h, window.dilation_h
+    j0, j1 = fixed.col_begin, fixed.col_end
+    row_start = rows.start
+    col_start = cols.start
     plane = t_begin // oH
     x_plane = plane * H * W
     i_begin = t_begin - plane * oH
@@ -239,10 +317,11 @@ def _max_fixed(x, out, indices, shape, window, rows, cols, t_begin, t_end, inter
 @kernel(parallel=False)
 def _max_windows(x, out, indices, shape, window, rows, cols, t_begin, t_end):
     """One window at a time (any geometry): for rows too narrow for tap-major passes."""
-    _, H, W, oH, oW = shape
-    kH, kW, sH, sW, dH, dW, pH, pW = window
-    row_start, row_lo, row_hi = rows
-    col_start, col_lo, col_hi = cols
+    H, W = shape.height, shape.width
+    oH, oW = shape.out_height, shape.out_width
+    dH, dW = window.dilation_h, window.dilation_w
+    row_start, row_lo, row_hi = rows.start, rows.tap_lo, rows.tap_hi
+    col_start, col_lo, col_hi = cols.start, cols.tap_lo, cols.tap_hi
     plane = t_begin // oH
     i = t_begin - plane * oH
     for t in range(t_begin, t_end):
@@ -272,11 +351,13 @@ def _max_windows(x, out, indices, shape, window, rows, cols, t_begin, t_end):
 @kernel(parallel=False)
 def _max_taps(x, out, indices, shape, window, rows, cols, col_taps, t_begin, t_end):
     """Tap by tap (any geometry): each tap is one strided compare-select pass over an output row."""
-    _, H, W, oH, oW = shape
-    kH, kW, sH, sW, dH, dW, pH, pW = window
-    row_start, row_lo, row_hi = rows
-    col_start, col_lo, _ = cols
-    tap_first, tap_end = col_taps
+    H, W = shape.height, shape.width
+    oH, oW = shape.out_height, shape.out_width
+    kW, sW = window.kernel_w, window.stride_w
+    dH, dW = window.dilation_h, window.dilation_w
+    row_start, row_lo, row_hi = rows.start, rows.tap_lo, rows.tap_hi
+    col_start, col_lo = cols.start, cols.tap_lo
+    tap_first, tap_end = col_taps.first, col_taps.end
     step = _U(sW)
     plane = t_begin // oH
     i = t_begin - plane * oH
@@ -315,12 +396,16 @@ def _max_taps(x, out, indices, shape, window, rows, cols, col_taps, t_begin, t_e
 @kernel
 def _max_pool_kernel(x, out, indices, shape, window, rows_per_item):
     """Max pooling of flat ``(P, H, W)`` planes into flat ``(P, oH, oW)`` (and indices, unless None)."""
-    P, H, W, oH, oW = shape
-    kH, kW, sH, sW, dH, dW, pH, pW = window
-    rows = _axis_tables(oH, H, kH, sH, dH, pH)
-    cols = _axis_tables(oW, W, kW, sW, dW, pW)
-    col_taps = _tap_spans(oW, W, kW, sW, dW, pW)
-    full, interior = _fixed_ranges(window, (oH, oW), _tap_spans(oH, H, kH, sH, dH, pH), col_taps)
+    P, H, W = shape.planes, shape.height, shape.width
+    oH, oW = shape.out_height, shape.out_width
+    kH, kW = window.kernel_h, window.kernel_w
+    sH, sW = window.stride_h, window.stride_w
+    dH, dW = window.dilation_h, window.dilation_w
+    pH, pW = window.padding_h, window.padding_w
+    rows = AxisTables(*_axis_tables(oH, H, kH, sH, dH, pH))
+    cols = AxisTables(*_axis_tables(oW, W, kW, sW, dW, pW))
+    col_taps = TapSpans(*_tap_spans(oW, W, kW, sW, dW, pW))
+    fixed = FixedArea(*_fixed_ranges(window, shape, TapSpans(*_tap_spans(oH, H, kH, sH, dH, pH)), col_taps))
     n_rows = P * oH
     # One item is a run of rows_per_item output rows. Helpers are called a few times per run,
     # never per row: a call costs reference-count atomics on shared arrays unless the helper
@@ -330,21 +415,22 @@ def _max_pool_kernel(x, out, indices, shape, window, rows_per_item):
         t_end = min(t + rows_per_item, n_rows)
         while t < t_end:
             # [t, fixed_begin) takes a general path, [fixed_begin, fixed_end) the fixed-window one.
-            fixed_begin, fixed_end = _next_fixed_rows(t, t_end, oH, full)
+            fixed_begin, fixed_end = _next_fixed_rows(t, t_end, oH, fixed)
             if fixed_begin > t:
                 if oW >= _TAP_MAJOR_MIN_WIDTH:
                     _max_taps(x, out, indices, shape, window, rows, cols, col_taps, t, fixed_begin)
                 else:
                     _max_windows(x, out, indices, shape, window, rows, cols, t, fixed_begin)
             if fixed_end > fixed_begin:
+                # (kW, sW) as literals, one branch per FIXED_WIDTH_STRIDES pair
                 if kW == 2:
-                    _max_fixed(x, out, indices, shape, window, rows, cols, fixed_begin, fixed_end, interior,
+                    _max_fixed(x, out, indices, shape, window, rows, cols, fixed_begin, fixed_end, fixed,
                                2, 2)
                 elif sW == 2:
-                    _max_fixed(x, out, indices, shape, window, rows, cols, fixed_begin, fixed_end, interior,
+                    _max_fixed(x, out, indices, shape, window, rows, cols, fixed_begin, fixed_end, fixed,
                                3, 2)
                 else:
-                    _max_fixed(x, out, indices, shape, window, rows, cols, fixed_begin, fixed_end, interior,
+                    _max_fixed(x, out, indices, shape, window, rows, cols, fixed_begin, fixed_end, fixed,
                                3, 1)
             t = fixed_end
 
@@ -353,13 +439,14 @@ def _max_pool_kernel(x, out, indices, shape, window, rows_per_item):
 
 
 @kernel(parallel=False)
-def _avg_fixed(x, out, shape, window, rows, cols, divisor, t_begin, t_end, interior, kw, sw):
+def _avg_fixed(x, out, shape, window, rows, cols, divisor, t_begin, t_end, fixed, kw, sw):
     """Full rows of one plane, ``kw`` and ``sw`` literal: sums of unrolled taps; see ``_max_fixed``."""
-    _, H, W, oH, oW = shape
-    kH, kW, sH, sW, dH, dW, pH, pW = window
-    j0, j1 = interior
-    row_start = rows[0]
-    col_start = cols[0]
+    H, W = shape.height, shape.width
+    oH, oW = shape.out_height, shape.out_width
+    kH, sH = window.kernel_h, window.stride_h
+    j0, j1 = fixed.col_begin, fixed.col_end
+    row_start = rows.start
+    col_start = cols.start
     plane = t_begin // oH
     x_plane = plane * H * W
     i_begin = t_begin - plane * oH
@@ -406,9 +493,10 @@ def _avg_fixed(x, out, shape, window, rows, cols, divisor, t_begin, t_end, inter
 @kernel(parallel=False)
 def _avg_windows(x, out, shape, rows, cols, divisor, t_begin, t_end):
     """One window at a time: for rows too narrow for tap-major passes (e.g. global pooling)."""
-    _, H, W, oH, oW = shape
-    row_start, row_lo, row_hi = rows
-    col_start, col_lo, col_hi = cols
+    H, W = shape.height, shape.width
+    oH, oW = shape.out_height, shape.out_width
+    row_start, row_lo, row_hi = rows.start, rows.tap_lo, rows.tap_hi
+    col_start, col_lo, col_hi = cols.start, cols.tap_lo, cols.tap_hi
     plane = t_begin // oH
     i = t_begin - plane * oH
     for t in range(t_begin, t_end):
@@ -436,11 +524,12 @@ def _avg_windows(x, out, shape, rows, cols, divisor, t_begin, t_end):
 @kernel(parallel=False)
 def _avg_taps(x, out, shape, window, rows, cols, divisor, col_taps, t_begin, t_end):
     """Tap by tap: each tap is one strided add pass over an output row, then the divisors."""
-    _, H, W, oH, oW = shape
-    kH, kW, sH, sW, dH, dW, pH, pW = window
-    row_start, row_lo, row_hi = rows
-    col_start = cols[0]
-    tap_first, tap_end = col_taps
+    H, W = shape.height, shape.width
+    oH, oW = shape.out_height, shape.out_width
+    kW, sW = window.kernel_w, window.stride_w
+    row_start, row_lo, row_hi = rows.start, rows.tap_lo, rows.tap_hi
+    col_start = cols.start
+    tap_first, tap_end = col_taps.first, col_taps.end
     step = _U(sW)
     plane = t_begin // oH
     i = t_begin - plane * oH
@@ -466,30 +555,34 @@ def _avg_taps(x, out, shape, window, rows, cols, divisor, col_taps, t_begin, t_e
 @kernel
 def _avg_pool_kernel(x, out, shape, window, divisor, rows_per_item):
     """Average pooling of flat ``(P, H, W)`` planes into flat ``(P, oH, oW)``; ``divisor`` is flat ``(oH, oW)``."""
-    P, H, W, oH, oW = shape
-    kH, kW, sH, sW, dH, dW, pH, pW = window
-    rows = _axis_tables(oH, H, kH, sH, 1, pH)
-    cols = _axis_tables(oW, W, kW, sW, 1, pW)
-    col_taps = _tap_spans(oW, W, kW, sW, 1, pW)
-    full, interior = _fixed_ranges(window, (oH, oW), _tap_spans(oH, H, kH, sH, 1, pH), col_taps)
+    P, H, W = shape.planes, shape.height, shape.width
+    oH, oW = shape.out_height, shape.out_width
+    kH, kW = window.kernel_h, window.kernel_w
+    sH, sW = window.stride_h, window.stride_w
+    pH, pW = window.padding_h, window.padding_w
+    rows = AxisTables(*_axis_tables(oH, H, kH, sH, 1, pH))
+    cols = AxisTables(*_axis_tables(oW, W, kW, sW, 1, pW))
+    col_taps = TapSpans(*_tap_spans(oW, W, kW, sW, 1, pW))
+    fixed = FixedArea(*_fixed_ranges(window, shape, TapSpans(*_tap_spans(oH, H, kH, sH, 1, pH)), col_taps))
     n_rows = P * oH
     for item in prange((n_rows + rows_per_item - 1) // rows_per_item):
         t = item * rows_per_item
         t_end = min(t + rows_per_item, n_rows)
         while t < t_end:
-            fixed_begin, fixed_end = _next_fixed_rows(t, t_end, oH, full)
+            fixed_begin, fixed_end = _next_fixed_rows(t, t_end, oH, fixed)
             if fixed_begin > t:
                 if oW >= _TAP_MAJOR_MIN_WIDTH:
                     _avg_taps(x, out, shape, window, rows, cols, divisor, col_taps, t, fixed_begin)
                 else:
                     _avg_windows(x, out, shape, rows, cols, divisor, t, fixed_begin)
             if fixed_end > fixed_begin:
+                # (kW, sW) as literals, one branch per FIXED_WIDTH_STRIDES pair
                 if kW == 2:
-                    _avg_fixed(x, out, shape, window, rows, cols, divisor, fixed_begin, fixed_end, interior, 2, 2)
+                    _avg_fixed(x, out, shape, window, rows, cols, divisor, fixed_begin, fixed_end, fixed, 2, 2)
                 elif sW == 2:
-                    _avg_fixed(x, out, shape, window, rows, cols, divisor, fixed_begin, fixed_end, interior, 3, 2)
+                    _avg_fixed(x, out, shape, window, rows, cols, divisor, fixed_begin, fixed_end, fixed, 3, 2)
                 else:
-                    _avg_fixed(x, out, shape, window, rows, cols, divisor, fixed_begin, fixed_end, interior, 3, 1)
+                    _avg_fixed(x, out, shape, window, rows, cols, divisor, fixed_begin, fixed_end, fixed, 3, 1)
             t = fixed_end
 
 
@@ -507,7 +600,8 @@ def _max_pool_backward_kernel(grad_out, indices, grad_x, shape):
     are all we know of them, so a plane's additions stay in one thread, in
     output order (PyTorch's).
     """
-    P, H, W, oH, oW = shape
+    P, H, W = shape.planes, shape.height, shape.width
+    oH, oW = shape.out_height, shape.out_width
     size = P * H * W
     for chunk in prange((size + _ZERO_CHUNK - 1) // _ZERO_CHUNK):
         first = _U(chunk * _ZERO_CHUNK)
@@ -522,7 +616,10 @@ def _max_pool_backward_kernel(grad_out, indices, grad_x, shape):
 
 @kernel(parallel=False)
 def _covering_rows(in_len, out_len, size, stride, padding):
-    """Per input row ``r``: the output rows ``[begin, end)`` whose windows ``[i*s - p, i*s-p+k)`` hold it."""
+    """Per input row ``r``: the fields of :class:`CoveringRows` (output rows whose windows hold ``r``).
+
+    Output row ``i``'s window is ``[i*s - p, i*s-p+k)``.
+    """
     begin = np.empty(in_len, np.int64)
     end = np.empty(in_len, np.int64)
     for r in range(in_len):
@@ -534,11 +631,12 @@ def _covering_rows(in_len, out_len, size, stride, padding):
 @kernel(parallel=False)
 def _avg_backward_rows(scaled, grad_x, shape, window, cols, col_taps, covering, t_begin, t_end):
     """Input rows ``[t_begin, t_end)`` of the P*H: each element sums the scaled gradients covering it."""
-    _, H, W, oH, oW = shape
-    kH, kW, sH, sW, dH, dW, pH, pW = window
-    col_start, col_lo, col_hi = cols
-    tap_first, tap_end = col_taps
-    cover_begin, cover_end = covering
+    H, W = shape.height, shape.width
+    oH, oW = shape.out_height, shape.out_width
+    kW, sW = window.kernel_w, window.stride_w
+    col_start, col_lo, col_hi = cols.start, cols.tap_lo, cols.tap_hi
+    tap_first, tap_end = col_taps.first, col_taps.end
+    cover_begin, cover_end = covering.begin, covering.end
     step = _U(sW)
     plane = t_begin // H
     r = t_begin - plane * H
@@ -574,11 +672,14 @@ def _avg_pool_backward_kernel(grad_out, grad_x, shape, window, divisor, rows_per
 
     ``divisor`` is flat ``(oH, oW)``, in ``grad_out``'s dtype.
     """
-    P, H, W, oH, oW = shape
-    kH, kW, sH, sW, dH, dW, pH, pW = window
-    cols = _axis_tables(oW, W, kW, sW, 1, pW)
-    col_taps = _tap_spans(oW, W, kW, sW, 1, pW)
-    covering = _covering_rows(H, oH, kH, sH, pH)
+    P, H, W = shape.planes, shape.height, shape.width
+    oH, oW = shape.out_height, shape.out_width
+    kH, kW = window.kernel_h, window.kernel_w
+    sH, sW = window.stride_h, window.stride_w
+    pH, pW = window.padding_h, window.padding_w
+    cols = AxisTables(*_axis_tables(oW, W, kW, sW, 1, pW))
+    col_taps = TapSpans(*_tap_spans(oW, W, kW, sW, 1, pW))
+    covering = CoveringRows(*_covering_rows(H, oH, kH, sH, pH))
     # grad / divisor, once per output (PyTorch divides each contribution the same way).
     scaled = np.empty(P * oH * oW, grad_out.dtype)
     n_out = P * oH
@@ -598,13 +699,55 @@ def _avg_pool_backward_kernel(grad_out, grad_x, shape, window, divisor, rows_per
 
 
 def _window(geom):
-    """``(kH, kW, sH, sW, dH, dW, pH, pW)`` as plain ints."""
-    return tuple(map(int, (*geom.kernel, *geom.stride, *geom.dilation, *geom.padding)))
+    """The :class:`Window` of ``geom``, in plain ints."""
+    (kH, kW), (sH, sW), (dH, dW), (pH, pW) = geom.kernel, geom.stride, geom.dilation, geom.padding
+    return Window(kernel_h=int(kH), kernel_w=int(kW), stride_h=int(sH), stride_w=int(sW),
+                  dilation_h=int(dH), dilation_w=int(dW), padding_h=int(pH), padding_w=int(pW))
 
 
 def _shape(planes, in_size, out_size):
-    """``(P, H, W, oH, oW)`` as plain ints."""
-    return (int(planes), int(in_size[0]), int(in_size[1]), int(out_size[0]), int(out_size[1]))
+    """The :class:`PlaneShape` of ``planes`` planes of ``in_size`` pooled to ``out_size``, in plain ints."""
+    return PlaneShape(planes=int(planes), height=int(in_size[0]), width=int(in_size[1]),
+                      out_height=int(out_size[0]), out_width=int(out_size[1]))
+
+
+def _check_fixed_windows():
+    """Fail loudly if ``_fixed_ranges`` admits other (kW, sW) pairs than :data:`FIXED_WIDTH_STRIDES`.
+
+    Runs the rule itself (its Python function) over small unpadded windows, and
+    checks the forward kernels' branches (``kW == 2``, then ``sW == 2``, else
+    (3, 1)) give each admitted pair its own literals.
+    """
+    fixed_ranges = getattr(_fixed_ranges, "py_func", _fixed_ranges)
+    tap_spans = getattr(_tap_spans, "py_func", _tap_spans)
+    size = 16
+    admitted = set()
+    for kW in range(1, 6):
+        for sW in range(1, 5):
+            for dW in (1, 2):
+                for kH in (1, kW, kW + 1):
+                    window = Window(kernel_h=kH, kernel_w=kW, stride_h=1, stride_w=sW,
+                                    dilation_h=1, dilation_w=dW, padding_h=0, padding_w=0)
+                    oH, oW = size - (kH - 1), (size - dW * (kW - 1) - 1) // sW + 1
+                    shape = PlaneShape(planes=1, height=size, width=size, out_height=oH, out_width=oW)
+                    area = FixedArea(*fixed_ranges(window, shape, TapSpans(*tap_spans(oH, size, kH, 1, 1, 0)),
+                                                   TapSpans(*tap_spans(oW, size, kW, sW, dW, 0))))
+                    if area.row_begin < area.row_end:
+                        if dW != 1 or kH not in (1, kW):
+                            raise AssertionError(f"_fixed_ranges admits {window}: the fixed-window helpers "
+                                                 "unroll only square or one-row windows with column dilation 1")
+                        admitted.add((kW, sW))
+    if admitted != set(FIXED_WIDTH_STRIDES):
+        raise AssertionError(f"_fixed_ranges admits (kW, sW) in {sorted(admitted)}, but the fixed-window "
+                             f"helpers are unrolled for FIXED_WIDTH_STRIDES = {FIXED_WIDTH_STRIDES}")
+    for kW, sW in FIXED_WIDTH_STRIDES:
+        literals = (2, 2) if kW == 2 else (3, 2) if sW == 2 else (3, 1)  # the kernels' branches
+        if literals != (kW, sW):
+            raise AssertionError(f"the forward kernels call the fixed-window helpers with {literals} "
+                                 f"for (kW, sW) = {(kW, sW)}: add a branch for it")
+
+
+_check_fixed_windows()
 
 
 def _rows_per_item(planes, rows, width):
@@ -615,7 +758,7 @@ def _rows_per_item(planes, rows, width):
 
 @functools.lru_cache(maxsize=256)
 def _launch(geom):
-    """``(shape, window, rows per item, backward rows per item)`` of the kernels for ``geom``, once per problem."""
+    """``(PlaneShape, Window, rows per item, backward rows per item)`` for ``geom``, once per problem."""
     planes = geom.batch * geom.channels
     (H, W), (oH, oW) = geom.in_size, geom.out_size
     return (_shape(planes, (H, W), (oH, oW)), _window(geom), _rows_per_item(planes, oH, oW),

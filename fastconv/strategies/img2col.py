@@ -51,6 +51,8 @@ OpenBLAS 0.3.31, 2 threads; times are fp32 forward / backward):
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 from numba import prange
 
@@ -100,10 +102,9 @@ DW_ONE_GEMM_MIN_OUTPUT = 1024
 
 # --------------------------------------------------------------------------- kernels
 #
-# ``layout`` is the tuple (kH, kW, sH, sW, dH, dW, top, left, oW): the geometry a
-# kernel needs to map a column entry (channel, kernel row a, kernel column b,
-# output row i, output column j) to the input element
-# (channel, i*sH + a*dH - top, j*sW + b*dW - left).
+# ``layout`` is a :class:`ColumnLayout`: the geometry a kernel needs to map a column
+# entry (channel, kernel row a, kernel column b, output row i, output column j) to
+# the input element (channel, i*sH + a*dH - top, j*sW + b*dW - left).
 #
 # Column buffers are 3-D and C-contiguous: (rows, images, width) inside the
 # strategy, or (images, rows, width) when ``images_first`` (the public
@@ -118,10 +119,45 @@ DW_ONE_GEMM_MIN_OUTPUT = 1024
 _u = np.uint64
 
 
+class ColumnLayout(NamedTuple):
+    """Where column entry (channel, a, b, i, j) of im2col reads in the image.
+
+    The input element ``(channel, i*stride_h + a*dilation_h - top, j*stride_w + b*dilation_w - left)``;
+    ``a``, ``b`` are the kernel row and column, ``i``, ``j`` the output row and
+    column (``j < out_width``). Plain ints, so Numba types it as one homogeneous
+    tuple and every geometry shares one compiled signature.
+    """
+
+    kernel_h: int
+    kernel_w: int
+    stride_h: int
+    stride_w: int
+    dilation_h: int
+    dilation_w: int
+    top: int
+    left: int
+    out_width: int
+
+
+# Columns of _im2col's per-tap table (one row per kernel tap a*kW + b).
+_TAP_FIRST_ROW = 0  # the input row the band's first output row reads through the tap
+_TAP_COL_OFFSET = 1  # the input column output column 0 reads through the tap
+_TAP_J_LO = 2  # the output columns [j_lo, j_hi) that read inside the image
+_TAP_J_HI = 3
+_TAP_TABLE_COLUMNS = 4
+
+# Columns of _col2im's per-kernel-column table: output columns [j_lo, j_hi) reading inside the image.
+_J_LO = 0
+_J_HI = 1
+
+
 @kernel(parallel=PARALLEL_KERNELS)
 def _im2col(x, first_image, row_start, fill, layout, images_first, cols):
     """Fill the column buffer ``cols`` from ``x`` (N, C, H, W); ``fill`` where a window leaves the image."""
-    kernel_h, kernel_w, stride_h, stride_w, dil_h, dil_w, top, left, out_w = layout
+    kernel_h, kernel_w = layout.kernel_h, layout.kernel_w
+    stride_h, stride_w = layout.stride_h, layout.stride_w
+    dil_h, dil_w = layout.dilation_h, layout.dilation_w
+    top, left, out_w = layout.top, layout.left, layout.out_width
     if images_first:
         images, n_rows, width = cols.shape
     else:
@@ -133,22 +169,22 @@ def _im2col(x, first_image, row_start, fill, layout, images_first, cols):
     cols_flat = cols.reshape(-1)
     # per kernel tap (a, b): the input row read by the band's first output row, the input
     # column read by output column 0, and the output columns [j_lo, j_hi) that read inside
-    tap_table = np.empty((taps, 4), dtype=np.int64)
+    tap_table = np.empty((taps, _TAP_TABLE_COLUMNS), dtype=np.int64)
     for tap in range(taps):
         a = tap // kernel_w
         col_offset = (tap - a * kernel_w) * dil_w - left
         j_lo = min(out_w, max(0, (stride_w - 1 - col_offset) // stride_w))
-        tap_table[tap, 0] = row_start * stride_h + a * dil_h - top
-        tap_table[tap, 1] = col_offset
-        tap_table[tap, 2] = j_lo
-        tap_table[tap, 3] = max(j_lo, min(out_w, (in_w - 1 - col_offset) // stride_w + 1))
+        tap_table[tap, _TAP_FIRST_ROW] = row_start * stride_h + a * dil_h - top
+        tap_table[tap, _TAP_COL_OFFSET] = col_offset
+        tap_table[tap, _TAP_J_LO] = j_lo
+        tap_table[tap, _TAP_J_HI] = max(j_lo, min(out_w, (in_w - 1 - col_offset) // stride_w + 1))
     for item in prange(n_rows * images):  # one (row of X̂, image) pair
         row = item // images
         b = item - row * images
         channel = row // taps
         tap = row - channel * taps
-        first_r, col_offset = tap_table[tap, 0], tap_table[tap, 1]
-        j_lo, j_hi = tap_table[tap, 2], tap_table[tap, 3]
+        first_r, col_offset = tap_table[tap, _TAP_FIRST_ROW], tap_table[tap, _TAP_COL_OFFSET]
+        j_lo, j_hi = tap_table[tap, _TAP_J_LO], tap_table[tap, _TAP_J_HI]
         plane = ((first_image + b) * channels + channel) * height * in_w
         dst = ((b * n_rows + row) if images_first else item) * width
         for i in range(out_rows):
@@ -174,7 +210,10 @@ def _im2col(x, first_image, row_start, fill, layout, images_first, cols):
 @kernel(parallel=PARALLEL_KERNELS)
 def _col2im(cols, first_image, row_start, accumulate, layout, images_first, x):
     """Add the column buffer ``cols`` into ``x`` (N, C, H, W), zeroing x's rows first unless ``accumulate``."""
-    kernel_h, kernel_w, stride_h, stride_w, dil_h, dil_w, top, left, out_w = layout
+    kernel_h, kernel_w = layout.kernel_h, layout.kernel_w
+    stride_h, stride_w = layout.stride_h, layout.stride_w
+    dil_h, dil_w = layout.dilation_h, layout.dilation_w
+    top, left, out_w = layout.top, layout.left, layout.out_width
     if images_first:
         images, n_rows, width = cols.shape
     else:
@@ -189,8 +228,8 @@ def _col2im(cols, first_image, row_start, accumulate, layout, images_first, x):
     for tap_w in range(kernel_w):
         col_offset = tap_w * dil_w - left
         j_lo = min(out_w, max(0, (stride_w - 1 - col_offset) // stride_w))
-        j_range[tap_w, 0] = j_lo
-        j_range[tap_w, 1] = max(j_lo, min(out_w, (in_w - 1 - col_offset) // stride_w + 1))
+        j_range[tap_w, _J_LO] = j_lo
+        j_range[tap_w, _J_HI] = max(j_lo, min(out_w, (in_w - 1 - col_offset) // stride_w + 1))
     for item in prange(images * channels * height):  # one input row, owned by one thread
         b = item // (channels * height)
         rest = item - b * (channels * height)
@@ -214,17 +253,20 @@ def _col2im(cols, first_image, row_start, accumulate, layout, images_first, x):
                 src = channel_src + (a * kernel_w + tap_w) * row_step + (i - row_start) * out_w
                 col_offset = tap_w * dil_w - left
                 if stride_w == 1:
-                    for j in range(j_range[tap_w, 0], j_range[tap_w, 1]):
+                    for j in range(j_range[tap_w, _J_LO], j_range[tap_w, _J_HI]):
                         x_flat[_u(dst + col_offset + j)] += cols_flat[_u(src + j)]
                 else:
-                    for j in range(j_range[tap_w, 0], j_range[tap_w, 1]):
+                    for j in range(j_range[tap_w, _J_LO], j_range[tap_w, _J_HI]):
                         x_flat[_u(dst + col_offset + j * stride_w)] += cols_flat[_u(src + j)]
 
 
 @kernel(parallel=PARALLEL_KERNELS)
 def _max_pool_columns(cols, first_image, row_start, layout, in_w, with_indices, out, indices):
     """Max over each window's column (PyTorch's ``v > best or isnan(v)``) and its flat index ``row*W + col``."""
-    kernel_h, kernel_w, stride_h, stride_w, dil_h, dil_w, top, left, out_w = layout
+    kernel_h, kernel_w = layout.kernel_h, layout.kernel_w
+    stride_h, stride_w = layout.stride_h, layout.stride_w
+    dil_h, dil_w = layout.dilation_h, layout.dilation_w
+    top, left, out_w = layout.top, layout.left, layout.out_width
     n_rows, images, width = cols.shape
     channels, out_h = out.shape[1], out.shape[2]
     taps = kernel_h * kernel_w
@@ -305,18 +347,19 @@ def _max_pool_scatter(grad_out, indices, grad_x):
 
 
 def _layout(kernel, stride, dilation, top, left, out_w):
-    """The ``layout`` tuple the kernels take: (kH, kW, sH, sW, dH, dW, top, left, oW)."""
+    """The :class:`ColumnLayout` the kernels take, in plain ints."""
     kH, kW = kernel
     sH, sW = stride
     dH, dW = dilation
-    return (int(kH), int(kW), int(sH), int(sW), int(dH), int(dW), int(top), int(left), int(out_w))
+    return ColumnLayout(kernel_h=int(kH), kernel_w=int(kW), stride_h=int(sH), stride_w=int(sW),
+                        dilation_h=int(dH), dilation_w=int(dW), top=int(top), left=int(left), out_width=int(out_w))
 
 
 def im2col_into(x, layout, cols, images_first=True, first_image=0, row_start=0, fill=0.0):
     """Run the im2col kernel: fill ``cols`` from ``x`` (N, C, H, W), both valid and C-contiguous.
 
     ``cols`` is ``(B, C*kH*kW, rows*oW)`` if ``images_first`` else
-    ``(C*kH*kW, B, rows*oW)``; ``layout`` is ``(kH, kW, sH, sW, dH, dW, top, left, oW)``.
+    ``(C*kH*kW, B, rows*oW)``; ``layout`` is a :class:`ColumnLayout` (see :func:`_layout`).
     :func:`fastconv.im2col` is the checked public version.
     """
     with _jit.launch():
