@@ -31,6 +31,14 @@ from .pool import (
     max_pool3d_backward,
 )
 from . import threads
+from .transpose import (
+    conv_transpose1d,
+    conv_transpose1d_backward,
+    conv_transpose2d,
+    conv_transpose2d_backward,
+    conv_transpose3d,
+    conv_transpose3d_backward,
+)
 from .threads import get_num_threads, num_threads, set_num_threads, share_cores
 from .warmup import warmup
 from .workspace import get_workspace_limit, set_workspace_limit
@@ -64,6 +72,12 @@ __all__ = [
     "conv3d",
     "conv3d_backward",
     "conv_output_size",
+    "conv_transpose1d",
+    "conv_transpose1d_backward",
+    "conv_transpose2d",
+    "conv_transpose2d_backward",
+    "conv_transpose3d",
+    "conv_transpose3d_backward",
     "explain",
     "get_num_threads",
     "get_workspace_limit",

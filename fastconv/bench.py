@@ -24,7 +24,6 @@ import time
 
 import numpy as np
 
-from . import conv as _conv
 from . import pool as _pool
 from .shapes import Problem
 from .threads import num_threads
@@ -115,10 +114,9 @@ def median_time(fn, min_repeats: int = 5, min_seconds: float = 0.3, max_repeats:
 
 
 def _fastconv_function(problem: Problem, backward: bool):
-    name = problem.op.replace("2d", f"{problem.nd}d") if problem.is_conv else problem.op
-    if backward:
-        return getattr(_conv if problem.is_conv else _pool, name + "_backward")
-    return getattr(_conv if problem.is_conv else _pool, name)
+    import fastconv
+
+    return getattr(fastconv, problem.op + ("_backward" if backward else ""))
 
 
 def make_call(problem: Problem, method: str, dtype=np.float32, backward: bool = False):
@@ -159,7 +157,7 @@ def make_torch_call(problem: Problem, dtype=np.float32, backward: bool = False):
     arrays = [torch.from_numpy(a) for a in problem.arrays(dtype)]
     kw = problem.kwargs()
     if problem.is_conv:
-        fn = getattr(F, f"conv{problem.nd}d")
+        fn = getattr(F, problem.op)
         x, w, b = arrays
         if not backward:
             def call():

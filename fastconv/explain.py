@@ -20,6 +20,10 @@ PUBLIC_OPS = {
     for kind, op in (("conv", "conv"), ("max_pool", "max_pool"), ("avg_pool", "avg_pool"))
     for nd in (1, 2, 3)
     for suffix in ("", "_backward")
+} | {  # a transposed convolution is its convolution's input-gradient; its dL/dx is a convolution
+    f"conv_transpose{nd}d{suffix}": (op, nd)
+    for nd in (1, 2, 3)
+    for suffix, op in (("", "conv_backward"), ("_backward", "conv"))
 }
 
 
@@ -117,7 +121,10 @@ def explain_problem(op: str, geom, dtype, threads=None, public_op: str | None = 
     dtype = np.dtype(dtype)
     names = dispatch.candidates(op, geom)
     workspace = {m: dispatch.workspace_bytes(op, m, geom, dtype.itemsize) for m in names}
-    return Explanation(public_op or op, method, reason, flops(op, geom), workspace, names, geom, str(dtype),
+    work = flops(op, geom)
+    if public_op and public_op.startswith("conv_transpose"):  # forward: one input-gradient; backward: dx + dW
+        work = geom.flops * (2 if public_op.endswith("_backward") else 1)
+    return Explanation(public_op or op, method, reason, work, workspace, names, geom, str(dtype),
                        dispatch._threads(threads), source)
 
 
@@ -169,7 +176,15 @@ def explain(op: str, x, weight=None, *, dtype=None, threads=None, **params) -> E
         arrays = [a for a in (x_arr, w_arr) if a is not None]
         dtype = result_dtype(*arrays) if arrays else np.dtype(np.float32)
     fn = f"explain({op})"
-    if internal.startswith("conv"):
+    if op.startswith("conv_transpose"):
+        if w_shape is None:
+            raise ValueError(f"explain: {op} needs the weight (or its shape)")
+        from .transpose import transpose_problem
+
+        geom, _, _ = transpose_problem(fn, nd, x_shape, w_shape, None, params.pop("stride", 1),
+                                       params.pop("padding", 0), params.pop("output_padding", 0),
+                                       params.pop("groups", 1), params.pop("dilation", 1), dtype)
+    elif internal.startswith("conv"):
         if w_shape is None:
             raise ValueError(f"explain: {op} needs the weight (or its shape)")
         geom, _ = conv_problem(fn, nd, x_shape, w_shape, None, params.pop("stride", 1), params.pop("padding", 0),

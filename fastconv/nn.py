@@ -25,10 +25,11 @@ import numpy as np
 
 from . import conv as _conv
 from . import pool as _pool
+from . import transpose as _transpose
 from ._validate import as_array
 
-__all__ = ["AvgPool1d", "AvgPool2d", "AvgPool3d", "Conv1d", "Conv2d", "Conv3d", "Layer", "MaxPool1d", "MaxPool2d",
-           "MaxPool3d"]
+__all__ = ["AvgPool1d", "AvgPool2d", "AvgPool3d", "Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d", "ConvTranspose2d",
+           "ConvTranspose3d", "Layer", "MaxPool1d", "MaxPool2d", "MaxPool3d"]
 
 
 class Layer:
@@ -65,6 +66,10 @@ def _generator(rng):
 
 class _ConvNd(Layer):
     _nd = 2
+    _module, _prefix = _conv, "conv"  # forward: <_prefix><nd>d, backward: <_prefix><nd>d_backward
+
+    def _function(self, suffix=""):
+        return getattr(self._module, f"{self._prefix}{self._nd}d{suffix}")
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
                  bias=True, padding_mode="zeros", device=None, dtype=None, *, rng=None, method="auto"):
@@ -114,17 +119,15 @@ class _ConvNd(Layer):
     def forward(self, x):
         """``conv(x)``; keeps ``x`` for backward."""
         x = as_array(x, "x", f"{type(self).__name__}.forward")
-        fn = getattr(_conv, f"conv{self._nd}d")
-        y = fn(x, self.weight, self.bias, method=self.method, **self._geometry())
+        y = self._function()(x, self.weight, self.bias, method=self.method, **self._geometry())
         self._saved = x
         return y
 
     def backward(self, grad_output):
         """dL/dx for the last forward's input; stores dL/dW (and dL/db) in ``grads``."""
         x = self._need_forward()
-        fn = getattr(_conv, f"conv{self._nd}d_backward")
-        gx, gw, gb = fn(grad_output, x, self.weight, method=self.method,
-                        output_mask=(True, True, "bias" in self.params), **self._geometry())
+        gx, gw, gb = self._function("_backward")(grad_output, x, self.weight, method=self.method,
+                                                 output_mask=(True, True, "bias" in self.params), **self._geometry())
         self.grads["weight"][...] = gw
         if gb is not None:
             self.grads["bias"][...] = gb
@@ -160,6 +163,64 @@ class Conv2d(_ConvNd):
 
 class Conv3d(_ConvNd):
     """3D convolution layer, constructed like ``torch.nn.Conv3d`` (plus ``dtype``, ``rng``, ``method``)."""
+
+    _nd = 3
+
+
+class _ConvTransposeNd(_ConvNd):
+    """Transposed convolution layers: weight ``(C_in, C_out/groups, k...)``, PyTorch's initialisation
+    (the bound uses ``fan_in = C_out/groups * prod(k)``, the weight's second dimension, as torch does)."""
+
+    _module, _prefix = _transpose, "conv_transpose"
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, output_padding=0, groups=1,
+                 bias=True, dilation=1, padding_mode="zeros", device=None, dtype=None, *, rng=None, method="auto"):
+        # _ConvNd draws a (C_out, C_in/groups, k...) weight with fan_in C_in/groups * prod(k); the
+        # transposed layer's weight is (C_in, C_out/groups, k...) with fan_in C_out/groups * prod(k):
+        # the same draw with the channel roles swapped.
+        super().__init__(out_channels, in_channels, kernel_size, stride, padding, dilation, groups, False,
+                         padding_mode, device, dtype, rng=rng, method=method)
+        self.in_channels, self.out_channels, self.output_padding = in_channels, out_channels, output_padding
+        if bias:
+            dtype = self.weight.dtype
+            bound = 1.0 / math.sqrt((out_channels // groups) * math.prod(self.kernel_size))
+            gen = _generator(rng)
+            self.params["bias"] = gen.uniform(-bound, bound, out_channels).astype(dtype)
+            self.grads["bias"] = np.zeros(out_channels, dtype)
+
+    def _geometry(self):
+        return dict(stride=self.stride, padding=self.padding, output_padding=self.output_padding,
+                    groups=self.groups, dilation=self.dilation)
+
+    def __repr__(self):
+        return (f"{type(self).__name__}({self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+                f"stride={self.stride}, padding={self.padding}, output_padding={self.output_padding}, "
+                f"groups={self.groups}, dilation={self.dilation}, bias={'bias' in self.params}, "
+                f"dtype={self.weight.dtype})")
+
+
+class ConvTranspose1d(_ConvTransposeNd):
+    """1D transposed convolution layer, constructed like ``torch.nn.ConvTranspose1d``."""
+
+    _nd = 1
+
+
+class ConvTranspose2d(_ConvTransposeNd):
+    """2D transposed convolution layer, constructed like ``torch.nn.ConvTranspose2d``.
+
+    Examples
+    --------
+    >>> import numpy as np, fastconv.nn as nn
+    >>> up = nn.ConvTranspose2d(4, 2, 2, stride=2, rng=0)
+    >>> up(np.ones((1, 4, 8, 8), np.float32)).shape
+    (1, 2, 16, 16)
+    """
+
+    _nd = 2
+
+
+class ConvTranspose3d(_ConvTransposeNd):
+    """3D transposed convolution layer, constructed like ``torch.nn.ConvTranspose3d``."""
 
     _nd = 3
 

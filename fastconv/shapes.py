@@ -45,23 +45,33 @@ class Problem:
         return self.op.startswith("conv")
 
     @property
+    def is_transpose(self) -> bool:
+        """A transposed convolution: weight ``(C_in, C_out/groups, k...)``, output upsampled."""
+        return self.op.startswith("conv_transpose")
+
+    @property
     def input_shape(self) -> tuple:
         return (self.batch, self.in_channels) + tuple(self.spatial)
 
     @property
     def weight_shape(self) -> tuple:
+        if self.is_transpose:
+            return (self.in_channels, self.out_channels // self.groups) + tuple(self.kernel)
         return (self.out_channels, self.in_channels // self.groups) + tuple(self.kernel)
 
     def output_spatial(self) -> tuple:
         from .geometry import conv_output_size, pool_output_size
 
+        if self.is_transpose:
+            return tuple((n - 1) * self.stride - 2 * self.padding + k for n, k in zip(self.spatial, self.kernel))
         if self.is_conv:
             return tuple(conv_output_size(n, k, self.stride, self.padding) for n, k in zip(self.spatial, self.kernel))
         return tuple(pool_output_size(n, k, self.stride, self.padding) for n, k in zip(self.spatial, self.kernel))
 
     def flops(self) -> int:
-        """``2 * N * C_out * (C_in/groups) * prod(k) * prod(out)`` for convolutions; window reads for pooling."""
-        out = int(np.prod(self.output_spatial()))
+        """``2 * N * C_out * (C_in/groups) * prod(k) * prod(out)`` for convolutions (``prod(in)`` for transposed
+        ones: every input value times the kernel); window reads for pooling."""
+        out = int(np.prod(self.spatial if self.is_transpose else self.output_spatial()))
         k = int(np.prod(self.kernel))
         if self.is_conv:
             return 2 * self.batch * self.out_channels * (self.in_channels // self.groups) * k * out
@@ -103,6 +113,10 @@ def _conv3d(name, n, c, d, h, w, co, k, s, p, description=""):
     return Problem(name, "conv3d", n, c, (d, h, w), co, (k, k, k), s, p, 1, description)
 
 
+def _transpose(name, op, n, c, spatial, co, k, s, p, description=""):
+    return Problem(name, op, n, c, spatial, co, (k,) * len(spatial), s, p, 1, description)
+
+
 def _pool3d(name, op, n, c, d, h, w, k, s, p, description=""):
     return Problem(name, op, n, c, (d, h, w), c, (k, k, k), s, p, 1, description)
 
@@ -142,6 +156,9 @@ _ALL = [
     _conv3d("c3d_video", 1, 64, 16, 56, 56, 128, 3, 1, 1, description="video (C3D)"),
     _conv3d("ct_stem_3d", 1, 1, 128, 128, 128, 16, 5, 2, 2, description="CT volume first layer"),
     _pool3d("maxpool3d", "max_pool3d", 1, 64, 32, 56, 56, 2, 2, 0, description="3D pooling"),
+    _transpose("dcgan_up", "conv_transpose2d", 16, 256, (8, 8), 128, 4, 2, 1, description="GAN generator"),
+    _transpose("unet_up", "conv_transpose2d", 1, 128, (64, 64), 64, 2, 2, 0, description="U-Net up-convolution"),
+    _transpose("upsample1d", "conv_transpose1d", 8, 64, (1000,), 32, 4, 2, 1, description="1D decoder"),
 ]
 
 #: Every problem of the shape set, by name, in the order of BENCHMARKS.md.

@@ -23,15 +23,19 @@ def avg_pool1d(input, kernel_size, stride=None, padding=0, ceil_mode=False, coun
 def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
                divisor_override=None): ...
 def conv3d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1): ...
+def conv_transpose1d(input, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1, dilation=1): ...
+def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1, dilation=1): ...
+def conv_transpose3d(input, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1, dilation=1): ...
 def avg_pool3d(input, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
                divisor_override=None): ...
 
 
-DOCUMENTED = {f.__name__: f for f in (conv1d, conv2d, conv3d, avg_pool1d, avg_pool2d, avg_pool3d)}
-PAIRS = ["conv1d", "conv2d", "conv3d", "max_pool1d", "max_pool2d", "max_pool3d", "avg_pool1d", "avg_pool2d",
+DOCUMENTED = {f.__name__: f for f in (conv1d, conv2d, conv3d, avg_pool1d, avg_pool2d, avg_pool3d, conv_transpose1d,
+                                      conv_transpose2d, conv_transpose3d)}
+PAIRS = ["conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d", "max_pool1d", "max_pool2d", "max_pool3d", "avg_pool1d", "avg_pool2d",
          "avg_pool3d"]
 #: The nn layers and what they take besides PyTorch's constructor parameters (keyword-only).
-LAYERS = ["Conv1d", "Conv2d", "Conv3d", "MaxPool1d", "MaxPool2d", "MaxPool3d", "AvgPool1d", "AvgPool2d",
+LAYERS = ["Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d", "MaxPool1d", "MaxPool2d", "MaxPool3d", "AvgPool1d", "AvgPool2d",
           "AvgPool3d"]
 LAYER_EXTRAS = {"rng", "method"}
 
