@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import assume, given, settings
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
 import fastconv
@@ -89,7 +89,6 @@ def _avg_kw(case):
 
 
 @pytest.mark.parametrize("method", FAST_METHODS)
-@settings(max_examples=25)
 @given(case=conv3d_cases())
 def test_conv3d_matches_loop(method, case):
     ref = _conv(case, ORACLE)
@@ -105,7 +104,6 @@ def test_conv3d_matches_loop(method, case):
 
 @pytest.mark.torch
 @pytest.mark.parametrize("method", METHODS)
-@settings(max_examples=20)
 @given(case=conv3d_cases())
 def test_conv3d_matches_pytorch(torch, method, case):
     F = torch.nn.functional
@@ -130,7 +128,6 @@ def test_conv3d_matches_pytorch(torch, method, case):
 
 
 @pytest.mark.parametrize("method", FAST_METHODS)
-@settings(max_examples=25)
 @given(case=pool3d_cases())
 def test_pool3d_matches_loop(method, case):
     out, idx = fastconv.max_pool3d(case["x"], **_max_kw(case), return_indices=True, method=method)
@@ -150,7 +147,6 @@ def test_pool3d_matches_loop(method, case):
 
 @pytest.mark.torch
 @pytest.mark.parametrize("method", METHODS)
-@settings(max_examples=20)
 @given(case=pool3d_cases())
 def test_pool3d_matches_pytorch(torch, method, case):
     # PyTorch's 3D pooling refuses an input smaller than the window even when padding covers it

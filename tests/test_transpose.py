@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 import fastconv
@@ -57,7 +57,6 @@ def _torch_reference(torch, nd, x, w, b, kw):
 
 @pytest.mark.torch
 @pytest.mark.parametrize("method", METHODS)
-@settings(max_examples=30)
 @given(case=cases())
 def test_matches_pytorch(torch, method, case):
     nd, x, w, b, kw = case
@@ -75,7 +74,6 @@ def test_matches_pytorch(torch, method, case):
 
 
 @pytest.mark.parametrize("method", FAST_METHODS)
-@settings(max_examples=25)
 @given(case=cases())
 def test_matches_loop(method, case):
     nd, x, w, b, kw = case
