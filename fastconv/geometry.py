@@ -44,6 +44,7 @@ __all__ = [
     "conv_output_size",
     "pool_output_size",
     "resolve_padding",
+    "phase_split",
     "same_padding",
     "tap_output_range",
 ]
@@ -261,6 +262,32 @@ def tap_output_range(n: int, tap: int, stride: int, dilation: int, lo: int, firs
     stop_limit = (n - 1 - offset) // stride + 1 if n - 1 - offset >= 0 else 0
     stop = stop_limit if last is None else min(last, stop_limit)
     return start, max(start, stop)
+
+
+def phase_split(k: int, stride: int, dilation: int):
+    """Each tap's phase and stride-1 offset along one axis: ``(phases, offsets)``.
+
+    Tap ``a`` reads input position ``o*stride + a*dilation - lo``; splitting the input into
+    ``stride`` phase planes (positions ``p*stride + r``), it reads phase ``a*dilation % stride``
+    at plane position ``o + a*dilation // stride``. The direct kernels pack the input by phase so
+    every tap reads at stride 1 (forward and backward).
+
+    Parameters
+    ----------
+    k, stride, dilation : int
+        Kernel length, stride and dilation of the axis.
+
+    Returns
+    -------
+    (tuple of int, tuple of int)
+        ``phases[a]`` and ``offsets[a]`` for each tap ``a``.
+
+    Examples
+    --------
+    >>> phase_split(3, 2, 1)
+    ((0, 1, 0), (0, 0, 1))
+    """
+    return (tuple(a * dilation % stride for a in range(k)), tuple(a * dilation // stride for a in range(k)))
 
 
 def pool_output_size(n: int, k: int, stride: int, padding: int, dilation: int = 1,
@@ -543,14 +570,27 @@ def conv_problem(fn, nd, x_shape, weight_shape, bias_shape, stride, padding, dil
     return geom, user_shape
 
 
+def first_taps_inside(o, stride, padding, dilation):
+    """The first in-input position each of ``o`` windows reads, an int array.
+
+    Window ``i`` starts at ``i*stride - padding`` and reads every ``dilation``-th position; a
+    window starting in the padding first reads inside at the first tap at or after 0 (PyTorch's
+    pooling steps past the padding this way). Whether that position is still inside the window
+    and the input is for the caller to check (:func:`_windows_touch_input`).
+    """
+    import numpy as np
+
+    start = np.arange(o) * stride - padding
+    return np.where(start < 0, start + ((-start + dilation - 1) // dilation) * dilation, start)
+
+
 def _windows_touch_input(n, k, s, p, d, o):
     """True if each of the ``o`` windows (start ``i*s - p``, taps ``d`` apart) reads an input element."""
-    for i in range(o):
-        start = i * s - p
-        first = start if start >= 0 else start - (start // d) * d  # first tap at or after 0
-        if not (first < n and first <= start + d * (k - 1)):
-            return False
-    return True
+    import numpy as np
+
+    first = first_taps_inside(o, s, p, d)
+    last_tap = np.arange(o) * s - p + d * (k - 1)
+    return bool(np.all((first < n) & (first <= last_tap)))
 
 
 def pool_problem(fn, nd, shape, kernel_size, stride, padding, dilation, ceil_mode, count_include_pad, dtype="float32",

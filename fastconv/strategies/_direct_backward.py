@@ -63,6 +63,7 @@ import numpy as np
 from numba import prange
 
 from .. import _jit
+from ..geometry import phase_split
 from .._jit import kernel
 from ..workspace import get_workspace_limit
 
@@ -148,8 +149,7 @@ class _Axis(NamedTuple):
 
 def _axis(n, k, s, d, lo):
     """One axis: tap offsets and phases, first phase-plane row of the input, its row count, dY's border."""
-    offsets = [a * d // s for a in range(k)]
-    phases = [a * d % s for a in range(k)]
+    phases, offsets = (list(values) for values in phase_split(k, s, d))
     first = lo // s                       # phase-plane row of input row 0 (for its phase)
     rows = (lo + n - 1) // s - first + 1  # phase-plane rows holding any input row
     border = max(0, max(offsets) - first)  # zero rows of dY needed above row 0

@@ -67,6 +67,7 @@ from numba import prange
 
 from .. import _jit
 from .._jit import kernel
+from ..geometry import phase_split
 from ..workspace import get_workspace_limit
 from . import Strategy, _depth
 
@@ -533,16 +534,15 @@ def _phase_layout(geom):
     oH, oW = geom.out_size
     plane_h = -(-((oH - 1) * sH + (kH - 1) * dH + 1) // sH)
     plane_w = -(-((oW - 1) * sW + (kW - 1) * dW + 1) // sW)
-    used_h = sorted({a * dH % sH for a in range(kH)})
-    used_w = sorted({b * dW % sW for b in range(kW)})
-    phases = [(rh, rw) for rh in used_h for rw in used_w]
+    phase_a, offset_a = phase_split(kH, sH, dH)
+    phase_b, offset_b = phase_split(kW, sW, dW)
+    phases = [(rh, rw) for rh in sorted(set(phase_a)) for rw in sorted(set(phase_b))]
     slot = {p: k for k, p in enumerate(phases)}
     plane = plane_h * plane_w
     tap = np.empty(kH * kW, dtype=np.int64)
     for a in range(kH):
         for b in range(kW):
-            s = slot[(a * dH % sH, b * dW % sW)]
-            tap[a * kW + b] = s * plane + (a * dH // sH) * plane_w + (b * dW // sW)
+            tap[a * kW + b] = slot[(phase_a[a], phase_b[b])] * plane + offset_a[a] * plane_w + offset_b[b]
     phase_h = np.array([p[0] for p in phases], dtype=np.int64)
     phase_w = np.array([p[1] for p in phases], dtype=np.int64)
     return _Phases(phase_h=phase_h, phase_w=phase_w, plane_h=plane_h, plane_w=plane_w, tap_in_plane=tap)

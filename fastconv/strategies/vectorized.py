@@ -19,7 +19,7 @@ import math
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
-from ..geometry import avg_pool_divisors
+from ..geometry import avg_pool_divisors, first_taps_inside
 from . import Strategy, _depth
 from ..threads import gemm_calls
 from ..workspace import chunk_size, get_workspace_limit
@@ -120,12 +120,6 @@ def conv2d(x, weight, bias, geom, out):
         out += bias[None, :, None, None]
 
 
-def _first_valid(o, s, p, d, n):
-    """First input position each pooling window reads (PyTorch steps past the padding by ``d``)."""
-    start = np.arange(o) * s - p
-    return np.where(start < 0, start + ((-start + d - 1) // d) * d, start)
-
-
 def _pool_pads(geom):
     """Pooling's ``(lo, hi)`` pads, with room on the right for ``ceil_mode``'s last window."""
     pads = []
@@ -151,8 +145,8 @@ def max_pool2d(x, geom, out, indices):
     xp = _pool_input(x, geom, -np.inf)
     out[...] = -np.inf
     if indices is not None:
-        rows0 = _first_valid(oH, sH, pH, dH, H)
-        cols0 = _first_valid(oW, sW, pW, dW, W)
+        rows0 = first_taps_inside(oH, sH, pH, dH)
+        cols0 = first_taps_inside(oW, sW, pW, dW)
         indices[...] = rows0[:, None] * W + cols0[None, :]
         rows = np.arange(oH) * sH - pH
         cols = np.arange(oW) * sW - pW
