@@ -61,6 +61,11 @@ def kernel(fn=None, *, parallel: bool = True):
     return wrap if fn is None else wrap(fn)
 
 
+from .geometry import output_span as _output_span  # noqa: E402
+
+#: :func:`fastconv.geometry.output_span` compiled, for the kernels: the one in-input range rule.
+output_span = kernel(_output_span, parallel=False)
+
 _launch_lock = threading.Lock()
 _unguarded = contextlib.nullcontext()
 _threadsafe = False  # becomes True once the layer is known to allow concurrent launches

@@ -234,6 +234,19 @@ def _resolve_padding(padding, input_size, kernel_size, stride, dilation, fn):
     return tuple(pairs)
 
 
+def output_span(n, offset, stride, count):
+    """The outputs ``o`` in ``[0, count)`` with ``0 <= o*stride + offset < n``, as ``(start, stop)``, ``start <= stop``.
+
+    The one in-input range rule: the kernels call it compiled (``fastconv._jit.output_span``)
+    for the columns a tap reads inside the image, :func:`tap_output_range` in Python.
+    Plain integer arithmetic, so Numba compiles it as it is.
+    """
+    start = 0 if offset >= 0 else (-offset + stride - 1) // stride
+    stop = (n - 1 - offset) // stride + 1 if n - 1 - offset >= 0 else 0
+    start = min(start, count)
+    return start, max(start, min(count, stop))
+
+
 def tap_output_range(n: int, tap: int, stride: int, dilation: int, lo: int, first: int = 0, last: int | None = None):
     """The outputs ``o`` in ``[first, last)`` whose tap ``tap`` reads inside the input, as ``(start, stop)``.
 
@@ -257,10 +270,9 @@ def tap_output_range(n: int, tap: int, stride: int, dilation: int, lo: int, firs
     >>> tap_output_range(5, 0, 1, 1, 1, 0, 5)   # 'same' 3-tap window over 5: tap 0 misses output 0
     (1, 5)
     """
-    offset = tap * dilation - lo
-    start = max(first, -(offset // stride) if offset < 0 else 0)
-    stop_limit = (n - 1 - offset) // stride + 1 if n - 1 - offset >= 0 else 0
-    stop = stop_limit if last is None else min(last, stop_limit)
+    count = (n - tap * dilation + lo + stride) // stride + 1 if last is None else last  # past the last in-input
+    start, stop = output_span(n, tap * dilation - lo, stride, max(count, 0))
+    start = max(start, first)
     return start, max(start, stop)
 
 

@@ -64,7 +64,7 @@ from numba import prange
 
 from .. import _jit
 from ..geometry import phase_split
-from .._jit import kernel
+from .._jit import kernel, output_span
 from ..workspace import get_workspace_limit
 
 __all__ = ["backward_workspace_bytes", "conv2d_backward"]
@@ -278,8 +278,7 @@ def _pack_input_channel(x, c, dims, xq, count_nonfinite):
         rw = phase % stride_w
         base = phase * x_rows * row_len
         # phase-plane columns v holding input columns q = v*sW + rw - left in [0, W)
-        v_lo = min(width, max(0, (left - rw + stride_w - 1) // stride_w))
-        v_hi = min(width, max(v_lo, (left + W - 1 - rw) // stride_w + 1))
+        v_lo, v_hi = output_span(W, rw - left, stride_w, width)
         q0 = v_lo * stride_w + rw - left
         for u in range(x_rows):
             r = u * stride_h + rh - top

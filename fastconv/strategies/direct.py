@@ -66,7 +66,7 @@ import numpy as np
 from numba import prange
 
 from .. import _jit
-from .._jit import kernel
+from .._jit import kernel, output_span
 from ..geometry import phase_split
 from ..workspace import get_workspace_limit
 from . import Strategy, _depth
@@ -192,8 +192,7 @@ def _pack_phases(x, channel_start, groups, layout, phase_h, phase_w, xs):
                 xs[n, k, v] = 0
         # plane columns v with 0 <= v*sW + rw - left < W
         rw = phase_w[s]
-        v0 = min(plane_w, max(0, (left - rw + stride_w - 1) // stride_w))
-        v1 = max(v0, min(plane_w, (W - 1 + left - rw) // stride_w + 1))
+        v0, v1 = output_span(W, rw - left, stride_w, plane_w)
         first = v0 * stride_w + rw - left
         for u in range(block * rows_per_item, min(plane_h, (block + 1) * rows_per_item)):
             dst = xs[n, k, s * plane + u * plane_w : s * plane + (u + 1) * plane_w]

@@ -57,7 +57,7 @@ import numpy as np
 from numba import prange
 
 from .. import _jit
-from .._jit import kernel
+from .._jit import kernel, output_span
 from ..geometry import avg_pool_divisors
 from ..threads import gemm_calls
 from ..workspace import get_workspace_limit
@@ -173,11 +173,11 @@ def _im2col(x, first_image, row_start, fill, layout, images_first, cols):
     for tap in range(taps):
         a = tap // kernel_w
         col_offset = (tap - a * kernel_w) * dil_w - left
-        j_lo = min(out_w, max(0, (stride_w - 1 - col_offset) // stride_w))
+        j_lo, j_hi = output_span(in_w, col_offset, stride_w, out_w)
         tap_table[tap, _TAP_FIRST_ROW] = row_start * stride_h + a * dil_h - top
         tap_table[tap, _TAP_COL_OFFSET] = col_offset
         tap_table[tap, _TAP_J_LO] = j_lo
-        tap_table[tap, _TAP_J_HI] = max(j_lo, min(out_w, (in_w - 1 - col_offset) // stride_w + 1))
+        tap_table[tap, _TAP_J_HI] = j_hi
     for item in prange(n_rows * images):  # one (row of X̂, image) pair
         row = item // images
         b = item - row * images
@@ -227,9 +227,7 @@ def _col2im(cols, first_image, row_start, accumulate, layout, images_first, x):
     j_range = np.empty((kernel_w, 2), dtype=np.int64)
     for tap_w in range(kernel_w):
         col_offset = tap_w * dil_w - left
-        j_lo = min(out_w, max(0, (stride_w - 1 - col_offset) // stride_w))
-        j_range[tap_w, _J_LO] = j_lo
-        j_range[tap_w, _J_HI] = max(j_lo, min(out_w, (in_w - 1 - col_offset) // stride_w + 1))
+        j_range[tap_w, _J_LO], j_range[tap_w, _J_HI] = output_span(in_w, col_offset, stride_w, out_w)
     for item in prange(images * channels * height):  # one input row, owned by one thread
         b = item // (channels * height)
         rest = item - b * (channels * height)
