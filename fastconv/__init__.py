@@ -16,6 +16,7 @@ from . import strategies
 from .dispatch import choose_method, methods
 from .explain import Explanation, explain
 from .geometry import ConvGeometry, PoolGeometry, conv_output_size, pool_output_size, resolve_padding, same_padding
+from .info import show_config
 from .pool import (
     avg_pool1d,
     avg_pool1d_backward,
@@ -97,6 +98,7 @@ __all__ = [
     "set_num_threads",
     "set_workspace_limit",
     "share_cores",
+    "show_config",
     "strategies",
     "threads",
     "warmup",

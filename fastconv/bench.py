@@ -19,7 +19,6 @@ import contextlib
 import dataclasses
 import functools
 import statistics
-import sys
 import time
 
 import numpy as np
@@ -338,29 +337,3 @@ def auto_method_for(problem: Problem, dtype, backward: bool = False) -> str:
     if problem.is_conv:
         return explain(op, problem.input_shape, problem.weight_shape, dtype=dtype, **kw).method
     return explain(op, problem.input_shape, dtype=dtype, **kw).method
-
-
-class Progress:
-    """A one-line progress bar on stderr (no dependency); silent when stderr is not a terminal."""
-
-    def __init__(self, total: int, enabled: bool | None = None):
-        self.total, self.done = total, 0
-        self.enabled = sys.stderr.isatty() if enabled is None else enabled
-        self.start = time.perf_counter()
-
-    def step(self, label: str):
-        self.done += 1
-        if not self.enabled:
-            return
-        width = 30
-        filled = int(width * self.done / max(self.total, 1))
-        elapsed = time.perf_counter() - self.start
-        sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total} "
-                         f"{elapsed:5.0f}s {label[:40]:<40}")
-        sys.stderr.flush()
-
-    def clear(self):
-        """Erase the bar so that the next line printed starts clean."""
-        if self.enabled:
-            sys.stderr.write("\r" + " " * 90 + "\r")
-            sys.stderr.flush()

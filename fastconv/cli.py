@@ -1,4 +1,9 @@
-"""``fastconv bench``: loop vs vectorized vs JIT (vs PyTorch), in GFLOP/s, on the shape set or yours."""
+"""The ``fastconv`` command line.
+
+``fastconv bench``: loop vs vectorized vs JIT (vs PyTorch), in GFLOP/s, on the shape set or yours.
+``fastconv compare A.json B.json``: two ``bench --json`` reports row by row (time B/A).
+``fastconv info``: versions, CPU and vector width, threads, caches (``--json`` for a JSON object).
+"""
 
 from __future__ import annotations
 
@@ -127,7 +132,24 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--mixed", action="store_true",
                    help="time a small NumPy CNN step (fastconv calls between NumPy's, one '@'): each op alone and "
                         "inside the step, and a convolution right after a matmul; then exit")
-    b.add_argument("--no-progress", action="store_true", help="no progress bar")
+    b.add_argument("--no-progress", action="store_true",
+                   help="no progress bar (shown on stderr when it is a terminal and tqdm is installed: "
+                        "pip install 'fastconv[report]')")
+    c = sub.add_parser("compare", help="compare two 'bench --json' reports row by row (time B/A)",
+                       description="Match the rows of two 'fastconv bench --json' reports by (op, shape, method) "
+                                   "and print A's time, B's and B/A, flagging changes beyond the threshold.")
+    c.add_argument("a", metavar="A.json", help="the baseline report")
+    c.add_argument("b", metavar="B.json", help="the report compared with it")
+    c.add_argument("--threshold", type=float, default=0.1, metavar="T",
+                   help="flag rows whose time changed by more than this fraction: B/A above 1+T (slower) or "
+                        "below 1/(1+T) (faster); default 0.1")
+    c.add_argument("--fail-on-regression", action="store_true",
+                   help="exit with status 1 when any row got slower beyond the threshold")
+    i = sub.add_parser("info", help="what fastconv runs on: versions, CPU and vector width, threads, caches",
+                       description="Versions, the CPU and the vector width Numba compiles for, Numba's and BLAS's "
+                                   "threads, Numba's cache and fastconv's kernels in it, the workspace cap, the "
+                                   "strategies and the measure-mode cache (also fastconv.show_config()).")
+    i.add_argument("--json", action="store_true", help="print the same as a JSON object")
     return parser
 
 
@@ -206,15 +228,21 @@ def bench_main(args, parser) -> int:
                 json.dump({"schema": SCHEMA_VERSION, "environment": env, "mixed_step": result}, f, indent=1)
             print(f"wrote {args.json}")
         return 0
-    progress = bench.Progress(len(problems), enabled=None if not args.no_progress else False)
+    bar = progress_bar(len(problems), enabled=not args.no_progress)
     results = []
     for problem in problems:
-        progress.step(problem.name)
+        if bar is not None:
+            bar.set_description(problem.name)
         rows = bench.measure(problem, methods, args.threads, dtype, args.backward, repeats=args.repeat)
         results += [r.as_dict() for r in rows]
-        progress.clear()
-        print(format_table(problem, rows, args.backward), flush=True)
-        print()
+        table = format_table(problem, rows, args.backward) + "\n"
+        if bar is None:
+            print(table, flush=True)
+        else:
+            bar.update()
+            bar.write(table, file=sys.stdout)  # clears the bar, prints, draws it again below
+    if bar is not None:
+        bar.close()
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"schema": SCHEMA_VERSION, "environment": env, "results": results}, f, indent=1)
@@ -225,11 +253,49 @@ def bench_main(args, parser) -> int:
     return 0
 
 
+def progress_bar(total: int, enabled: bool = True):
+    """A tqdm bar over ``total`` problems on stderr, or None: when disabled, when stderr is not
+    a terminal, or when tqdm is not installed (the report extra: ``pip install 'fastconv[report]'``)."""
+    if not enabled or not sys.stderr.isatty():
+        return None
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total, file=sys.stderr, unit="shape", leave=False, dynamic_ncols=True)
+
+
+def compare_main(args, parser) -> int:
+    from . import compare
+
+    if not 0 <= args.threshold < float("inf"):  # NaN fails too
+        parser.error(f"--threshold must be a finite fraction >= 0 (0.1 is 10%), got {args.threshold}")
+    try:
+        a, b = compare.load(args.a), compare.load(args.b)
+    except ValueError as exc:
+        parser.error(str(exc))
+    result = compare.compare(a, b, args.threshold)
+    print(compare.format_comparison(result, args.a, args.b))
+    return 1 if args.fail_on_regression and result.slower() else 0
+
+
+def info_main(args) -> int:
+    from .info import collect, format_text
+
+    info = collect()
+    print(json.dumps(info, indent=1) if args.json else format_text(info))
+    return 0
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "bench":
         return bench_main(args, parser)
+    if args.command == "compare":
+        return compare_main(args, parser)
+    if args.command == "info":
+        return info_main(args)
     parser.error(f"unknown command {args.command}")
     return 2
 

@@ -1,11 +1,14 @@
-"""The ``fastconv bench`` command line: arguments, JSON schema, error messages. Fast: tiny problems only."""
+"""The ``fastconv`` command line (bench, compare, info): arguments, JSON, error messages. Fast: tiny problems only."""
 
 import builtins
+import io
 import json
+import sys
 
 import pytest
 
-from fastconv import cli, shapes
+import fastconv
+from fastconv import bench, cli, info, shapes
 
 
 def run(capsys, *argv):
@@ -115,3 +118,262 @@ def test_repeat_runs_interleaved_rounds(capsys, tmp_path, monkeypatch):
     # the loop once, the two strategies three times each (the np.matmul reference once)
     assert len(calls) == 1 + 2 * 3 + 1
     assert {r["method"] for r in data["results"]} == {"loop", "vectorized", "direct"}
+
+
+# --- fastconv info / fastconv.show_config() -----------------------------------------------------
+
+
+def _leaves(value):
+    """Every str and int (not bool) inside a nested dict/list: the values the text form must show."""
+    if isinstance(value, dict):
+        for v in value.values():
+            yield from _leaves(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from _leaves(v)
+    elif isinstance(value, (str, int)) and not isinstance(value, bool):
+        yield value
+
+
+def test_info_json_has_every_section_with_the_right_types(capsys):
+    code, out = run(capsys, "info", "--json")
+    assert code == 0
+    data = json.loads(out.out)
+    assert set(data) == {"versions", "cpu", "threads", "jit_cache", "workspace_limit", "strategies", "measure_cache"}
+    versions = data["versions"]
+    for name in ("fastconv", "python", "numpy", "numba", "llvmlite", "threadpoolctl"):
+        assert isinstance(versions[name], str), name
+    for name in ("torch", "scipy", "dask", "tqdm"):
+        assert name in versions and (versions[name] is None or isinstance(versions[name], str))
+    assert versions["fastconv"] == fastconv.__version__
+    cpu = data["cpu"]
+    assert isinstance(cpu["model"], str) and isinstance(cpu["numba_target"], str) and cpu["vector_isa"]
+    assert cpu["float32_lanes"] is None or cpu["float32_lanes"] >= 1
+    threads = data["threads"]
+    assert isinstance(threads["numba_threads"], int) and 1 <= threads["numba_threads"] <= threads["numba_max_threads"]
+    assert isinstance(threads["threading_layer"], str) and isinstance(threads["notes"], list)
+    for lib in threads["blas"]:
+        assert {"filepath", "internal_api", "version", "threading_layer", "num_threads", "idle"} <= set(lib)
+    cache = data["jit_cache"]
+    assert isinstance(cache["enabled"], bool)
+    assert cache["kernels"] > 0 or cache["off_by"] == "NUMBA_DISABLE_JIT=1"
+    assert cache["cached"] + len(cache["not_cached"]) + len(cache["unknown"]) == (cache["kernels"] if cache["enabled"]
+                                                                                  else 0)
+    assert all(name.startswith("fastconv.strategies.") for name in cache["not_cached"])
+    assert data["workspace_limit"] == fastconv.get_workspace_limit()
+    assert data["strategies"] == list(fastconv.strategies.names())
+    assert data["measure_cache"]["path"] == fastconv.measure.cache_path()
+    assert isinstance(data["measure_cache"]["exists"], bool)
+
+
+def test_info_text_shows_every_value_of_the_json(capsys):
+    code, out = run(capsys, "info")
+    assert code == 0
+    text = out.out
+    for section in ("versions", "cpu", "threads", "jit cache", "workspace limit", "strategies", "measure cache"):
+        assert f"\n{section}" in text, section
+    data = info.collect()
+    kernels = data["jit_cache"].pop("not_cached") + data["jit_cache"].pop("unknown")
+    missing = [v for v in _leaves(data) if str(v) not in text]
+    assert not missing, missing
+    for name in kernels:  # listed under their module: "fastconv.strategies.direct: _conv_rows, ..."
+        module, kernel = name.rsplit(".", 1)
+        assert f"{module}: " in text and kernel in text, name
+    assert all(f"{name:<15} not installed" in text for name, v in data["versions"].items() if v is None)
+
+
+def test_show_config_prints_the_text_and_returns_the_json(capsys):
+    assert cli.main(["info", "--json"]) == 0
+    from_cli = json.loads(capsys.readouterr().out)
+    config = fastconv.show_config()
+    printed = capsys.readouterr().out
+    assert config == from_cli
+    assert printed.startswith(f"fastconv {fastconv.__version__}\nversions\n") and "jit cache" in printed
+    assert fastconv.show_config(quiet=True) == config and capsys.readouterr().out == ""
+
+
+@pytest.mark.parametrize(
+    "features, expected",
+    [
+        ({"sse2", "avx", "avx2", "fma", "avx512f"}, ("avx512", 16)),
+        ({"sse2", "avx", "avx2", "fma"}, ("avx2+fma", 8)),
+        ({"sse2", "avx", "avx2"}, ("avx2", 8)),
+        ({"sse2", "sse4.2"}, ("sse4.2", 4)),
+        ({"neon"}, ("neon", 4)),
+        ({"sve"}, ("sve", None)),
+        (set(), ("scalar", 1)),
+    ],
+)
+def test_vector_isa(features, expected):
+    assert info.vector_isa(features) == expected
+
+
+def test_info_reports_the_cpu_numba_is_told_to_compile_for(monkeypatch):
+    import numba
+
+    monkeypatch.setattr(numba.config, "CPU_NAME", "nehalem")
+    monkeypatch.setattr(numba.config, "CPU_FEATURES", "+sse2,+sse4.2,-avx,-avx2")
+    cpu = info.machine()
+    assert (cpu["numba_target"], cpu["vector_isa"], cpu["float32_lanes"]) == ("nehalem", "sse4.2", 4)
+
+
+def test_info_says_when_the_disk_cache_is_off(monkeypatch):
+    from fastconv import _jit
+
+    monkeypatch.setattr(_jit, "CACHE", False)
+    data = info.collect()
+    assert data["jit_cache"]["enabled"] is False and data["jit_cache"]["cached"] == 0
+    assert data["jit_cache"]["off_by"] in ("FASTCONV_JIT_CACHE=0", "NUMBA_DISABLE_JIT=1")
+    assert f"disk cache      off ({data['jit_cache']['off_by']})" in info.format_text(data)
+
+
+# --- fastconv compare --------------------------------------------------------------------------
+
+
+def _report(path, rows, **environment):
+    env = {"date": "2026-12-05T02:00:00+00:00", "cpu": "Test CPU", "threads": 2, "dtype": "float32"}
+    env.update(environment)
+    path.write_text(json.dumps({"schema": cli.SCHEMA_VERSION, "environment": env, "results": [
+        {"op": op, "shape": shape, "method": method, "ms": ms, "gflops": 1.0} for op, shape, method, ms in rows]}))
+    return str(path)
+
+
+@pytest.fixture
+def two_reports(tmp_path):
+    """B: direct 2x slower, img2col unchanged, a pooling row only B has."""
+    a = _report(tmp_path / "a.json", [("conv2d", "resnet_conv1", "direct", 1.5),
+                                      ("conv2d", "resnet_conv1", "img2col", 4.0)])
+    b = _report(tmp_path / "b.json", [("conv2d", "resnet_conv1", "direct", 3.0),
+                                      ("conv2d", "resnet_conv1", "img2col", 4.0),
+                                      ("max_pool2d", "vgg_pool", "direct", 0.25)],
+                date="2026-12-06T03:00:00+00:00", threads=1)
+    return a, b
+
+
+def _line(text, *words):
+    (found,) = [line for line in text.splitlines() if all(w in line.split() for w in words)]
+    return found
+
+
+def test_compare_ratio_flags_and_unmatched_rows(capsys, two_reports):
+    a, b = two_reports
+    code, out = run(capsys, "compare", a, b)
+    assert code == 0
+    text = out.out
+    slower = _line(text, "conv2d", "resnet_conv1", "direct")
+    assert slower.split()[3:] == ["1.500", "3.000", "2.00x", "slower"]
+    same = _line(text, "conv2d", "resnet_conv1", "img2col")
+    assert same.split()[3:] == ["4.000", "4.000", "1.00x"]
+    assert "only in B: max_pool2d vgg_pool direct" in text and "only in A:" not in text
+    # the header: both environments' date, CPU, threads; and that the thread counts differ
+    assert "2026-12-05T02:00:00+00:00  Test CPU  threads=2" in text
+    assert "2026-12-06T03:00:00+00:00  Test CPU  threads=1" in text
+    assert "differ in threads" in text
+    assert "2 row(s) in both: 1 slower, 0 faster, 1 within 10%; 0 only in A, 1 only in B" in text
+
+
+def test_compare_fail_on_regression(capsys, two_reports):
+    a, b = two_reports
+    assert cli.main(["compare", a, b, "--fail-on-regression"]) == 1
+    # 2x is within a 150% threshold, and B -> A is faster, not a regression
+    assert cli.main(["compare", a, b, "--fail-on-regression", "--threshold", "1.5"]) == 0
+    assert cli.main(["compare", b, a, "--fail-on-regression"]) == 0
+    reverse = capsys.readouterr().out.split("fastconv compare")[-1]
+    assert _line(reverse, "direct", "resnet_conv1").split()[-2:] == ["0.50x", "faster"]
+    assert "only in A: max_pool2d vgg_pool direct" in reverse
+
+
+def test_compare_reads_what_bench_writes(capsys, tmp_path):
+    path = tmp_path / "r.json"
+    assert cli.main(["bench", "--shape", "conv2d:1,2,9,9,3,3,3,1,1", "--methods", "loop,vectorized", "--threads", "1",
+                     "--json", str(path), "--no-progress"]) == 0
+    capsys.readouterr()
+    code, out = run(capsys, "compare", str(path), str(path), "--fail-on-regression")
+    assert code == 0
+    assert "2 row(s) in both: 0 slower, 0 faster, 2 within 10%" in out.out
+    assert _line(out.out, "conv2d", "loop*").split()[-1] == "1.00x"  # extrapolated rows are marked
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (None, "cannot read"),
+        ("{not json", "is not JSON"),
+        ("[1, 2]", "is not a report of 'fastconv bench --json'"),
+        ('{"schema": 99, "results": []}', "has report schema 99; this fastconv reads schema 1"),
+        ('{"schema": 1, "environment": {}, "mixed_step": {}}', "is a 'bench --mixed' report"),
+        ('{"schema": 1, "results": [{"op": "conv2d", "shape": "s"}]}',
+         "row 0 lacks one of the fields op, shape, method"),
+        ('{"schema": 1, "results": [{"op": "conv2d", "shape": "s", "method": "direct", "ms": 0}]}',
+         "row 0 (conv2d s direct) has no positive time 'ms', got 0"),
+    ],
+)
+def test_compare_bad_files_are_usage_errors(capsys, tmp_path, two_reports, content, message):
+    bad = tmp_path / "bad.json"
+    if content is not None:
+        bad.write_text(content)
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["compare", two_reports[0], str(bad)])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and str(bad) in err
+
+
+@pytest.mark.parametrize("threshold", ["-0.1", "nan", "inf"])
+def test_compare_bad_threshold(capsys, two_reports, threshold):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["compare", *two_reports, "--threshold", threshold])
+    assert exc.value.code == 2 and "--threshold must be a finite fraction >= 0" in capsys.readouterr().err
+
+
+# --- the progress bar ----------------------------------------------------------------------------
+
+
+class _Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def _fake_measure(problem, methods, threads, dtype, backward, repeats=1):
+    return [bench.Row(problem.op, problem.name, "vectorized", 1.0, 1.0, 1.0, problem.flops())]
+
+
+TWO_SHAPES = ["bench", "--shape", "conv2d:1,1,6,6,1,3,3,1,0", "--shape", "max_pool2d:1,1,8,8,2,2,0",
+              "--methods", "vectorized", "--threads", "1"]
+
+
+def test_no_progress_output_when_stderr_is_not_a_terminal(capsys, monkeypatch):
+    monkeypatch.setattr(cli.bench, "measure", _fake_measure)
+    code, out = run(capsys, *TWO_SHAPES)
+    assert code == 0 and out.err == ""
+    assert out.out.count("vectorized") == 2
+
+
+def test_progress_bar_on_a_terminal_and_not_with_no_progress(capsys, monkeypatch):
+    pytest.importorskip("tqdm")
+    monkeypatch.setattr(cli.bench, "measure", _fake_measure)
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    assert cli.main(TWO_SHAPES) == 0
+    assert "1/2" in terminal.getvalue() and "shape" in terminal.getvalue()
+    assert "1/2" not in capsys.readouterr().out  # the bar went to stderr only
+    terminal.seek(0), terminal.truncate()
+    assert cli.main(TWO_SHAPES + ["--no-progress"]) == 0
+    assert terminal.getvalue() == ""
+
+
+def test_no_progress_bar_without_tqdm(capsys, monkeypatch):
+    real_import = builtins.__import__
+
+    def no_tqdm(name, *args, **kwargs):
+        if name.startswith("tqdm"):
+            raise ImportError("No module named 'tqdm'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_tqdm)
+    monkeypatch.setattr(cli.bench, "measure", _fake_measure)
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    assert cli.main(TWO_SHAPES) == 0
+    assert terminal.getvalue() == ""
+    assert capsys.readouterr().out.count("vectorized") == 2
