@@ -67,46 +67,12 @@ def format_table(problem, rows, backward=False) -> str:
     return "\n".join(lines)
 
 
-def _pyplot():
-    """matplotlib's pyplot (Agg backend), or a clear exit when matplotlib is not installed."""
-    try:
-        import matplotlib
+def plot(results, path, environment=None):
+    """Write the report's PNG: speedup against PyTorch, convolution GFLOP/s, pooling GB/s against
+    np.copyto (three panels; see :mod:`fastconv.plot`), titled from ``environment``. Returns the figure."""
+    from .plot import plot_report
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise SystemExit(
-            "fastconv bench: --plot needs matplotlib, which is not installed; "
-            "install it with: pip install 'fastconv[plot]'"
-        ) from None
-    return plt
-
-
-def plot(results, path):
-    """A PNG: GFLOP/s (GB/s for pooling) per method per shape, log scale."""
-    plt = _pyplot()
-    names = list(dict.fromkeys(r["shape"] + ("/bwd" if r["op"].endswith("_backward") else "") for r in results))
-    methods = list(dict.fromkeys(r["method"] for r in results))
-    fig, ax = plt.subplots(figsize=(max(8, 0.9 * len(names) + 2), 4.8))
-    width = 0.8 / max(len(methods), 1)
-    for m_i, method in enumerate(methods):
-        xs, ys = [], []
-        for s_i, name in enumerate(names):
-            for r in results:
-                key = r["shape"] + ("/bwd" if r["op"].endswith("_backward") else "")
-                if key == name and r["method"] == method:
-                    xs.append(s_i + (m_i - (len(methods) - 1) / 2) * width)
-                    ys.append(r["gflops"] if not r["op"].startswith(("max_pool", "avg_pool")) else r["gbps"])
-        ax.bar(xs, ys, width, label=method)
-    ax.set_yscale("log")
-    ax.set_xticks(range(len(names)))
-    ax.set_xticklabels(names, rotation=35, ha="right", fontsize=8)
-    ax.set_ylabel("GFLOP/s (pooling: GB/s), log scale")
-    ax.set_title("fastconv strategies per shape (higher is better; loop extrapolated)")
-    ax.legend(fontsize=8, ncol=3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return plot_report(results, path, environment)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -127,7 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "(steadier ratios on a noisy machine; default 1)")
     b.add_argument("--backward", action="store_true", help="time the backward passes (dx and dw together)")
     b.add_argument("--json", metavar="PATH", help="write machine-readable results")
-    b.add_argument("--plot", metavar="PATH", help="write a PNG bar chart (needs matplotlib)")
+    b.add_argument("--plot", metavar="PATH", help="write a PNG: speedup against PyTorch, GFLOP/s, pooling GB/s "
+                                                   "against np.copyto (needs matplotlib)")
     b.add_argument("--list", action="store_true", help="list the shape set and exit")
     b.add_argument("--mixed", action="store_true",
                    help="time a small NumPy CNN step (fastconv calls between NumPy's, one '@'): each op alone and "
@@ -200,7 +167,9 @@ def bench_main(args, parser) -> int:
     if args.repeat < 1:
         parser.error(f"--repeat must be >= 1, got {args.repeat}")
     if args.plot:
-        _pyplot()  # fail before the benchmark, not after it
+        from .plot import require_matplotlib
+
+        require_matplotlib()  # fail before the benchmark, not after it
     dtype = np.dtype(args.dtype)
     env = environment(args.threads, args.dtype)
     env["repeats"] = args.repeat
@@ -248,7 +217,7 @@ def bench_main(args, parser) -> int:
             json.dump({"schema": SCHEMA_VERSION, "environment": env, "results": results}, f, indent=1)
         print(f"wrote {args.json}")
     if args.plot:
-        plot(results, args.plot)
+        plot(results, args.plot, env)
         print(f"wrote {args.plot}")
     return 0
 

@@ -377,3 +377,144 @@ def test_no_progress_bar_without_tqdm(capsys, monkeypatch):
     assert cli.main(TWO_SHAPES) == 0
     assert terminal.getvalue() == ""
     assert capsys.readouterr().out.count("vectorized") == 2
+
+
+# --- the --plot figure ---------------------------------------------------------------------------
+
+PLOT_ENV = {"date": "2026-12-05T02:00:00+00:00", "cpu": "Test CPU 9000", "threads": 2, "dtype": "float32",
+            "fastconv": "0.1.0", "numpy": "2.0", "numba": "0.60", "torch": "2.13.0"}
+
+
+def _row(op, shape, method, ms, torch_ms=None, copy_ms=None, extrapolated=False, chosen=None):
+    """A report row as bench writes it, for a problem of 1 GFLOP and 0.1 GB moved."""
+    return {"op": op, "shape": shape, "method": method, "ms": ms, "gflops": 1e3 / ms, "gbps": 1e2 / ms,
+            "speedup_vs_torch": None if torch_ms is None else torch_ms / ms,
+            "fraction_of_copy": None if copy_ms is None else copy_ms / ms, "extrapolated": extrapolated,
+            "chosen": chosen}
+
+
+def _plot_rows(torch=True, suffix=""):
+    """Two convolutions and a pooling: loop (extrapolated), vectorized, direct, auto (ran direct),
+    torch when ``torch``; the pooling also np.copyto."""
+    rows = []
+    for op, shape, times, copy in [("conv2d", "resnet_3x3_28", (9.0, 2.0, 4.0), None),
+                                   ("conv2d", "lenet_conv1", (3.0, 0.5, 1.0), None),
+                                   ("max_pool2d", "resnet_maxpool", (4.0, 0.4, 2.0), 0.1)]:
+        vect, direct, torch_ms = times
+        t = torch_ms if torch else None
+        rows += [_row(op + suffix, shape, "loop", 5e4, t, copy, extrapolated=True),
+                 _row(op + suffix, shape, "vectorized", vect, t, copy),
+                 _row(op + suffix, shape, "direct", direct, t, copy),
+                 _row(op + suffix, shape, "auto", direct * 1.02, t, copy, chosen="direct")]
+        if torch:
+            rows.append(_row(op + suffix, shape, "torch", torch_ms, t, copy))
+        if copy is not None:
+            rows.append(_row(op + suffix, shape, "copyto", copy, t, copy))
+    return rows
+
+
+def _bars_by_method(ax):
+    """{method: BarContainer} of one panel."""
+    from matplotlib.container import BarContainer
+
+    return {c.get_label(): c for c in ax.containers if isinstance(c, BarContainer)}
+
+
+def _outside(fig, legend, ax):
+    renderer = fig.canvas.get_renderer()
+    return not legend.get_window_extent(renderer).overlaps(ax.get_window_extent(renderer))
+
+
+def test_plot_three_panels_against_torch_gflops_and_copy(tmp_path):
+    pytest.importorskip("matplotlib")
+    from matplotlib.colors import to_rgba
+
+    path = tmp_path / "p.png"
+    fig = cli.plot(_plot_rows(), str(path), PLOT_ENV)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert len(fig.axes) == 3
+    first, conv, pool = fig.axes
+    title = fig.get_suptitle()
+    for word in ("Test CPU 9000", "2 threads", "float32", "2026-12-05", "torch 2.13.0"):
+        assert word in title, word
+    # (1) x PyTorch: log scale, the 1x line, bars from it (up = faster, down = slower), torch not a bar
+    assert first.get_yscale() == "log"
+    assert any(list(line.get_ydata()) == [1, 1] for line in first.get_lines())
+    assert "PyTorch" in first.get_title(loc="left") and "PyTorch" in first.get_ylabel()
+    speed = _bars_by_method(first)
+    assert set(speed) == {"vectorized", "direct", "auto"}
+    bar = speed["vectorized"].patches[0]  # resnet_3x3_28: 9 ms against torch's 4, 0.44x: down from the line
+    assert sorted([bar.get_y(), bar.get_y() + bar.get_height()]) == pytest.approx([4.0 / 9.0, 1.0])
+    assert all(p.get_y() == pytest.approx(1.0) and p.get_height() > 0 for p in speed["direct"].patches)
+    # (2) convolutions in GFLOP/s, log; (3) pooling in GB/s with np.copyto's bandwidth drawn
+    assert conv.get_yscale() == "log" and "GFLOP/s" in conv.get_title(loc="left") + conv.get_ylabel()
+    assert [t.get_text() for t in conv.get_xticklabels()] == ["resnet_3x3_28", "lenet_conv1"]
+    assert all(t.get_rotation() == 30 for t in conv.get_xticklabels())
+    assert set(_bars_by_method(conv)) == {"vectorized", "direct", "auto", "torch"}
+    assert [t.get_text() for t in pool.get_xticklabels()] == ["resnet_maxpool"]
+    assert "GB/s" in pool.get_ylabel() and "copyto" in pool.get_title(loc="left")
+    (copy_line,) = [c for c in pool.collections if c.get_label() == "np.copyto"]
+    assert copy_line.get_segments()[0][0][1] == pytest.approx(1e2 / 0.1)  # np.copyto's GB/s
+    assert "copyto" not in _bars_by_method(pool)
+    # the extrapolated loop is left out of every panel, and the legend says so
+    assert all("loop" not in _bars_by_method(ax) for ax in fig.axes)
+    # one colour per method in every panel; auto striped in the colour of what it ran (direct)
+    for method in ("vectorized", "direct"):
+        colours = {to_rgba(p.get_facecolor()) for ax in fig.axes for p in _bars_by_method(ax)[method].patches}
+        assert len(colours) == 1, method
+    direct = to_rgba(_bars_by_method(conv)["direct"].patches[0].get_facecolor())
+    for ax in fig.axes:
+        assert all(to_rgba(p.get_facecolor()) == direct and p.get_hatch() for p in _bars_by_method(ax)["auto"])
+    # the legend names the methods, sits outside the first panel, and explains auto and the loop
+    legend = first.get_legend()
+    labels = [t.get_text() for t in legend.get_texts()]
+    assert labels[:3] == ["vectorized", "direct", "torch"]
+    assert any(t.startswith("auto") and "strategy it ran" in t for t in labels)
+    assert any("not drawn: loop" in t for t in labels)
+    assert _outside(fig, legend, first) and _outside(fig, legend, conv) and _outside(fig, pool.get_legend(), pool)
+
+
+def test_plot_without_torch_says_so(tmp_path):
+    pytest.importorskip("matplotlib")
+    env = dict(PLOT_ENV, torch=None)
+    path = tmp_path / "p.png"
+    fig = cli.plot(_plot_rows(torch=False), str(path), env)
+    assert path.exists() and len(fig.axes) == 3
+    first, conv, pool = fig.axes
+    assert not _bars_by_method(first)
+    assert any("PyTorch is not installed" in t.get_text() for t in first.texts)
+    assert "torch not installed" in fig.get_suptitle()
+    assert set(_bars_by_method(conv)) == {"vectorized", "direct", "auto"}
+    assert _outside(fig, conv.get_legend(), conv)  # the legend moves to the first panel with bars
+    # PyTorch installed but left out of --methods: the panel says that instead
+    fig = cli.plot(_plot_rows(torch=False), str(path), PLOT_ENV)
+    assert any("torch was not among --methods" in t.get_text() for t in fig.axes[0].texts)
+
+
+def test_plot_of_a_backward_report(tmp_path):
+    pytest.importorskip("matplotlib")
+    path = tmp_path / "p.png"
+    fig = cli.plot(_plot_rows(suffix="_backward"), str(path), PLOT_ENV)
+    assert path.exists() and len(fig.axes) == 3
+    first, conv, pool = fig.axes
+    assert "backward" in fig.get_suptitle()
+    assert [t.get_text() for t in conv.get_xticklabels()] == ["resnet_3x3_28", "lenet_conv1"]
+    assert set(_bars_by_method(first)) == {"vectorized", "direct", "auto"}
+    assert set(_bars_by_method(pool)) == {"vectorized", "direct", "auto", "torch"}
+
+
+def test_plot_of_a_report_without_pooling_or_environment(tmp_path):
+    pytest.importorskip("matplotlib")
+    rows = [r for r in _plot_rows() if r["op"] == "conv2d"]
+    fig = cli.plot(rows, str(tmp_path / "p.png"))
+    assert len(fig.axes) == 3 and fig.get_suptitle() == "fastconv bench"
+    assert any("No pooling rows" in t.get_text() for t in fig.axes[2].texts)
+
+
+def test_bench_writes_the_plot(capsys, tmp_path):
+    pytest.importorskip("matplotlib")
+    path = tmp_path / "bench.png"
+    assert cli.main(["bench", "--shape", "conv2d:1,2,9,9,3,3,3,1,1", "--shape", "max_pool2d:1,2,8,8,2,2,0",
+                     "--methods", "vectorized,direct", "--threads", "1", "--no-progress", "--plot", str(path)]) == 0
+    assert f"wrote {path}" in capsys.readouterr().out
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
