@@ -5,7 +5,8 @@ thread pools of their own. A pool that *spins* after its work steals the cores f
 Numba pool needs next, and the reverse. Measured on a 2-core AMD EPYC (Zen 4, AVX-512,
 OpenBLAS 0.3.31, Numba's ``omp`` layer, 2026-12-05): a 64x56x56 3x3 layer took 1.3 ms alone and
 5-8 ms right after a 256x256 ``np.matmul``; a 512x512 3x3 filter 0.11 ms alone and 4-8 ms after
-it; a small NumPy CNN step (two convolutions, two poolings, one ``@``) 37-38 ms instead of 13.
+it; a small NumPy CNN step (two convolutions, two poolings, one ``@``) 20-22 ms in
+``fastconv bench --mixed`` (37-38 ms in a first ad-hoc script) instead of 12-13.
 
 The policy, applied once at ``import fastconv`` (see :func:`policy` for what it did here):
 
