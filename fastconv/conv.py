@@ -22,7 +22,10 @@ _PROBLEMS_MAX = 4096
 
 def _problem(fn, nd, x, weight, bias, stride, padding, dilation, groups):
     """The checked problem of a call, from the cache when the same shapes and arguments were seen."""
-    args = (key_part(stride), key_part(padding), key_part(dilation), key_part(groups))
+    if type(stride) is int and type(padding) is int and type(dilation) is int and type(groups) is int:
+        args = ("plain", stride, padding, dilation, groups)  # the common call, keyed as it is
+    else:
+        args = ("tagged", key_part(stride), key_part(padding), key_part(dilation), key_part(groups))
     key = None
     if UNCACHEABLE not in args:
         key = (fn, x.shape, x.dtype, weight.shape, weight.dtype,

@@ -27,9 +27,17 @@ def _prepare_pool(fn, nd, x, kernel_size, stride, padding, dilation, ceil_mode, 
                   divisor_override=None):
     """Check every argument; return the contiguous input of the problem's rank, the problem and the user's shape."""
     x = v.as_array(x, "x", fn)
-    args = tuple(key_part(a) for a in (kernel_size, stride, padding, dilation, ceil_mode, count_include_pad,
-                                       divisor_override))
-    key = (fn, x.shape, x.dtype) + args if UNCACHEABLE not in args else None
+    if (type(kernel_size) is int and (stride is None or type(stride) is int) and type(padding) is int
+            and type(dilation) is int and type(ceil_mode) is bool and type(count_include_pad) is bool
+            and (divisor_override is None or type(divisor_override) is int)):
+        # the common call, all plain ints and bools: keyed as it is ("plain" keeps it apart from
+        # the tagged keys below, where True and 1 must differ)
+        key = (fn, "plain", x.shape, x.dtype, kernel_size, stride, padding, dilation, ceil_mode,
+               count_include_pad, divisor_override)
+    else:
+        args = tuple(key_part(a) for a in (kernel_size, stride, padding, dilation, ceil_mode, count_include_pad,
+                                           divisor_override))
+        key = (fn, "tagged", x.shape, x.dtype) + args if UNCACHEABLE not in args else None
     hit = None if key is None else _problems.get(key)
     if hit is None:
         spatial = _SPATIAL[nd]

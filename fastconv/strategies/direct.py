@@ -604,14 +604,25 @@ def _tiles_plan(geom, itemsize, limit):
                       rows_per_item=max(1, PACK_ITEM // plane_w))
 
 
+#: The empty bias the kernels take for "no bias", per dtype (read, never written).
+_NO_BIAS = {np.dtype(t).char: np.empty(0, dtype=t) for t in (np.float32, np.float64)}
+
+
+@functools.lru_cache(maxsize=256)
+def _tiles_layout(n_channels, channel_len, groups, row_pitch, n_positions, tile_len, out_h, out_w):
+    """The :class:`_TilesLayout` of a launch, built once per distinct launch shape."""
+    return _TilesLayout(n_channels=int(n_channels), channel_len=int(channel_len), groups=int(groups),
+                        row_pitch=int(row_pitch), n_positions=int(n_positions), tile_len=int(tile_len),
+                        out_h=int(out_h), out_w=int(out_w))
+
+
 def _run_tiles(xs, weight, bias, offsets, groups, plan, out):
     """Launch :func:`_conv_tiles` on ``xs`` (N, G*Cg', channel_len) into ``out`` (N, C_out, oH, oW)."""
     if (weight.shape[0] // groups) % CO_BLOCK > CO_BLOCK // 2:
         # blocks of 5-7 channels read 8 weight rows: give the last block rows to read
         weight = np.concatenate([weight, np.zeros((CO_BLOCK, weight.shape[1]), dtype=weight.dtype)])
-    layout = _TilesLayout(n_channels=int(xs.shape[1]), channel_len=int(xs.shape[2]), groups=int(groups),
-                          row_pitch=int(plan.plane_w), n_positions=int(plan.n_positions),
-                          tile_len=int(plan.tile_len), out_h=int(out.shape[2]), out_w=int(out.shape[3]))
+    layout = _tiles_layout(xs.shape[1], xs.shape[2], groups, plan.plane_w, plan.n_positions, plan.tile_len,
+                           out.shape[2], out.shape[3])
     with _jit.launch():
         _conv_tiles(xs.reshape(-1), weight, bias, offsets, layout, out.reshape(out.shape[0], out.shape[1], -1))
 
@@ -627,7 +638,7 @@ def conv2d(x, weight, bias, geom, out):
     (top, _), (left, _) = geom.padding
     sH, sW = geom.stride
     if bias is None:
-        bias = np.empty(0, dtype=x.dtype)
+        bias = _NO_BIAS[x.dtype.char]
     if _uses_rows_kernel(geom):
         rows = _row_plan(geom)
         tap_weight = np.ascontiguousarray(weight[:, rows.tap_channel, rows.tap_row, rows.tap_col])
