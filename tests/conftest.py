@@ -45,6 +45,20 @@ def tolerance(dtype, method=None):
     return dict(rtol=rtol, atol=atol)
 
 
+def central_difference(loss, x, eps=1e-6):
+    """d loss() / d x by central differences, one element of ``x`` (float64, changed in place and restored) at a time."""
+    grad = np.zeros_like(x)
+    for i in range(x.size):
+        old = x.flat[i]
+        x.flat[i] = old + eps
+        up = loss()
+        x.flat[i] = old - eps
+        down = loss()
+        x.flat[i] = old
+        grad.flat[i] = (up - down) / (2 * eps)
+    return grad
+
+
 def assert_close(actual, expected, dtype=None, method=None):
     dtype = np.dtype(dtype or actual.dtype)
     assert actual.shape == expected.shape, (actual.shape, expected.shape)

@@ -9,7 +9,7 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 import fastconv
-from conftest import FAST_METHODS, ORACLE, assert_close, torch_pad_list
+from conftest import FAST_METHODS, ORACLE, assert_close, central_difference, torch_pad_list
 from fastconv.geometry import _windows_touch_input
 
 METHODS = (ORACLE,) + FAST_METHODS
@@ -172,19 +172,6 @@ def test_pool3d_matches_pytorch(torch, method, case):
                  x.grad.numpy(), method=method)
 
 
-def _central_difference(f, x, eps=1e-6):
-    grad = np.zeros_like(x)
-    for i in range(x.size):
-        old = x.flat[i]
-        x.flat[i] = old + eps
-        up = f()
-        x.flat[i] = old - eps
-        down = f()
-        x.flat[i] = old
-        grad.flat[i] = (up - down) / (2 * eps)
-    return grad
-
-
 @pytest.mark.parametrize("method", METHODS)
 def test_conv3d_backward_matches_central_differences(method):
     rng = np.random.default_rng(4)
@@ -198,9 +185,9 @@ def test_conv3d_backward_matches_central_differences(method):
         return float((fastconv.conv3d(x, w, b, **kw, method=method) * g).sum())
 
     gx, gw, gb = fastconv.conv3d_backward(g, x, w, **kw, method=method)
-    np.testing.assert_allclose(gx, _central_difference(loss, x), rtol=1e-6, atol=1e-7)
-    np.testing.assert_allclose(gw, _central_difference(loss, w), rtol=1e-6, atol=1e-7)
-    np.testing.assert_allclose(gb, _central_difference(loss, b), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(gx, central_difference(loss, x), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(gw, central_difference(loss, w), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(gb, central_difference(loss, b), rtol=1e-6, atol=1e-7)
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -209,7 +196,7 @@ def test_avg_pool3d_backward_matches_central_differences(method):
     x = rng.standard_normal((1, 2, 4, 3, 5))
     kw = dict(kernel_size=(2, 3, 2), stride=(1, 2, 2), padding=(1, 1, 0), ceil_mode=True, count_include_pad=False)
     g = rng.standard_normal(fastconv.avg_pool3d(x, **kw).shape)
-    numeric = _central_difference(lambda: float((fastconv.avg_pool3d(x, **kw, method=method) * g).sum()), x)
+    numeric = central_difference(lambda: float((fastconv.avg_pool3d(x, **kw, method=method) * g).sum()), x)
     np.testing.assert_allclose(fastconv.avg_pool3d_backward(g, x.shape, **kw, method=method), numeric,
                                rtol=1e-6, atol=1e-7)
 
