@@ -72,6 +72,21 @@ def contiguous(arr, dtype):
     return np.ascontiguousarray(arr, dtype=dtype)
 
 
+def grad_output(value, shape: tuple, fn: str):
+    """``grad_output`` as an array of the forward output's ``shape``, or a ValueError saying so."""
+    arr = as_array(value, "grad_output", fn)
+    if arr.shape != tuple(shape):
+        raise ValueError(f"{fn}: grad_output must have the forward output's shape {tuple(shape)}, got {arr.shape}")
+    return arr
+
+
+def output_mask(mask, fn: str):
+    """``output_mask`` as three bools (grad_input, grad_weight, grad_bias), or a ValueError saying so."""
+    if not isinstance(mask, (tuple, list)) or len(mask) != 3:
+        raise ValueError(f"{fn}: output_mask must be three bools (input, weight, bias), got {mask!r}")
+    return tuple(bool(m) for m in mask)
+
+
 def check_out(out, shape: tuple, dtype, fn: str, inputs=()):
     """Check a user's ``out`` array: right shape and dtype, C-contiguous, writeable, no overlap."""
     if not isinstance(out, np.ndarray):

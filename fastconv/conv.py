@@ -207,20 +207,13 @@ def conv3d(input: ArrayLike, weight: ArrayLike, bias: ArrayLike | None = None, s
 
 def _conv_backward(fn, nd, grad_output, x, weight, stride, padding, dilation, groups, method, output_mask):
     dispatch.check_method(method, fn)
-    if not isinstance(output_mask, (tuple, list)) or len(output_mask) != 3:
-        raise ValueError(f"{fn}: output_mask must be three bools (input, weight, bias), got {output_mask!r}")
+    want_x, want_w, want_b = v.output_mask(output_mask, fn)
     x4, w4, _, geom, user_shape, _ = _prepare_conv(fn, nd, x, weight, None, stride, padding, dilation, groups)
-    grad_output = v.as_array(grad_output, "grad_output", fn)
-    if grad_output.shape != tuple(user_shape):
-        raise ValueError(
-            f"{fn}: grad_output must have the forward output's shape {tuple(user_shape)}, "
-            f"got {grad_output.shape}"
-        )
+    grad_output = v.grad_output(grad_output, user_shape, fn)
     dtype = v.result_dtype(grad_output, x4, w4)
     if dtype != x4.dtype:  # grad_output is wider than x and weight: compute in its precision
         x4, w4 = x4.astype(dtype), w4.astype(dtype)
     g4 = v.contiguous(grad_output, dtype).reshape(geom.output_shape)
-    want_x, want_w, want_b = (bool(m) for m in output_mask)
     grad_x = np.empty(x4.shape, dtype) if want_x else None
     grad_w = np.empty(w4.shape, dtype) if want_w else None
     grad_b = np.empty(w4.shape[0], dtype) if want_b else None

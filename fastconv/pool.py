@@ -236,16 +236,6 @@ def _input_shape(fn, nd, input_shape):
     return shape
 
 
-def _grad_output(fn, grad_output, expected_shape):
-    grad_output = v.as_array(grad_output, "grad_output", fn)
-    if grad_output.shape != tuple(expected_shape):
-        raise ValueError(
-            f"{fn}: grad_output must have the forward output's shape {tuple(expected_shape)}, "
-            f"got {grad_output.shape}"
-        )
-    return grad_output
-
-
 def _max_pool_backward(fn, nd, grad_output, indices, input_shape, method):
     dispatch.check_method(method, fn)
     shape = _input_shape(fn, nd, input_shape)
@@ -288,7 +278,7 @@ def _avg_pool_backward(fn, nd, grad_output, input_shape, kernel_size, stride, pa
     shape = _input_shape(fn, nd, input_shape)
     geom, user_shape = pool_problem(fn, nd, shape, kernel_size, stride, padding, 1, ceil_mode,
                                     count_include_pad, divisor_override=divisor_override)
-    grad_output = _grad_output(fn, grad_output, user_shape)
+    grad_output = v.grad_output(grad_output, user_shape, fn)
     dtype = v.result_dtype(grad_output)
     grad_x = np.empty(shape, dtype)
     if grad_x.size:

@@ -41,10 +41,11 @@ __all__ = [
 
 def transpose_problem(fn, nd, x_shape, weight_shape, bias_shape, stride, padding, output_padding, groups,
                       dilation, dtype):
-    """Check a transposed convolution; return the convolution problem it is the transpose of and the shapes.
+    """Check a transposed convolution; return the convolution problem it is the transpose of and the shape.
 
-    Returns ``(conv, y_shape, user_shape)``: ``conv`` maps a ``y_shape`` input (N, C_out, *out) to
-    an x-shaped output; ``user_shape`` is the result's shape as the user sees it (unbatched kept).
+    Returns ``(conv, user_shape)``: ``conv`` maps a y-shaped input (``conv.input_shape``,
+    N x C_out x *out) to an x-shaped output; ``user_shape`` is the result's shape as the user
+    sees it (unbatched kept).
     """
     spatial = _SPATIAL[nd]
     if len(x_shape) not in (nd + 1, nd + 2):
@@ -85,12 +86,11 @@ def transpose_problem(fn, nd, x_shape, weight_shape, bias_shape, stride, padding
     if min(out) < 1 or min(in_size) < 1:
         raise ValueError(f"{fn}: the output would be empty: size {out} for an input of size {in_size} "
                          f"(padding {pads} crops more than the full output)")
-    y_shape = (N, C_out) + out
-    conv, _ = conv_problem(fn, nd, y_shape, tuple(weight_shape), None, stride, pads, dilation, groups, dtype)
+    conv, _ = conv_problem(fn, nd, (N, C_out) + out, tuple(weight_shape), None, stride, pads, dilation, groups, dtype)
     # The convolution maps y back to x's size, or (when output_padding >= stride, allowed because it
     # is < dilation) to a few more positions at the end, which x does not have: they read as zeros.
     user_shape = ((N,) if batched else ()) + (C_out,) + out
-    return conv, y_shape, user_shape
+    return conv, user_shape
 
 
 def _extended(x, conv, nd):
@@ -111,8 +111,8 @@ def _prepare(fn, nd, x, weight, bias, stride, padding, output_padding, groups, d
     if bias is not None:
         bias = v.as_array(bias, "bias", fn)
     dtype = v.result_dtype(x, weight)
-    conv, y_shape, user_shape = transpose_problem(fn, nd, x.shape, weight.shape, None if bias is None else bias.shape,
-                                                  stride, padding, output_padding, groups, dilation, dtype)
+    conv, user_shape = transpose_problem(fn, nd, x.shape, weight.shape, None if bias is None else bias.shape,
+                                         stride, padding, output_padding, groups, dilation, dtype)
     x4 = _extended(v.contiguous(x, dtype), conv, nd)  # x is the convolution's output side
     w4 = v.contiguous(weight, dtype).reshape(conv.weight_shape)
     b = None if bias is None else v.contiguous(bias, dtype)
@@ -142,18 +142,13 @@ def _transpose(fn, nd, x, weight, bias, stride, padding, output_padding, groups,
 def _transpose_backward(fn, nd, grad_output, x, weight, stride, padding, output_padding, groups, dilation, method,
                         output_mask):
     dispatch.check_method(method, fn)
-    if not isinstance(output_mask, (tuple, list)) or len(output_mask) != 3:
-        raise ValueError(f"{fn}: output_mask must be three bools (input, weight, bias), got {output_mask!r}")
+    want_x, want_w, want_b = v.output_mask(output_mask, fn)
     x4, w4, _, conv, user_shape, _ = _prepare(fn, nd, x, weight, None, stride, padding, output_padding, groups,
                                               dilation)
-    grad_output = v.as_array(grad_output, "grad_output", fn)
-    if grad_output.shape != tuple(user_shape):
-        raise ValueError(f"{fn}: grad_output must have the forward output's shape {tuple(user_shape)}, "
-                         f"got {grad_output.shape}")
+    grad_output = v.grad_output(grad_output, user_shape, fn)
     dtype = v.result_dtype(grad_output, x4, w4)
     x4, w4 = x4.astype(dtype, copy=False), w4.astype(dtype, copy=False)
     dy = v.contiguous(grad_output, dtype).reshape(conv.input_shape)
-    want_x, want_w, want_b = (bool(m) for m in output_mask)
     grad_x = np.zeros(x4.shape, dtype) if want_x else None  # x4's shape: x's, lifted (and extended)
     grad_w = np.zeros(w4.shape, dtype) if want_w else None
     grad_b = dy.sum(axis=(0,) + tuple(range(2, dy.ndim))).astype(dtype) if want_b else None
