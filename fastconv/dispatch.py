@@ -233,7 +233,7 @@ def resolve(method: str, op: str, geom, dtype, fn: str, args=None):
 
         name = measure(op, geom, dtype, args)  # remembered by measure mode itself: not cached here
     elif name == "auto":
-        name = _runnable(op, geom, *_rules(op, geom, np.dtype(dtype), _threads(None)))[0]
+        name = decide(op, geom, dtype)[0]
     chosen = strategies.strategy(name)
     if not chosen.can_run(op, geom):
         raise ValueError(f"{fn}: method={name!r} does not compute this problem "

@@ -181,8 +181,8 @@ def explain(op: str, x, weight=None, *, dtype=None, threads=None, **params) -> E
             raise ValueError(f"explain: {op} needs the weight (or its shape)")
         from .transpose import transpose_problem
 
-        geom, _, _ = transpose_problem(fn, nd, x_shape, w_shape, None, params.pop("stride", 1),
-                                       params.pop("padding", 0), params.pop("output_padding", 0),
+        geom, _ = transpose_problem(fn, nd, x_shape, w_shape, None, params.pop("stride", 1),
+                                    params.pop("padding", 0), params.pop("output_padding", 0),
                                        params.pop("groups", 1), params.pop("dilation", 1), dtype)
     elif internal.startswith("conv"):
         if w_shape is None:

@@ -270,8 +270,9 @@ def tap_output_range(n: int, tap: int, stride: int, dilation: int, lo: int, firs
     >>> tap_output_range(5, 0, 1, 1, 1, 0, 5)   # 'same' 3-tap window over 5: tap 0 misses output 0
     (1, 5)
     """
-    count = (n - tap * dilation + lo + stride) // stride + 1 if last is None else last  # past the last in-input
-    start, stop = output_span(n, tap * dilation - lo, stride, max(count, 0))
+    offset = tap * dilation - lo
+    count = max(0, (n - 1 - offset) // stride + 1) if last is None else last  # None: every in-input output
+    start, stop = output_span(n, offset, stride, count)
     start = max(start, first)
     return start, max(start, stop)
 

@@ -137,7 +137,8 @@ def share_cores() -> Policy:
     return policy()
 
 
-def _apply(force: bool) -> None:
+def _apply(force: bool, libs=None) -> None:
+    """Rule 1 of the policy on ``libs`` (the loaded BLAS libraries; looked up when None)."""
     _notes.clear()
     if os.environ.get(IDLE_ENV, "sleep").strip().lower() == "spin":
         _notes.append(f"{IDLE_ENV}=spin: BLAS's idle threads left to spin")
@@ -147,7 +148,7 @@ def _apply(force: bool) -> None:
         return
     os.environ[TIMEOUT_ENV] = SLEEP_TIMEOUT  # every OpenBLAS loaded from now on reads it
     try:
-        libs = _controllers()
+        libs = _controllers() if libs is None else libs
     except ImportError:  # threadpoolctl is a dependency; a broken install should not break import
         _notes.append("threadpoolctl missing: BLAS libraries already loaded keep spinning")
         return
@@ -328,12 +329,10 @@ def num_threads(n: int):
         numba.set_num_threads(saved)
 
 
-def _openmp_loaded() -> list:
-    try:
-        return [c.filepath for c in _controllers("openmp")]
-    except ImportError:
-        return []
-
-
-_OPENMP_BEFORE = _openmp_loaded()  # not Numba's: it loads its OpenMP layer at the first parallel kernel
-_apply(force=False)
+try:  # one look at the loaded libraries serves the import's two questions
+    _LOADED = _controllers(None)
+except ImportError:
+    _LOADED = None
+#: OpenMP runtimes loaded before fastconv (not Numba's: it loads its layer at the first parallel kernel).
+_OPENMP_BEFORE = [c.filepath for c in _LOADED or () if c.user_api == "openmp"]
+_apply(force=False, libs=None if _LOADED is None else [c for c in _LOADED if c.user_api == "blas"])
