@@ -31,7 +31,8 @@ from . import strategies
 #: Where and when the rule constants below were measured.
 TUNED_ON = ("2026-11-25, 2 cores of an Intel Xeon (AVX-512); re-checked and amended 2026-12-02 on 2 cores "
             "of an AMD EPYC (Zen 3, AVX2 + FMA); numba 0.68.1, numpy 2.4.6 with OpenBLAS 0.3.31, float32, "
-            "2 threads; re-derive with benchmarks/derive_dispatch.py")
+            "2 threads; the 3D rule 2026-12-05 on 2 cores of an AMD EPYC (Zen 4, AVX-512); "
+            "re-derive with benchmarks/derive_dispatch.py")
 
 #: The operations the dispatcher runs (rank-free; see :mod:`fastconv.strategies`).
 OPS = strategies.OPS
