@@ -8,7 +8,7 @@ import numpy as np
 
 from . import _validate as v
 from ._typing import Array, ArrayLike, Gradients, IntOrTuple, Padding
-from . import dispatch
+from . import dispatch, strategies
 from .geometry import UNCACHEABLE, conv_problem, key_part
 
 __all__ = ["conv1d", "conv1d_backward", "conv2d", "conv2d_backward", "conv3d", "conv3d_backward"]
@@ -57,7 +57,49 @@ def _prepare_conv(fn, nd, x, weight, bias, stride, padding, dilation, groups):
     return x4, w4, b, geom, user_shape, (("x", x), ("weight", weight), ("bias", bias))
 
 
+def _channels_last(x, nd) -> bool:
+    """Whether a 2D input is in channels-last memory: ``(N, C, H, W)`` (or ``(C, H, W)``) whose memory is
+    ``N, H, W, C``, what ``x_nhwc.transpose(0, 3, 1, 2)`` gives (PyTorch's ``channels_last``)."""
+    if nd != 2 or x.ndim not in (3, 4) or x.flags.c_contiguous:
+        return False
+    return np.moveaxis(x, -3, -1).flags.c_contiguous
+
+
+def _conv_channels_last(fn, nd, x, weight, bias, stride, padding, dilation, groups, method):
+    """A channels-last input without ``out``: the result comes back in channels-last memory too.
+
+    A strategy that reads that memory in place (``Strategy.channels_last``) gets ``x`` as it is and
+    writes into a channels-last result; any other gets a C-contiguous copy of ``x``, and its result
+    is converted.
+    """
+    x = v.as_array(x, "x", fn)
+    weight = v.as_array(weight, "weight", fn)
+    if bias is not None:
+        bias = v.as_array(bias, "bias", fn)
+    geom, user_shape, dtype = _problem(fn, nd, x, weight, bias, stride, padding, dilation, groups)
+    geom = geom.channels_last()
+    name, run = dispatch.resolve(method, "conv", geom, dtype, fn)
+    w4 = v.contiguous(weight, dtype).reshape(geom.weight_shape)
+    b = None if bias is None else v.contiguous(bias, dtype)
+    x_last = np.moveaxis(v.contiguous(np.moveaxis(x, -3, -1), dtype), -1, -3).reshape(geom.input_shape)
+    N, C_out, oH, oW = geom.output_shape
+    result = np.empty((N, oH, oW, C_out), dtype=dtype).transpose(0, 3, 1, 2)
+    if result.size:
+        if run is not None and strategies.strategy(name).channels_last:
+            run(x_last, w4, b, geom, result)
+        else:
+            first = np.empty(geom.output_shape, dtype=dtype)
+            if run is None:  # measure mode times on the real arrays
+                dispatch.run(method, "conv", geom, dtype, fn, (np.ascontiguousarray(x_last), w4, b, geom, first))
+            else:
+                run(np.ascontiguousarray(x_last), w4, b, geom, first)
+            result[...] = first
+    return result if len(user_shape) == 4 else result[0]
+
+
 def _conv(fn, nd, x, weight, bias, stride, padding, dilation, groups, method, out):
+    if out is None and isinstance(x, np.ndarray) and _channels_last(x, nd):
+        return _conv_channels_last(fn, nd, x, weight, bias, stride, padding, dilation, groups, method)
     x4, w4, b, geom, user_shape, inputs = _prepare_conv(fn, nd, x, weight, bias, stride, padding, dilation, groups)
     _, run = dispatch.resolve(method, "conv", geom, x4.dtype, fn)
     if out is None:

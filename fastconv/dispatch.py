@@ -127,6 +127,11 @@ def _rules(op: str, geom, dtype, threads: int):
     if op.startswith(("max_pool", "avg_pool")):
         return "direct", ("pooling is memory-bound: the direct Numba kernels stream each plane once "
                           "(4-50x PyTorch on the shape set), img2col copies every window first")
+    if geom.layout == "channels_last":
+        for name in candidates(op, geom):
+            if strategies.strategy(name).channels_last:
+                return name, (f"channels-last memory: {name} reads it in place (the others would need "
+                              "an NCHW copy of the input and of the result)")
     if geom.rank == 3:
         return "direct", ("3D: the depth taps' 2D problems run fastest on the direct kernels (measured on "
                           "unet3d_3x3x3, c3d_video and ct_stem_3d: 1.1-1.8x img2col, 1.6-3.4x vectorized)")

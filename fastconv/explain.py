@@ -84,6 +84,9 @@ class Explanation:
             )
         lines.append(f"  dtype {self.dtype}, {self.threads} thread(s), {self.flops / 1e9:.3g} GFLOP")
         lines.append(f"  threads: {_threads_line()}")
+        lines.append(f"  vector kernels: {_simd_line()}")
+        if getattr(g, "layout", "channels_first") == "channels_last":
+            lines.append("  memory: channels-last input; the result comes back channels-last")
         lines.append(f"  workspace cap {_human(get_workspace_limit())}; candidates:")
         for name in self.candidates:
             mark = "->" if name == self.method else "  "
@@ -98,6 +101,14 @@ def _threads_line() -> str:
     blas = "; ".join(f"BLAS {b['internal_api']} {b['num_threads']} thread(s), idle threads {b['idle']}"
                      for b in p.blas) or "no BLAS found"
     return f"Numba layer {p.threading_layer}; {blas}; GEMMs inside fastconv use <= its thread count"
+
+
+def _simd_line() -> str:
+    from . import _simd
+
+    if _simd.AVAILABLE:
+        return f"explicit SIMD, {_simd.REASON}"
+    return f"portable kernels only (explicit SIMD off: {_simd.REASON})"
 
 
 def _human(n: int) -> str:
@@ -189,6 +200,10 @@ def explain(op: str, x, weight=None, *, dtype=None, threads=None, **params) -> E
             raise ValueError(f"explain: {op} needs the weight (or its shape)")
         geom, _ = conv_problem(fn, nd, x_shape, w_shape, None, params.pop("stride", 1), params.pop("padding", 0),
                                params.pop("dilation", 1), params.pop("groups", 1), dtype)
+        from .conv import _channels_last
+
+        if internal == "conv" and x_arr is not None and _channels_last(x_arr, nd):
+            geom = geom.channels_last()
     else:
         kernel_size = params.pop("kernel_size", None)
         if kernel_size is None:

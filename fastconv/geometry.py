@@ -34,7 +34,9 @@ from __future__ import annotations
 
 import math
 import operator
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
+
+import numpy as np
 
 __all__ = [
     "ConvGeometry",
@@ -393,6 +395,9 @@ class _Record:
         return len(self.in_size)
 
 
+_CHANNELS_LAST: dict = {}
+
+
 @dataclass(frozen=True, eq=True)
 class ConvGeometry(_Record):
     """The resolved problem of one convolution: channels, groups and per-axis sizes.
@@ -401,7 +406,8 @@ class ConvGeometry(_Record):
     lifted to rank 2, height 1): ``in_size`` ``(H, W)`` or ``(D, H, W)``, ``kernel``,
     ``stride``, ``dilation``, ``out_size``, and ``padding`` as ``(lo, hi)`` pairs.
     ``dtype`` is the computation's dtype and ``layout`` the memory layout of the arrays the
-    strategies receive (``"channels_first"``: ``(N, C, *spatial)``, C-contiguous).
+    strategies receive (``"channels_first"``: ``(N, C, *spatial)``, C-contiguous;
+    ``"channels_last"``: the same shape over ``(N, *spatial, C)`` memory).
     """
 
     batch: int
@@ -444,6 +450,13 @@ class ConvGeometry(_Record):
     @property
     def is_depthwise(self) -> bool:
         return self.groups == self.in_channels and self.groups > 1
+
+    def channels_last(self) -> "ConvGeometry":
+        """The same problem over channels-last memory (cached: a call path asks for it every time)."""
+        found = _CHANNELS_LAST.get(self)
+        if found is None:
+            found = _CHANNELS_LAST[self] = replace(self, layout="channels_last")
+        return found
 
 
 @dataclass(frozen=True, eq=True)
@@ -577,7 +590,7 @@ def conv_problem(fn, nd, x_shape, weight_shape, bias_shape, stride, padding, dil
         stride, dilation, pads = (1,) + stride, (1,) + dilation, ((0, 0),) + pads
     geom = ConvGeometry(
         batch=N, in_channels=C_in, out_channels=C_out, groups=groups, in_size=in_size,
-        kernel=kernel, stride=stride, dilation=dilation, padding=pads, out_size=out_size, dtype=str(dtype),
+        kernel=kernel, stride=stride, dilation=dilation, padding=pads, out_size=out_size, dtype=np.dtype(dtype).name,
     )
     user_shape = ((N,) if batched else ()) + (C_out,) + geom.out_size[len(geom.out_size) - nd:]
     return geom, user_shape
@@ -653,7 +666,7 @@ def pool_problem(fn, nd, shape, kernel_size, stride, padding, dilation, ceil_mod
     geom = PoolGeometry(
         batch=N, channels=C, in_size=tuple(in_size), kernel=tuple(kernel), stride=tuple(stride),
         dilation=tuple(dilation), padding=tuple(pads), out_size=tuple(out_size),
-        ceil_mode=bool(ceil_mode), count_include_pad=bool(count_include_pad), dtype=str(dtype),
+        ceil_mode=bool(ceil_mode), count_include_pad=bool(count_include_pad), dtype=np.dtype(dtype).name,
         divisor_override=_divisor_override(fn, divisor_override),
     )
     user_shape = ((N,) if batched else ()) + (C,) + geom.out_size[len(geom.out_size) - nd:]

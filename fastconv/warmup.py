@@ -54,6 +54,12 @@ def warmup(dtypes: Sequence = ("float32",), methods: Sequence[str] | None = None
                 y = _conv.conv2d(x, w, np.ones(4, dtype), **kw, method=method)
                 _conv.conv2d_backward(y, x, w, **kw, method=method)
             _conv.conv2d(wide, np.ones((1, 1, 3, 3), dtype), padding=1, method=method)
+            # the register-tiled kernels run for enough channels (direct: _simd_direct.planar_supports)
+            many = np.ones((1, 16, 6, 6), dtype)
+            _conv.conv2d(many, np.ones((16, 16, 3, 3), dtype), padding=1, method=method)
+            # ... and for channels-last memory (read in place by direct; a copy for the others)
+            wide_channels = np.ones((1, 6, 6, 32), dtype).transpose(0, 3, 1, 2)
+            _conv.conv2d(wide_channels, np.ones((32, 32, 3, 3), dtype), padding=1, method=method)
             for kw in (dict(kernel_size=2), dict(kernel_size=3, stride=2, padding=1), dict(kernel_size=3, stride=1)):
                 y, idx = _pool.max_pool2d(x, **kw, return_indices=True, method=method)
                 _pool.max_pool2d(x, **kw, method=method)

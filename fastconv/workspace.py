@@ -14,8 +14,11 @@ allocate temporaries the size of the output or the padded input.
 from __future__ import annotations
 
 import os
+import threading
 
-__all__ = ["get_workspace_limit", "set_workspace_limit", "chunk_size"]
+import numpy as np
+
+__all__ = ["get_workspace_limit", "set_workspace_limit", "chunk_size", "scratch"]
 
 _DEFAULT = 1 << 30
 _SUFFIX = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
@@ -71,3 +74,28 @@ def chunk_size(bytes_per_item: int, items: int, limit: int | None = None) -> int
     if bytes_per_item <= 0:
         return max(items, 1)
     return max(1, min(items, limit // bytes_per_item))
+
+
+#: Scratch buffers up to this size are kept for the thread's next call (:func:`scratch`): a
+#: fresh buffer of a few MB costs its page faults on every call (measured: 0.45 ms of a
+#: 1.8 ms 64x56x56 convolution on the 2-core Zen 4 VM).
+KEEP_BYTES = 64 << 20
+
+_kept = threading.local()
+
+
+def scratch(count: int, dtype) -> "np.ndarray":
+    """A 1-D scratch array of ``count`` elements of ``dtype``, reused by the calling thread's next call.
+
+    The contents are undefined. A buffer is only kept if it is at most :data:`KEEP_BYTES` and
+    one per dtype per thread; the caller must be done with it before it asks for another.
+    """
+    dtype = np.dtype(dtype)
+    nbytes = count * dtype.itemsize
+    if nbytes > KEEP_BYTES:
+        return np.empty(count, dtype=dtype)
+    kept = getattr(_kept, dtype.char, None)
+    if kept is None or kept.size < count:
+        kept = np.empty(max(count, 1024), dtype=dtype)
+        setattr(_kept, dtype.char, kept)
+    return kept[:count]

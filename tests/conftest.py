@@ -34,6 +34,17 @@ AUTO_METHODS = tuple(m for m in strategies.names() if strategies.strategy(m).aut
 JIT_METHODS = ("direct", "img2col")
 
 
+def host_has(*features) -> bool:
+    """Whether this machine's CPU has every one of ``features`` (LLVM's names: 'avx2', 'avx512f', ...)."""
+    try:
+        from llvmlite import binding
+
+        host = binding.get_host_cpu_features()
+    except Exception:  # noqa: BLE001 - no feature list: treat as unknown
+        return False
+    return all(host.get(f, False) for f in features)
+
+
 def tolerance(dtype, method=None):
     """``dict(rtol=, atol=)`` for ``method``'s results in ``dtype`` (the registry's table; the
     strictest entry when no method is named)."""

@@ -76,6 +76,10 @@ class Strategy:
         Scratch bytes it allocates besides inputs and outputs (after chunking to the cap).
     tolerance : mapping of dtype name to (rtol, atol)
         How close to the float64 oracle its results are held in the tests.
+    channels_last : bool
+        Whether its ``conv`` op also accepts a rank-2 ``x`` and ``out`` in channels-last memory
+        (``(N, C, H, W)`` arrays whose memory is ``N, H, W, C``) and reads and writes them in
+        place. Other strategies get C-contiguous copies (see :mod:`fastconv.conv`).
     """
 
     name: str
@@ -87,6 +91,7 @@ class Strategy:
     supports: Callable = _always
     workspace_bytes: Callable = _no_workspace
     tolerance: Mapping[str, tuple] = dataclasses.field(default_factory=lambda: dict(DEFAULT_TOLERANCE))
+    channels_last: bool = False
 
     def __post_init__(self):
         unknown = set(self.ops) - set(OPS)

@@ -637,6 +637,17 @@ def conv2d(x, weight, bias, geom, out):
     G = geom.groups
     (top, _), (left, _) = geom.padding
     sH, sW = geom.stride
+    if not x.flags.c_contiguous:  # channels-last memory (fastconv.conv: Strategy.channels_last)
+        if _simd_direct.supports(geom) and _simd_direct.guarded(_simd_direct.conv2d, x, weight, bias, geom, out):
+            return
+        else:
+            first = np.empty(out.shape, dtype=out.dtype)
+            conv2d(np.ascontiguousarray(x), weight, bias, geom, first)
+            out[...] = first
+        return
+    if _simd_direct.planar_supports(geom) and _simd_direct.guarded(_simd_direct.conv2d_planar, x, weight, bias,
+                                                                   geom, out):
+        return
     if bias is None:
         bias = _NO_BIAS[x.dtype.char]
     if _uses_rows_kernel(geom):
@@ -673,6 +684,8 @@ def conv2d(x, weight, bias, geom, out):
 
 def workspace_bytes(geom, itemsize):
     """Scratch bytes :func:`conv2d` allocates for ``geom``: the packed phase copy (0 when it reads in place)."""
+    if _simd_direct.planar_supports(geom):
+        return _simd_direct.planar_workspace_bytes(geom, itemsize)
     if _uses_rows_kernel(geom):
         return 0
     plan = _tiles_plan(geom, itemsize, get_workspace_limit())
@@ -682,7 +695,18 @@ def workspace_bytes(geom, itemsize):
 
 
 # pooling and backward kernels are imported at the bottom
-from ._direct_backward import conv2d_backward  # noqa: E402,F401
+from . import _direct_backward, _simd_direct  # noqa: E402
+
+
+def conv2d_backward(grad_out, x, weight, geom, grad_x, grad_w, grad_b):
+    """Gradients of :func:`conv2d`: dL/dx of a stride-1 convolution on the register-tiled kernel (a
+    convolution of ``grad_out`` with the flipped kernel) where it applies, the rest in
+    :mod:`._direct_backward`."""
+    if grad_x is not None and geom.batch and _simd_direct.input_gradient(grad_out, weight, geom, grad_x):
+        grad_x = None
+    _direct_backward.conv2d_backward(grad_out, x, weight, geom, grad_x, grad_w, grad_b)
+
+
 from ._pool_kernels import avg_pool2d, avg_pool2d_backward, max_pool2d, max_pool2d_backward  # noqa: E402,F401
 
 
@@ -705,4 +729,5 @@ STRATEGY = Strategy(
     ranks=(2, 3),
     ops=_depth.ops(conv2d, conv2d_backward, max_pool2d, max_pool2d_backward, avg_pool2d, avg_pool2d_backward),
     workspace_bytes=_workspace,
+    channels_last=True,
 )

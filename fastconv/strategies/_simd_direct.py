@@ -1,0 +1,510 @@
+"""Direct convolution on explicit vector registers (the :mod:`fastconv._simd` layer).
+
+The method (oneDNN's and BLIS's, after Zhang et al., ICML 2018): a *register tile* of
+``R`` output positions x ``B`` vectors of ``V`` output channels stays in ``R*B`` vector
+registers while the kernel runs over every (tap, input channel) pair; each step loads ``B``
+weight vectors and, per position, broadcasts one input value and issues ``B`` FMAs. Nothing
+but the broadcasts and weight loads touches memory in the inner loop (14 x 2 zmm tiles on
+AVX-512, 6 x 2 ymm on AVX2: see ``tools/gen_simd_tiles.py``, which writes the kernels).
+
+Layouts, per call:
+
+* **input**: packed once into zero-padded, channels-last *phase planes*
+  ``xp[n, g, s*plane + u*plane_w + v, c] = Xpad[n, g*Cg + c, u*sH + rh_s, v*sW + rw_s]``
+  (the phase split of :mod:`fastconv.strategies.direct`, which removes the stride). Output
+  ``(i, j)`` is flat position ``p = i*plane_w + j`` and tap ``t`` reads pixel
+  ``p + tap_pixel[t]``: consecutive positions are consecutive pixels ``Cg`` elements apart,
+  so a tile's broadcasts are ``xa + r*Cg``. The ``plane_w - oW`` columns past each output
+  row are computed and dropped.
+* **weights**: ``wp[g, cb, c, t, k] = W[g*Cog + cb*B*V + k, c, t]`` (the original order of
+  ``(c, t)``, so packing reads each weight row once, in order) with the output channels
+  of a group padded with zeros to whole blocks of ``B*V``: one block's weights are
+  contiguous, read in order.
+* **output**: each tile goes through a small buffer into ``(N, C_out, oH, oW)`` (or
+  channels-last) memory.
+
+Threads split (image, group, channel block, block of positions); each output is summed by
+one tile in one fixed order (taps, then channels), so results do not depend on the thread
+count. A tile that would run past the last position is moved back to end there (its
+overlap is recomputed, not written twice).
+"""
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+import numpy as np
+from numba import prange
+from numba.core.errors import NumbaError
+
+from .. import _jit, _simd
+from .._jit import kernel, output_span
+from ..geometry import ConvGeometry
+from ..workspace import get_workspace_limit, scratch
+from . import _simd_tiles
+from .direct import _pack_phases, _PackLayout, _Phases, _phase_layout, _tap_offsets
+
+#: Tiles per work item at most (a block of positions): 8 tiles of 14 positions keep a
+#: 56x56 map's work in ~58 items per channel pair at batch 1.
+BLOCK_TILES = 8
+#: Channels copied together by :func:`_pack_channels_last` (one 64-byte line of float32 per pixel).
+PACK_CHANNELS = 16
+#: (channel, tap) pairs :func:`_pack_weights` moves at a time: 64 rows of a 32-channel block
+#: (8 KB of float32) stay in L1 while every channel writes its lane (0.25 ms for 512x512x3x3
+#: instead of 1.2 ms row by row).
+PACK_WEIGHTS = 64
+
+
+class SimdLayout(NamedTuple):
+    """What a register-tiled kernel needs to know of the packed input and the output."""
+
+    images: int
+    groups: int
+    in_per_group: int    # Cg: channels of a pixel in the packed input
+    pixels: int          # packed pixels per (image, group)
+    out_per_group: int   # Cog
+    co_blocks: int       # blocks of B*V output channels per group
+    positions: int       # flat output positions per image: (oH - 1)*row_pitch + oW
+    block_len: int       # positions per work item (a multiple of the tile's rows)
+    row_pitch: int       # plane_w: flat position p is output (p // row_pitch, p % row_pitch)
+    out_h: int
+    out_w: int
+    channels_last: int   # 1: out is (N, oH, oW, C_out) in memory
+
+
+class PackLayout(NamedTuple):
+    """What :func:`_pack_channels_last` needs to know of the padding and the phase planes."""
+
+    top: int
+    left: int
+    stride_h: int
+    stride_w: int
+    plane_h: int
+    plane_w: int
+    in_per_group: int
+
+
+@kernel
+def _pack_channels_last(x, layout, phase_h, phase_w, xp):
+    """``xp[n, g, s*plane + u*plane_w + v, c] = Xpad[n, g*Cg + c, u*sH + phase_h[s], v*sW + phase_w[s]]``.
+
+    ``x`` is ``(N, C, H, W)``; ``xp`` is ``(N, G, pixels, Cg)`` with zeros where the padded
+    position is outside ``x``. One iteration fills one row of one phase plane of one group.
+    """
+    top, left, stride_h, stride_w = layout.top, layout.left, layout.stride_h, layout.stride_w
+    plane_h, plane_w, cg = layout.plane_h, layout.plane_w, layout.in_per_group
+    H, W = x.shape[2], x.shape[3]
+    n_images, groups = xp.shape[0], xp.shape[1]
+    n_phases = phase_h.shape[0]
+    plane = plane_h * plane_w
+    for item in prange(n_images * groups * n_phases * plane_h):
+        u = item % plane_h
+        s = (item // plane_h) % n_phases
+        g = (item // (plane_h * n_phases)) % groups
+        n = item // (plane_h * n_phases * groups)
+        dst = xp[n, g, s * plane + u * plane_w:s * plane + (u + 1) * plane_w]
+        row = u * stride_h + phase_h[s] - top
+        if row < 0 or row >= H:
+            dst[:] = 0
+            continue
+        rw = phase_w[s]
+        v0, v1 = output_span(W, rw - left, stride_w, plane_w)
+        dst[:v0] = 0
+        dst[v1:] = 0
+        first = v0 * stride_w + rw - left
+        for c0 in range(0, cg, PACK_CHANNELS):
+            c1 = min(cg, c0 + PACK_CHANNELS)
+            for v in range(v1 - v0):
+                col = first + v * stride_w
+                for c in range(c0, c1):
+                    dst[v0 + v, c] = x[n, g * cg + c, row, col]
+
+
+def guarded(fn, *args) -> bool:
+    """Run ``fn(*args)``; True if it ran. If a vector kernel fails to *compile* (another llvmlite or
+    LLVM than the layer was tested with), the layer is switched off for the process with one
+    warning (:func:`fastconv._simd.disable`) and False returned: the caller runs its portable kernel."""
+    try:
+        fn(*args)
+        return True
+    except (NumbaError, RuntimeError) as exc:
+        compiled = any(k.signatures for k in _simd_kernels())
+        if compiled:  # the layer works here: this is a real error
+            raise
+        _simd.disable(f"a vector kernel failed to compile: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
+        return False
+
+
+def _simd_kernels():
+    return [getattr(_simd_tiles, name) for name in _simd_tiles.TILES]
+
+
+def _tiles(family, dtype):
+    """``(kernel, lanes, rows, vectors)`` of the generated kernel of ``family`` for ``dtype`` on this CPU, or None."""
+    if not _simd.AVAILABLE:
+        return None
+    name = f"_{family}_{'f32' if np.dtype(dtype) == np.float32 else 'f64'}_{_simd.ISA}"
+    _, lanes, rows, vectors = _simd_tiles.TILES[name]
+    return getattr(_simd_tiles, name), lanes, rows, vectors
+
+
+def tile_kernel(dtype):
+    """The channels-last tile kernel and its (lanes, rows, vectors) for ``dtype`` on this CPU, or None."""
+    return _tiles("conv", dtype)
+
+
+class _Plan(NamedTuple):
+    phase_h: np.ndarray
+    phase_w: np.ndarray
+    tap_pixel: np.ndarray
+    pack: PackLayout
+    pixels: int
+    block: int          # output channels per block (B*V)
+    co_blocks: int
+    positions: int
+    block_len: int
+    images: int         # images packed at once
+    slack: int          # elements past the packed images a last short tile may read
+    in_place: bool      # the channels-last input is read as it is (no packing)
+
+
+@functools.lru_cache(maxsize=64)
+def _plan(geom, limit):
+    kern = tile_kernel(geom.dtype)
+    _, lanes, rows, vectors = kern
+    (top, _), (left, _) = geom.padding
+    sH, sW = geom.stride
+    G = geom.groups
+    cg = geom.in_channels // G
+    cog = geom.out_channels // G
+    block = lanes * vectors
+    co_blocks = -(-cog // block)
+    oH, oW = geom.out_size
+    H, W = geom.in_size
+    in_place = (geom.stride == (1, 1) and geom.padding == ((0, 0), (0, 0)) and G == 1
+                and (oH - 1) * W + oW >= rows)
+    if in_place:
+        kH, kW = geom.kernel
+        dH, dW = geom.dilation
+        phases = _Phases(phase_h=np.zeros(1, np.int64), phase_w=np.zeros(1, np.int64), plane_h=H, plane_w=W,
+                         tap_in_plane=(np.arange(kH)[:, None] * dH * W + np.arange(kW)[None, :] * dW).reshape(-1))
+    else:
+        phases = _phase_layout(geom)
+    pixels = phases.phase_h.size * phases.plane_h * phases.plane_w
+    positions = (oH - 1) * phases.plane_w + oW
+    tiles = -(-positions // rows)
+    block_tiles = max(1, min(BLOCK_TILES, -(-tiles * geom.batch * G * co_blocks // 32)))
+    per_image = G * pixels * cg * np.dtype(geom.dtype).itemsize
+    images = max(1, min(geom.batch, limit // max(1, per_image)))
+    pack = PackLayout(top=int(top), left=int(left), stride_h=int(sH), stride_w=int(sW),
+                      plane_h=int(phases.plane_h), plane_w=int(phases.plane_w), in_per_group=int(cg))
+    return _Plan(phase_h=phases.phase_h, phase_w=phases.phase_w, tap_pixel=phases.tap_in_plane, pack=pack,
+                 pixels=int(pixels), block=int(block), co_blocks=int(co_blocks), positions=int(positions),
+                 block_len=int(block_tiles * rows), images=int(images), slack=int(rows * cg), in_place=in_place)
+
+
+def supports(geom) -> bool:
+    """Whether the channels-last tile kernel runs ``geom``: the layer is on, rank 2, at least half a
+    block of output channels per group and :data:`MIN_STEPS` steps per output, and one packed image
+    fits the workspace cap."""
+    if not _simd.AVAILABLE or geom.rank != 2 or np.dtype(geom.dtype) not in (np.float32, np.float64):
+        return False
+    _, lanes, rows, vectors = tile_kernel(geom.dtype)
+    if (geom.out_channels // geom.groups < lanes * vectors // 2
+            or geom.in_channels // geom.groups * int(np.prod(geom.kernel)) < MIN_STEPS):
+        return False
+    phases = _phase_layout(geom)
+    pixels = phases.phase_h.size * phases.plane_h * phases.plane_w
+    return geom.in_channels * pixels * np.dtype(geom.dtype).itemsize <= get_workspace_limit()
+
+
+def workspace_bytes(geom, itemsize):
+    """The packed input of one chunk of images (plus the slack a short last tile reads), and the packed weights."""
+    plan = _plan(geom, get_workspace_limit())
+    weights = geom.groups * plan.co_blocks * plan.block * (geom.in_channels // geom.groups) * int(np.prod(geom.kernel))
+    packed = 0 if plan.in_place else plan.images * geom.groups * plan.pixels * geom.in_channels // geom.groups + plan.slack
+    return (packed + weights) * itemsize
+
+
+@kernel
+def _pack_weights(w, block, wp):
+    """``wp[g, cb, c, t, k] = w[g, cb*block + k, c, t]``, zero for channels past the group's ``Cog``.
+
+    ``w`` is ``(G, Cog, Cg, taps)``; ``wp`` is flat. One iteration fills one block.
+    """
+    groups, cog, cg, taps = w.shape
+    co_blocks = (cog + block - 1) // block
+    for item in prange(groups * co_blocks):
+        g = item // co_blocks
+        cb = item % co_blocks
+        dst = wp[item * taps * cg * block:(item + 1) * taps * cg * block]
+        valid = min(block, cog - cb * block)
+        rows = w[g].reshape(cog, cg * taps)
+        for i0 in range(0, cg * taps, PACK_WEIGHTS):  # a chunk of (c, t) pairs: its writes stay in L1
+            i1 = min(cg * taps, i0 + PACK_WEIGHTS)
+            for i in range(i0, i1):
+                row = dst[i * block:(i + 1) * block]
+                for k in range(valid):
+                    row[k] = rows[cb * block + k, i]
+                for k in range(valid, block):
+                    row[k] = 0
+
+
+def pack_weights(weight, groups, block):
+    """The weights of ``(C_out, Cg, *kernel)`` as ``wp[g, cb, c, t, k] = W[g*Cog + cb*block + k, c, t]``, flat."""
+    C_out, cg = weight.shape[:2]
+    cog = C_out // groups
+    taps = weight.size // (C_out * cg)
+    wp = np.empty(groups * -(-cog // block) * block * cg * taps, dtype=weight.dtype)
+    with _jit.launch():
+        _pack_weights(weight.reshape(groups, cog, cg, taps), block, wp)
+    return wp
+
+
+def pack_bias(bias, groups, out_channels, block, dtype):
+    """The bias per group padded to whole blocks (zeros for no bias), flat."""
+    cog = out_channels // groups
+    co_blocks = -(-cog // block)
+    bp = np.zeros((groups, co_blocks * block), dtype=dtype)
+    if bias is not None:
+        bp[:, :cog] = bias.reshape(groups, cog)
+    return bp.reshape(-1)
+
+
+def conv2d(x, weight, bias, geom, out, packed_weight=None):
+    """Register-tiled direct convolution of ``x`` into ``out``, both ``(N, C, H, W)`` in channels-last memory.
+
+    ``packed_weight``, if given, is :func:`pack_weights` of ``weight`` (an ``nn`` layer keeps it).
+    """
+    kern = tile_kernel(x.dtype)[0]
+    plan = _plan(geom, get_workspace_limit())
+    N = x.shape[0]
+    G = geom.groups
+    cg = geom.in_channels // G
+    wp = packed_weight if packed_weight is not None else pack_weights(weight, G, plan.block)
+    bp = pack_bias(bias, G, geom.out_channels, plan.block, x.dtype)
+    oH, oW = geom.out_size
+    out_last = out.transpose(0, 2, 3, 1)  # C-contiguous: the memory the result is written in
+    layout = SimdLayout(images=int(plan.images), groups=int(G), in_per_group=int(cg), pixels=plan.pixels,
+                        out_per_group=int(geom.out_channels // G), co_blocks=plan.co_blocks,
+                        positions=plan.positions, block_len=plan.block_len, row_pitch=plan.pack.plane_w,
+                        out_h=int(oH), out_w=int(oW), channels_last=1)
+    if plan.in_place:  # stride 1, no padding, one group: the input's own memory is the packed layout
+        with _jit.launch():
+            kern(x.transpose(0, 2, 3, 1).reshape(-1), wp, bp, plan.tap_pixel, layout, out_last.reshape(-1))
+        return
+    buffer = scratch(plan.images * G * plan.pixels * cg + plan.slack, x.dtype)
+    buffer[buffer.size - plan.slack:] = 0
+    for n0 in range(0, N, plan.images):
+        n1 = min(N, n0 + plan.images)
+        xp = buffer[:(n1 - n0) * G * plan.pixels * cg].reshape(n1 - n0, G, plan.pixels, cg)
+        with _jit.launch():
+            _pack_channels_last(x[n0:n1], plan.pack, plan.phase_h, plan.phase_w, xp)
+            kern(buffer, wp, bp, plan.tap_pixel, layout._replace(images=n1 - n0), out_last[n0:n1].reshape(-1))
+
+
+# --------------------------------------------------------------------------- planar (N, C, H, W) memory
+
+
+class PlanarLayout(NamedTuple):
+    """What a planar register-tiled kernel needs to know of the packed input and the output."""
+
+    images: int
+    groups: int
+    in_per_group: int    # Cg
+    channel_len: int     # elements per packed channel
+    out_per_group: int   # Cog (at least the tile's rows)
+    co_tiles: int        # tiles of R output channels per group (the last one moved back to end at Cog)
+    positions: int       # flat output positions per image: (oH - 1)*row_pitch + oW
+    block_len: int       # positions per work item (a multiple of the tile's span)
+    row_pitch: int
+    out_h: int
+    out_w: int
+
+
+class _PlanarPlan(NamedTuple):
+    packed: bool
+    pack: _PackLayout | None
+    phase_h: np.ndarray
+    phase_w: np.ndarray
+    tap_offset: np.ndarray
+    channel_len: int
+    layout: PlanarLayout   # with images = the images of one chunk
+
+
+def planar_kernel(dtype):
+    """The planar tile kernel and its (lanes, rows, vectors) for ``dtype`` on this CPU, or None."""
+    return _tiles("planar", dtype)
+
+
+@functools.lru_cache(maxsize=64)
+def _planar_plan(geom, limit):
+    _, lanes, rows, vectors = planar_kernel(geom.dtype)
+    span = lanes * vectors
+    G = geom.groups
+    cg = geom.in_channels // G
+    cog = geom.out_channels // G
+    H, W = geom.in_size
+    oH, oW = geom.out_size
+    kH, kW = geom.kernel
+    dH, dW = geom.dilation
+    in_place = geom.stride == (1, 1) and geom.padding == ((0, 0), (0, 0)) and (oH - 1) * W + oW >= span
+    if in_place:  # the input already has the layout: one phase, rows of width W
+        taps = (np.arange(kH)[:, None] * dH * W + np.arange(kW)[None, :] * dW).reshape(-1)
+        pack, phase_h, phase_w, row_pitch, channel_len = None, None, None, W, H * W
+        images = geom.batch
+    else:
+        phases = _phase_layout(geom)
+        (top, _), (left, _) = geom.padding
+        taps, phase_h, phase_w, row_pitch = phases.tap_in_plane, phases.phase_h, phases.phase_w, phases.plane_w
+        channel_len = phase_h.size * phases.plane_h * phases.plane_w + span
+        pack = _PackLayout(top=int(top), left=int(left), stride_h=int(geom.stride[0]), stride_w=int(geom.stride[1]),
+                           plane_h=int(phases.plane_h), plane_w=int(phases.plane_w),
+                           rows_per_item=max(1, 4096 // int(phases.plane_w)))
+        images = max(1, min(geom.batch, limit // max(1, geom.in_channels * channel_len * np.dtype(geom.dtype).itemsize)))
+    positions = (oH - 1) * row_pitch + oW
+    co_tiles = -(-cog // rows)
+    spans = -(-positions // span)
+    block_spans = max(1, min(BLOCK_TILES, -(-spans * geom.batch * G * co_tiles // 32)))
+    layout = PlanarLayout(images=int(images), groups=int(G), in_per_group=int(cg), channel_len=int(channel_len),
+                          out_per_group=int(cog), co_tiles=int(co_tiles), positions=int(positions),
+                          block_len=int(block_spans * span), row_pitch=int(row_pitch), out_h=int(oH), out_w=int(oW))
+    return _PlanarPlan(packed=not in_place, pack=pack, phase_h=phase_h, phase_w=phase_w,
+                       tap_offset=_tap_offsets(np.asarray(taps, dtype=np.int64), cg, channel_len),
+                       channel_len=int(channel_len), layout=layout)
+
+
+#: Fewest (input channel, tap) steps per output for which the planar tile kernel is used: each
+#: tile's stores cost about as much as ~30 steps. Measured on Zen 4 (2026-12-05) against the
+#: portable kernel: lenet_conv1 (25 steps) 0.77x, lenet_conv2 (200) 1.8x, audio_frontend (80) 1.1x.
+MIN_STEPS = 32
+
+
+def planar_supports(geom) -> bool:
+    """Whether the planar tile kernel runs ``geom``: layer on, rank 2, a group has at least a tile's
+    rows of output channels and :data:`MIN_STEPS` steps per output, and one packed image fits the
+    workspace cap."""
+    if not _simd.AVAILABLE or geom.rank != 2 or np.dtype(geom.dtype) not in (np.float32, np.float64):
+        return False
+    _, lanes, rows, vectors = planar_kernel(geom.dtype)
+    if geom.out_channels // geom.groups < rows or geom.in_channels // geom.groups * int(np.prod(geom.kernel)) < MIN_STEPS:
+        return False
+    plan = _planar_plan(geom, get_workspace_limit())
+    return not plan.packed or geom.in_channels * plan.channel_len * np.dtype(geom.dtype).itemsize <= get_workspace_limit()
+
+
+def planar_workspace_bytes(geom, itemsize):
+    """The packed copy of one chunk of images (0 when the input is read in place)."""
+    plan = _planar_plan(geom, get_workspace_limit())
+    return plan.layout.images * geom.in_channels * plan.channel_len * itemsize if plan.packed else 0
+
+
+_NO_BIAS = {np.dtype(t).char: np.empty(0, dtype=t) for t in (np.float32, np.float64)}
+
+
+def conv2d_planar(x, weight, bias, geom, out):
+    """Register-tiled direct convolution of ``x`` (N, C_in, H, W) into ``out`` (N, C_out, oH, oW), both C-contiguous."""
+    kern = planar_kernel(x.dtype)[0]
+    plan = _planar_plan(geom, get_workspace_limit())
+    N = x.shape[0]
+    w = weight.reshape(-1)
+    b = np.zeros(geom.out_channels, dtype=x.dtype) if bias is None else bias
+    if not plan.packed:
+        with _jit.launch():
+            kern(x.reshape(-1), w, plan.tap_offset, plan.layout, b, out.reshape(-1))
+        return
+    step = plan.layout.images
+    buffer = scratch(step * geom.in_channels * plan.channel_len, x.dtype)
+    for n0 in range(0, N, step):
+        n1 = min(N, n0 + step)
+        xs = buffer[:(n1 - n0) * geom.in_channels * plan.channel_len].reshape(n1 - n0, geom.in_channels,
+                                                                             plan.channel_len)
+        layout = plan.layout if n1 - n0 == step else plan.layout._replace(images=n1 - n0)
+        with _jit.launch():
+            _pack_phases(x[n0:n1], 0, geom.groups, plan.pack, plan.phase_h, plan.phase_w, xs)
+            kern(buffer, w, plan.tap_offset, layout, b, out[n0:n1].reshape(-1))
+
+
+# --------------------------------------------------------------------------- the input gradient
+
+
+def _axis_phases(n_in, n_out, k, s, d, lo):
+    """Per phase ``r`` of one axis of dL/dx: ``(r, taps, (lo_r, hi_r), dilation_r, count)``.
+
+    ``dx[u*s + r] = sum_j dy[u + e_0 + j*d_r] * W[a_j]`` over the taps ``a_j`` (descending) with
+    ``(r + lo - a*d) % s == 0``, ``e_j = (r + lo - a_j*d) // s``: a stride-1 correlation of ``dy``
+    with those taps, dilation ``d_r = e_1 - e_0``, padding ``lo_r = -e_0`` (negative: ``dy`` is
+    cropped), for the ``count = ceil((n_in - r) / s)`` positions of the phase.
+    """
+    phases = []
+    for r in range(s):
+        count = len(range(r, n_in, s))
+        taps = tuple(a for a in range(k - 1, -1, -1) if (r + lo - a * d) % s == 0)
+        if not taps or not count:
+            phases.append((r, taps, None, 1, count))
+            continue
+        e0 = (r + lo - taps[0] * d) // s
+        dr = (taps[1] - taps[0]) * -d // s if len(taps) > 1 else 1
+        lo_r = -e0
+        hi_r = count - n_out - lo_r + dr * (len(taps) - 1)
+        phases.append((r, taps, (lo_r, hi_r), dr, count))
+    return phases
+
+
+@functools.lru_cache(maxsize=64)
+def input_gradient_problems(geom):
+    """dL/dx of the convolution ``geom`` as stride-1 convolutions of ``dy``, one per phase, or None.
+
+    A list of ``(rh, rw, taps_h, taps_w, problem)``: phase ``(rh, rw)`` of ``dx``
+    (``dx[:, :, rh::sH, rw::sW]``) is the convolution ``problem`` of ``dy`` with the kernel
+    ``W[:, :, taps_h][:, :, :, taps_w]`` (channels swapped per group), or zero where ``problem`` is
+    None (no tap reaches that phase). None when a phase's problem is not one the planar tile
+    kernel runs. Stride 1 has one phase: the flipped kernel, padding ``d*(k-1) - lo``.
+    """
+    if geom.rank != 2:
+        return None
+    axes = [_axis_phases(n, o, k, s, d, lo) for n, o, k, s, d, (lo, _) in
+            zip(geom.in_size, geom.out_size, geom.kernel, geom.stride, geom.dilation, geom.padding)]
+    problems = []
+    for rh, taps_h, pad_h, dil_h, count_h in axes[0]:
+        for rw, taps_w, pad_w, dil_w, count_w in axes[1]:
+            if pad_h is None or pad_w is None:
+                problems.append((rh, rw, taps_h, taps_w, None))
+                continue
+            phase = ConvGeometry(batch=geom.batch, in_channels=geom.out_channels, out_channels=geom.in_channels,
+                                 groups=geom.groups, in_size=geom.out_size, kernel=(len(taps_h), len(taps_w)),
+                                 stride=(1, 1), dilation=(dil_h, dil_w), padding=(pad_h, pad_w),
+                                 out_size=(count_h, count_w), dtype=geom.dtype)
+            if not planar_supports(phase):
+                return None
+            problems.append((rh, rw, taps_h, taps_w, phase))
+    return problems
+
+
+def phase_weight(weight, groups, taps_h, taps_w):
+    """``W'[g*Cg + c, o, j, l] = W[g*Cog + o, c, taps_h[j], taps_w[l]]``: one phase's kernel."""
+    C_out, cg = weight.shape[:2]
+    w = weight[:, :, list(taps_h)][:, :, :, list(taps_w)]
+    w = w.reshape(groups, C_out // groups, cg, len(taps_h), len(taps_w)).transpose(0, 2, 1, 3, 4)
+    return np.ascontiguousarray(w).reshape(groups * cg, C_out // groups, len(taps_h), len(taps_w))
+
+
+def input_gradient(grad_out, weight, geom, grad_x) -> bool:
+    """dL/dx of ``geom`` into ``grad_x`` on the planar tile kernel; False if it does not apply."""
+    problems = input_gradient_problems(geom)
+    if problems is None:
+        return False
+    sH, sW = geom.stride
+    single = len(problems) == 1
+    for rh, rw, taps_h, taps_w, phase in problems:
+        target = grad_x[:, :, rh::sH, rw::sW]
+        if phase is None:
+            target[...] = 0
+            continue
+        w = phase_weight(weight, geom.groups, taps_h, taps_w)
+        result = grad_x if single else np.empty(phase.output_shape, dtype=grad_x.dtype)
+        if not guarded(conv2d_planar, grad_out, w, None, phase, result):
+            return False
+        if not single:
+            target[...] = result
+    return True
