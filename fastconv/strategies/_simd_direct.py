@@ -291,7 +291,8 @@ def conv2d(x, weight, bias, geom, out, packed_weight=None):
                         out_h=int(oH), out_w=int(oW), channels_last=1)
     if plan.in_place:  # stride 1, no padding, one group: the input's own memory is the packed layout
         with _jit.launch():
-            kern(x.transpose(0, 2, 3, 1).reshape(-1), wp, bp, plan.tap_pixel, layout, out_last.reshape(-1))
+            kern(x.transpose(0, 2, 3, 1).reshape(-1), wp, bp, plan.tap_pixel, layout._replace(images=int(N)),
+                 out_last.reshape(-1))
         return
     buffer = scratch(plan.images * G * plan.pixels * cg + plan.slack, x.dtype)
     buffer[buffer.size - plan.slack:] = 0
