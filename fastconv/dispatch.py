@@ -31,8 +31,8 @@ from . import strategies
 #: Where and when the rule constants below were measured.
 TUNED_ON = ("2026-11-25, 2 cores of an Intel Xeon (AVX-512); re-checked and amended 2026-12-02 on 2 cores "
             "of an AMD EPYC (Zen 3, AVX2 + FMA); numba 0.68.1, numpy 2.4.6 with OpenBLAS 0.3.31, float32, "
-            "2 threads; the 3D rule 2026-12-05 on 2 cores of an AMD EPYC (Zen 4, AVX-512); "
-            "re-derive with benchmarks/derive_dispatch.py")
+            "2 threads; the 3D rule and the register-tiled (SIMD) rule 2026-12-05 on 2 cores of an AMD EPYC "
+            "(Zen 4, AVX-512); re-derive with benchmarks/derive_dispatch.py")
 
 #: The operations the dispatcher runs (rank-free; see :mod:`fastconv.strategies`).
 OPS = strategies.OPS
@@ -103,6 +103,12 @@ def padded_bytes(geom, itemsize: int) -> int:
 #: resnet_3x3_7 1.34 vs 1.95, pointwise_expand 0.49 vs 0.66, audio_frontend 3.53 vs 4.77).
 #: Re-checked on the AMD EPYC (2026-12-02, derive_dispatch.py --repeat 3): img2col won every
 #: shape-set layer with 128+ outputs but audio_frontend (direct 7.7 vs 8.5 ms), direct every one below.
+#: Since the register-tiled SIMD kernel (2026-12-05, Zen 4, derive_dispatch.py --repeat 3) this
+#: rule decides only backward passes (img2col won resnet_3x3_28 / _14 / _7 backward: 2.99 vs
+#: 3.36, 2.95 vs 6.29, 3.78 vs 19.8 ms: direct's weight gradient is not register-tiled) and the
+#: forward layers that kernel does not run; forward, direct won resnet_3x3_28 / _14 / _7 (1.23 vs
+#: 1.44, 1.23 vs 1.47, 1.42 vs 1.80 ms) and audio_frontend (3.53 vs 5.53), and lost the 1x1
+#: layers by 2-3 % (pointwise_expand 0.64 vs 0.62, pointwise_stride2 0.42 vs 0.41 ms).
 GEMM_MIN_OUT_CHANNELS = 128
 #: Below GEMM_MIN_OUT_CHANNELS, a GEMM with few rows is slow and the direct kernels win however
 #: long the reduction, except for 1x1 kernels with a long reduction: there img2col needs no
@@ -115,6 +121,13 @@ GEMM_MIN_OUT_CHANNELS = 128
 #: that layer to img2col.
 POINTWISE_GEMM_MIN_OUT_CHANNELS = 64
 POINTWISE_GEMM_MIN_REDUCTION = 512
+
+
+def _register_tiled(geom) -> bool:
+    """Whether direct's convolution runs ``geom`` on its register-tiled SIMD kernel."""
+    from .strategies import _simd_direct
+
+    return _simd_direct.planar_supports(geom)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -138,11 +151,16 @@ def _rules(op: str, geom, dtype, threads: int):
     per_group_out = geom.out_channels // geom.groups
     per_group_in = geom.in_channels // geom.groups
     reduction = per_group_in * math.prod(geom.kernel)
+    pointwise_gemm = (all(k == 1 for k in geom.kernel) and per_group_out >= POINTWISE_GEMM_MIN_OUT_CHANNELS
+                      and reduction >= POINTWISE_GEMM_MIN_REDUCTION)
+    if op == "conv" and not pointwise_gemm and _register_tiled(geom):
+        return "direct", (f"direct's register-tiled SIMD kernel runs this layer ({per_group_out} output channels per "
+                          f"group, {reduction} steps per output): measured faster than im2col + GEMM on every such "
+                          "layer of the shape set (resnet_3x3_28/_14/_7 1.17-1.27x, audio_frontend 1.57x, Zen 4)")
     if per_group_out >= GEMM_MIN_OUT_CHANNELS:
         return "img2col", (f"{per_group_out} output channels per group >= {GEMM_MIN_OUT_CHANNELS}: "
                            "a large GEMM, where BLAS beats the direct kernels")
-    if (all(k == 1 for k in geom.kernel) and per_group_out >= POINTWISE_GEMM_MIN_OUT_CHANNELS
-            and reduction >= POINTWISE_GEMM_MIN_REDUCTION):
+    if pointwise_gemm:
         return "img2col", (f"1x1 kernel, {per_group_out} output channels per group >= "
                            f"{POINTWISE_GEMM_MIN_OUT_CHANNELS} and {reduction} input channels >= "
                            f"{POINTWISE_GEMM_MIN_REDUCTION}: a deep GEMM with little or no column copy")

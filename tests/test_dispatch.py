@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import fastconv
+from fastconv.strategies import _simd_direct
 from conftest import AUTO_METHODS
 from fastconv import bench, dispatch, measure, shapes, strategies
 
@@ -117,11 +118,33 @@ def test_rules_at_their_thresholds(c_in, c_out, k, groups, method, phrase, monke
     geom, _ = fastconv.geometry.conv_problem("t", 2, (1, c_in, 12, 12), (c_out, c_in // groups, k, k), None,
                                              1, 0, 1, groups)
     for op in [op for op in dispatch.OPS if op.startswith("conv")]:
+        expected, words = method, phrase
+        if op == "conv" and phrase != "1x1 kernel" and _simd_direct.planar_supports(geom):
+            expected, words = "direct", "register-tiled"  # forward: the SIMD rule comes first
         dispatch._rules.cache_clear()  # decide by the rule, not by what an earlier call left in the cache
         chosen, reason, source = dispatch.decide(op, geom, np.float32, threads=2)
-        assert (chosen, source) == (method, "rules") and phrase in reason, reason
+        assert (chosen, source) == (expected, "rules") and words in reason, reason
         dispatch._rules.cache_clear()
-        assert dispatch.choose_method(op, geom, np.float32, threads=2) == method
+        assert dispatch.choose_method(op, geom, np.float32, threads=2) == expected
+
+
+#: Forward convolutions on both sides of the register-tiled rule's limits (8 output channels per
+#: group on AVX-512 and 4 on AVX2: the tile's rows; 32 steps per output): (C_in, C_out, k, SIMD?).
+SIMD_EDGES = [(4, 8, 3, True), (3, 8, 3, False), (4, 256, 3, True), (32, 8, 1, True), (31, 8, 1, False)]
+
+
+@pytest.mark.skipif(not fastconv._simd.AVAILABLE, reason="no explicit-SIMD layer on this CPU")
+@pytest.mark.parametrize("c_in, c_out, k, tiled", SIMD_EDGES)
+def test_register_tiled_rule_at_its_limits(c_in, c_out, k, tiled, monkeypatch):
+    monkeypatch.delenv("FASTCONV_METHOD", raising=False)
+    geom, _ = fastconv.geometry.conv_problem("t", 2, (1, c_in, 12, 12), (c_out, c_in, k, k), None, 1, 0, 1, 1)
+    rows = _simd_direct.planar_kernel(np.float32)[2]
+    assert _simd_direct.planar_supports(geom) == (tiled and c_out >= rows)
+    dispatch._rules.cache_clear()
+    chosen, reason, _ = dispatch.decide("conv", geom, np.float32, threads=2)
+    assert ("register-tiled" in reason) == _simd_direct.planar_supports(geom), reason
+    if "register-tiled" in reason:
+        assert chosen == "direct"
 
 
 @pytest.mark.parametrize("kernel_size, stride, padding", [(2, None, 0), (3, 2, 1), (7, None, 0)])
@@ -133,13 +156,17 @@ def test_rules_send_pooling_to_direct(kernel_size, stride, padding, monkeypatch)
         assert dispatch.choose_method(op, geom, np.float32, threads=2) == "direct"
 
 
+#: Forward layers direct's register-tiled kernel runs go to direct where the vector layer exists
+#: (2026-12-05, Zen 4); the portable kernels lose them to img2col.
+_TILED = "direct" if fastconv._simd.AVAILABLE else "img2col"
+
 #: Representative problems and what the measured rules choose (see dispatch.TUNED_ON):
 #: (op, input shape, weight shape, geometry, method).
 PINNED = [
     ("conv2d", (1, 64, 56, 56), (64, 64, 3, 3), dict(padding=1), "direct"),          # resnet_3x3_56
-    ("conv2d", (1, 128, 28, 28), (128, 128, 3, 3), dict(padding=1), "img2col"),      # resnet_3x3_28
-    ("conv2d", (1, 512, 7, 7), (512, 512, 3, 3), dict(padding=1), "img2col"),        # resnet_3x3_7
-    ("conv2d", (1, 64, 56, 56), (256, 64, 1, 1), {}, "img2col"),                     # pointwise_expand
+    ("conv2d", (1, 128, 28, 28), (128, 128, 3, 3), dict(padding=1), _TILED),         # resnet_3x3_28
+    ("conv2d", (1, 512, 7, 7), (512, 512, 3, 3), dict(padding=1), _TILED),           # resnet_3x3_7
+    ("conv2d", (1, 64, 56, 56), (256, 64, 1, 1), {}, _TILED),                        # pointwise_expand
     ("conv2d", (1, 1024, 14, 14), (64, 1024, 1, 1), {}, "img2col"),                  # deep 1x1, 64 rows
     ("conv2d", (1, 512, 14, 14), (64, 512, 3, 3), dict(padding=1), "direct"),        # deep 3x3, 64 rows
     ("conv2d", (1, 256, 28, 28), (32, 256, 3, 3), dict(padding=1), "direct"),        # deep but 32 rows
@@ -149,7 +176,7 @@ PINNED = [
     ("conv2d", (1, 1, 512, 512), (1, 1, 3, 3), dict(padding=1), "direct"),           # image_filter
     ("conv2d_backward", (1, 128, 28, 28), (128, 128, 3, 3), dict(padding=1), "img2col"),
     ("conv2d_backward", (32, 8, 12, 12), (16, 8, 5, 5), {}, "direct"),               # lenet_conv2
-    ("conv1d", (8, 1, 16000), (128, 1, 80), dict(stride=4), "img2col"),              # audio_frontend
+    ("conv1d", (8, 1, 16000), (128, 1, 80), dict(stride=4), _TILED),                 # audio_frontend
     ("conv1d", (8, 64, 4000), (64, 64, 3), dict(padding=1), "direct"),               # audio_3
     ("max_pool2d", (1, 64, 112, 112), None, dict(kernel_size=3, stride=2, padding=1), "direct"),
     ("avg_pool2d", (1, 2048, 7, 7), None, dict(kernel_size=7), "direct"),
