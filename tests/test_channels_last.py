@@ -445,7 +445,7 @@ def gradient_cases(draw):
     size = tuple(draw(st.integers(max(1, d * (k - 1) + 1 - lo - hi), max(1, d * (k - 1) + 1 - lo - hi) + 8))
                  for k, d, (lo, hi) in zip(kernel, dilation, pads))
     return dict(seed=draw(st.integers(0, 2**32 - 1)), batch=draw(st.integers(1, 2)), groups=groups,
-                cg=draw(st.integers(8, 24)), cog=draw(st.integers(16, 48)), size=size, kernel=kernel,
+                cg=draw(st.integers(16, 32)), cog=draw(st.integers(16, 48)), size=size, kernel=kernel,
                 stride=stride, dilation=dilation, padding=padding)
 
 
@@ -500,11 +500,11 @@ def test_input_gradient_through_phases(monkeypatch):
 #: kernel 4 / stride 2 / padding 1, a dilated 5x5 at stride 2.
 GRAD_FIXED = {
     "k1-s2-empty-phases": ((2, 16, 9, 8), (32, 16, 1, 1), dict(stride=2)),
-    "k2-s3-empty-phases": ((1, 8, 10, 11), (64, 8, 2, 2), dict(stride=3, padding=1)),
+    "k2-s3-empty-phases": ((1, 16, 10, 11), (64, 16, 2, 2), dict(stride=3, padding=1)),
     "k4-s2-p1": ((2, 16, 8, 9), (32, 16, 4, 4), dict(stride=2, padding=1)),
-    "k5-s2-p2-d3": ((1, 12, 11, 12), (40, 12, 5, 5), dict(stride=2, padding=2, dilation=3)),
+    "k5-s2-p2-d3": ((1, 16, 11, 12), (40, 16, 5, 5), dict(stride=2, padding=2, dilation=3)),
     "k3-s3-p1-negative": ((2, 16, 10, 11), (48, 16, 3, 3), dict(stride=3, padding=1)),
-    "k3-s2-asymmetric-negative": ((1, 16, 9, 10), (64, 8, 3, 3), dict(stride=2, padding=((2, 0), (0, 3)), groups=2)),
+    "k3-s2-asymmetric-negative": ((1, 32, 9, 10), (64, 16, 3, 3), dict(stride=2, padding=((2, 0), (0, 3)), groups=2)),
 }
 
 

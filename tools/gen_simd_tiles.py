@@ -34,8 +34,8 @@ VARIANTS = (
 #: channel counts of real networks are multiples of 8 (a 14-channel tile wasted 9 % of its work on
 #: 64 and 128 channels). 8 x 2 zmm against 8 x 3 on Zen 4 (kernel alone, 2 threads): equal within
 #: the VM's noise on 56x56 to 14x14 maps, 1.45x faster on 7x7 (48-position tiles waste more of a
-#: 61-position map). On AVX-512 LLVM unrolls the step loop by 2 and reloads two integers from
-#: the stack per pass (tests/test_simd.py allows exactly that); no vector ever spills.
+#: 61-position map). On AVX-512 LLVM unrolls the step loop by 2 and reloads a few integers from
+#: the stack per pass (tests/test_simd.py allows up to 4 per step); no vector ever spills.
 PLANAR_VARIANTS = (
     ("_planar_f32_avx512", "float32", 16, 8, 2),
     ("_planar_f64_avx512", "float64", 8, 8, 2),
@@ -114,12 +114,19 @@ def variant(name, dtype, lanes, rows, vectors):
 PLANAR = '''
 
 @kernel
-def {name}(xs, weight, tap_offset, layout, bias, out):
-    """Convolution over the planar packed input ``xs``: {rows} output channels x {vectors} vectors of {lanes} positions per tile."""
+def {name}(xs, weight, step_table, layout, bias, out):
+    """Convolution over the planar packed input ``xs``: {rows} output channels x {vectors} vectors of {lanes} positions per tile.
+
+    Step ``i`` reads ``xs[.. + step_table[2*i]]`` and the weight of output channel ``g*cog + k`` at
+    ``g*weight_group + k*weight_row + step_table[2*i + 1]`` (the weights as they are, for the
+    forward pass and for the input gradient's flipped, transposed kernel alike; one table of
+    pairs, so the loop needs one pointer for both).
+    """
     groups, cg, channel_len = layout.groups, layout.in_per_group, layout.channel_len
     cog, co_tiles, positions, block_len = layout.out_per_group, layout.co_tiles, layout.positions, layout.block_len
     plane = layout.out_h * layout.out_w
-    steps = tap_offset.shape[0]
+    w_row, w_group = layout.weight_row, layout.weight_group
+    steps = step_table.shape[0] // 2
     blocks = (positions + block_len - 1) // block_len
     for item in prange(layout.images * groups * co_tiles * blocks):
         pb = item % blocks
@@ -130,7 +137,7 @@ def {name}(xs, weight, tap_offset, layout, bias, out):
         co0 = co_first if (ct + 1) * {rows} <= cog else g * cog + cog - {rows}
         x_group = (n * groups + g) * cg * channel_len
         out_image = n * groups * cog * plane
-        w0 = co0 * steps
+        w0 = g * w_group + (co0 - g * cog) * w_row
         p0 = pb * block_len
         p_end = min(positions, p0 + block_len)
         while p0 < p_end:
@@ -138,7 +145,8 @@ def {name}(xs, weight, tap_offset, layout, bias, out):
 {init}
             xa = x_group + start
             for i in range(steps):
-                o = xa + tap_offset[i]
+                o = xa + step_table[2 * i]
+                wi = w0 + step_table[2 * i + 1]
 {body}
 {store}
             p0 += {span}
@@ -156,8 +164,8 @@ def planar(name, dtype, lanes, rows, vectors):
     body = [f"{pad}x{b} = vload(xs, o + {b * lanes}, {lanes})" if b else f"{pad}x0 = vload(xs, o, {lanes})"
             for b in range(vectors)]
     for r in range(rows):
-        body.append(f"{pad}w = vbroadcast(weight, w0 + {r} * steps + i, {lanes})" if r
-                    else f"{pad}w = vbroadcast(weight, w0 + i, {lanes})")
+        body.append(f"{pad}w = vbroadcast(weight, wi + {r} * w_row, {lanes})" if r
+                    else f"{pad}w = vbroadcast(weight, wi, {lanes})")
         body += [f"{pad}c{r}_{b} = vfma(w, x{b}, c{r}_{b})" for b in range(vectors)]
     pad = " " * 12
     store = []

@@ -432,12 +432,19 @@ def _conv_f64_avx2(xp, wp, bias, tap_pixel, layout, out):
 
 
 @kernel
-def _planar_f32_avx512(xs, weight, tap_offset, layout, bias, out):
-    """Convolution over the planar packed input ``xs``: 8 output channels x 2 vectors of 16 positions per tile."""
+def _planar_f32_avx512(xs, weight, step_table, layout, bias, out):
+    """Convolution over the planar packed input ``xs``: 8 output channels x 2 vectors of 16 positions per tile.
+
+    Step ``i`` reads ``xs[.. + step_table[2*i]]`` and the weight of output channel ``g*cog + k`` at
+    ``g*weight_group + k*weight_row + step_table[2*i + 1]`` (the weights as they are, for the
+    forward pass and for the input gradient's flipped, transposed kernel alike; one table of
+    pairs, so the loop needs one pointer for both).
+    """
     groups, cg, channel_len = layout.groups, layout.in_per_group, layout.channel_len
     cog, co_tiles, positions, block_len = layout.out_per_group, layout.co_tiles, layout.positions, layout.block_len
     plane = layout.out_h * layout.out_w
-    steps = tap_offset.shape[0]
+    w_row, w_group = layout.weight_row, layout.weight_group
+    steps = step_table.shape[0] // 2
     blocks = (positions + block_len - 1) // block_len
     for item in prange(layout.images * groups * co_tiles * blocks):
         pb = item % blocks
@@ -448,7 +455,7 @@ def _planar_f32_avx512(xs, weight, tap_offset, layout, bias, out):
         co0 = co_first if (ct + 1) * 8 <= cog else g * cog + cog - 8
         x_group = (n * groups + g) * cg * channel_len
         out_image = n * groups * cog * plane
-        w0 = co0 * steps
+        w0 = g * w_group + (co0 - g * cog) * w_row
         p0 = pb * block_len
         p_end = min(positions, p0 + block_len)
         while p0 < p_end:
@@ -471,31 +478,32 @@ def _planar_f32_avx512(xs, weight, tap_offset, layout, bias, out):
             c7_1 = c7_0
             xa = x_group + start
             for i in range(steps):
-                o = xa + tap_offset[i]
+                o = xa + step_table[2 * i]
+                wi = w0 + step_table[2 * i + 1]
                 x0 = vload(xs, o, 16)
                 x1 = vload(xs, o + 16, 16)
-                w = vbroadcast(weight, w0 + i, 16)
+                w = vbroadcast(weight, wi, 16)
                 c0_0 = vfma(w, x0, c0_0)
                 c0_1 = vfma(w, x1, c0_1)
-                w = vbroadcast(weight, w0 + 1 * steps + i, 16)
+                w = vbroadcast(weight, wi + 1 * w_row, 16)
                 c1_0 = vfma(w, x0, c1_0)
                 c1_1 = vfma(w, x1, c1_1)
-                w = vbroadcast(weight, w0 + 2 * steps + i, 16)
+                w = vbroadcast(weight, wi + 2 * w_row, 16)
                 c2_0 = vfma(w, x0, c2_0)
                 c2_1 = vfma(w, x1, c2_1)
-                w = vbroadcast(weight, w0 + 3 * steps + i, 16)
+                w = vbroadcast(weight, wi + 3 * w_row, 16)
                 c3_0 = vfma(w, x0, c3_0)
                 c3_1 = vfma(w, x1, c3_1)
-                w = vbroadcast(weight, w0 + 4 * steps + i, 16)
+                w = vbroadcast(weight, wi + 4 * w_row, 16)
                 c4_0 = vfma(w, x0, c4_0)
                 c4_1 = vfma(w, x1, c4_1)
-                w = vbroadcast(weight, w0 + 5 * steps + i, 16)
+                w = vbroadcast(weight, wi + 5 * w_row, 16)
                 c5_0 = vfma(w, x0, c5_0)
                 c5_1 = vfma(w, x1, c5_1)
-                w = vbroadcast(weight, w0 + 6 * steps + i, 16)
+                w = vbroadcast(weight, wi + 6 * w_row, 16)
                 c6_0 = vfma(w, x0, c6_0)
                 c6_1 = vfma(w, x1, c6_1)
-                w = vbroadcast(weight, w0 + 7 * steps + i, 16)
+                w = vbroadcast(weight, wi + 7 * w_row, 16)
                 c7_0 = vfma(w, x0, c7_0)
                 c7_1 = vfma(w, x1, c7_1)
             if co0 + 0 >= co_first:
@@ -526,12 +534,19 @@ def _planar_f32_avx512(xs, weight, tap_offset, layout, bias, out):
 
 
 @kernel
-def _planar_f64_avx512(xs, weight, tap_offset, layout, bias, out):
-    """Convolution over the planar packed input ``xs``: 8 output channels x 2 vectors of 8 positions per tile."""
+def _planar_f64_avx512(xs, weight, step_table, layout, bias, out):
+    """Convolution over the planar packed input ``xs``: 8 output channels x 2 vectors of 8 positions per tile.
+
+    Step ``i`` reads ``xs[.. + step_table[2*i]]`` and the weight of output channel ``g*cog + k`` at
+    ``g*weight_group + k*weight_row + step_table[2*i + 1]`` (the weights as they are, for the
+    forward pass and for the input gradient's flipped, transposed kernel alike; one table of
+    pairs, so the loop needs one pointer for both).
+    """
     groups, cg, channel_len = layout.groups, layout.in_per_group, layout.channel_len
     cog, co_tiles, positions, block_len = layout.out_per_group, layout.co_tiles, layout.positions, layout.block_len
     plane = layout.out_h * layout.out_w
-    steps = tap_offset.shape[0]
+    w_row, w_group = layout.weight_row, layout.weight_group
+    steps = step_table.shape[0] // 2
     blocks = (positions + block_len - 1) // block_len
     for item in prange(layout.images * groups * co_tiles * blocks):
         pb = item % blocks
@@ -542,7 +557,7 @@ def _planar_f64_avx512(xs, weight, tap_offset, layout, bias, out):
         co0 = co_first if (ct + 1) * 8 <= cog else g * cog + cog - 8
         x_group = (n * groups + g) * cg * channel_len
         out_image = n * groups * cog * plane
-        w0 = co0 * steps
+        w0 = g * w_group + (co0 - g * cog) * w_row
         p0 = pb * block_len
         p_end = min(positions, p0 + block_len)
         while p0 < p_end:
@@ -565,31 +580,32 @@ def _planar_f64_avx512(xs, weight, tap_offset, layout, bias, out):
             c7_1 = c7_0
             xa = x_group + start
             for i in range(steps):
-                o = xa + tap_offset[i]
+                o = xa + step_table[2 * i]
+                wi = w0 + step_table[2 * i + 1]
                 x0 = vload(xs, o, 8)
                 x1 = vload(xs, o + 8, 8)
-                w = vbroadcast(weight, w0 + i, 8)
+                w = vbroadcast(weight, wi, 8)
                 c0_0 = vfma(w, x0, c0_0)
                 c0_1 = vfma(w, x1, c0_1)
-                w = vbroadcast(weight, w0 + 1 * steps + i, 8)
+                w = vbroadcast(weight, wi + 1 * w_row, 8)
                 c1_0 = vfma(w, x0, c1_0)
                 c1_1 = vfma(w, x1, c1_1)
-                w = vbroadcast(weight, w0 + 2 * steps + i, 8)
+                w = vbroadcast(weight, wi + 2 * w_row, 8)
                 c2_0 = vfma(w, x0, c2_0)
                 c2_1 = vfma(w, x1, c2_1)
-                w = vbroadcast(weight, w0 + 3 * steps + i, 8)
+                w = vbroadcast(weight, wi + 3 * w_row, 8)
                 c3_0 = vfma(w, x0, c3_0)
                 c3_1 = vfma(w, x1, c3_1)
-                w = vbroadcast(weight, w0 + 4 * steps + i, 8)
+                w = vbroadcast(weight, wi + 4 * w_row, 8)
                 c4_0 = vfma(w, x0, c4_0)
                 c4_1 = vfma(w, x1, c4_1)
-                w = vbroadcast(weight, w0 + 5 * steps + i, 8)
+                w = vbroadcast(weight, wi + 5 * w_row, 8)
                 c5_0 = vfma(w, x0, c5_0)
                 c5_1 = vfma(w, x1, c5_1)
-                w = vbroadcast(weight, w0 + 6 * steps + i, 8)
+                w = vbroadcast(weight, wi + 6 * w_row, 8)
                 c6_0 = vfma(w, x0, c6_0)
                 c6_1 = vfma(w, x1, c6_1)
-                w = vbroadcast(weight, w0 + 7 * steps + i, 8)
+                w = vbroadcast(weight, wi + 7 * w_row, 8)
                 c7_0 = vfma(w, x0, c7_0)
                 c7_1 = vfma(w, x1, c7_1)
             if co0 + 0 >= co_first:
@@ -620,12 +636,19 @@ def _planar_f64_avx512(xs, weight, tap_offset, layout, bias, out):
 
 
 @kernel
-def _planar_f32_avx2(xs, weight, tap_offset, layout, bias, out):
-    """Convolution over the planar packed input ``xs``: 4 output channels x 3 vectors of 8 positions per tile."""
+def _planar_f32_avx2(xs, weight, step_table, layout, bias, out):
+    """Convolution over the planar packed input ``xs``: 4 output channels x 3 vectors of 8 positions per tile.
+
+    Step ``i`` reads ``xs[.. + step_table[2*i]]`` and the weight of output channel ``g*cog + k`` at
+    ``g*weight_group + k*weight_row + step_table[2*i + 1]`` (the weights as they are, for the
+    forward pass and for the input gradient's flipped, transposed kernel alike; one table of
+    pairs, so the loop needs one pointer for both).
+    """
     groups, cg, channel_len = layout.groups, layout.in_per_group, layout.channel_len
     cog, co_tiles, positions, block_len = layout.out_per_group, layout.co_tiles, layout.positions, layout.block_len
     plane = layout.out_h * layout.out_w
-    steps = tap_offset.shape[0]
+    w_row, w_group = layout.weight_row, layout.weight_group
+    steps = step_table.shape[0] // 2
     blocks = (positions + block_len - 1) // block_len
     for item in prange(layout.images * groups * co_tiles * blocks):
         pb = item % blocks
@@ -636,7 +659,7 @@ def _planar_f32_avx2(xs, weight, tap_offset, layout, bias, out):
         co0 = co_first if (ct + 1) * 4 <= cog else g * cog + cog - 4
         x_group = (n * groups + g) * cg * channel_len
         out_image = n * groups * cog * plane
-        w0 = co0 * steps
+        w0 = g * w_group + (co0 - g * cog) * w_row
         p0 = pb * block_len
         p_end = min(positions, p0 + block_len)
         while p0 < p_end:
@@ -655,23 +678,24 @@ def _planar_f32_avx2(xs, weight, tap_offset, layout, bias, out):
             c3_2 = c3_0
             xa = x_group + start
             for i in range(steps):
-                o = xa + tap_offset[i]
+                o = xa + step_table[2 * i]
+                wi = w0 + step_table[2 * i + 1]
                 x0 = vload(xs, o, 8)
                 x1 = vload(xs, o + 8, 8)
                 x2 = vload(xs, o + 16, 8)
-                w = vbroadcast(weight, w0 + i, 8)
+                w = vbroadcast(weight, wi, 8)
                 c0_0 = vfma(w, x0, c0_0)
                 c0_1 = vfma(w, x1, c0_1)
                 c0_2 = vfma(w, x2, c0_2)
-                w = vbroadcast(weight, w0 + 1 * steps + i, 8)
+                w = vbroadcast(weight, wi + 1 * w_row, 8)
                 c1_0 = vfma(w, x0, c1_0)
                 c1_1 = vfma(w, x1, c1_1)
                 c1_2 = vfma(w, x2, c1_2)
-                w = vbroadcast(weight, w0 + 2 * steps + i, 8)
+                w = vbroadcast(weight, wi + 2 * w_row, 8)
                 c2_0 = vfma(w, x0, c2_0)
                 c2_1 = vfma(w, x1, c2_1)
                 c2_2 = vfma(w, x2, c2_2)
-                w = vbroadcast(weight, w0 + 3 * steps + i, 8)
+                w = vbroadcast(weight, wi + 3 * w_row, 8)
                 c3_0 = vfma(w, x0, c3_0)
                 c3_1 = vfma(w, x1, c3_1)
                 c3_2 = vfma(w, x2, c3_2)
@@ -695,12 +719,19 @@ def _planar_f32_avx2(xs, weight, tap_offset, layout, bias, out):
 
 
 @kernel
-def _planar_f64_avx2(xs, weight, tap_offset, layout, bias, out):
-    """Convolution over the planar packed input ``xs``: 4 output channels x 3 vectors of 4 positions per tile."""
+def _planar_f64_avx2(xs, weight, step_table, layout, bias, out):
+    """Convolution over the planar packed input ``xs``: 4 output channels x 3 vectors of 4 positions per tile.
+
+    Step ``i`` reads ``xs[.. + step_table[2*i]]`` and the weight of output channel ``g*cog + k`` at
+    ``g*weight_group + k*weight_row + step_table[2*i + 1]`` (the weights as they are, for the
+    forward pass and for the input gradient's flipped, transposed kernel alike; one table of
+    pairs, so the loop needs one pointer for both).
+    """
     groups, cg, channel_len = layout.groups, layout.in_per_group, layout.channel_len
     cog, co_tiles, positions, block_len = layout.out_per_group, layout.co_tiles, layout.positions, layout.block_len
     plane = layout.out_h * layout.out_w
-    steps = tap_offset.shape[0]
+    w_row, w_group = layout.weight_row, layout.weight_group
+    steps = step_table.shape[0] // 2
     blocks = (positions + block_len - 1) // block_len
     for item in prange(layout.images * groups * co_tiles * blocks):
         pb = item % blocks
@@ -711,7 +742,7 @@ def _planar_f64_avx2(xs, weight, tap_offset, layout, bias, out):
         co0 = co_first if (ct + 1) * 4 <= cog else g * cog + cog - 4
         x_group = (n * groups + g) * cg * channel_len
         out_image = n * groups * cog * plane
-        w0 = co0 * steps
+        w0 = g * w_group + (co0 - g * cog) * w_row
         p0 = pb * block_len
         p_end = min(positions, p0 + block_len)
         while p0 < p_end:
@@ -730,23 +761,24 @@ def _planar_f64_avx2(xs, weight, tap_offset, layout, bias, out):
             c3_2 = c3_0
             xa = x_group + start
             for i in range(steps):
-                o = xa + tap_offset[i]
+                o = xa + step_table[2 * i]
+                wi = w0 + step_table[2 * i + 1]
                 x0 = vload(xs, o, 4)
                 x1 = vload(xs, o + 4, 4)
                 x2 = vload(xs, o + 8, 4)
-                w = vbroadcast(weight, w0 + i, 4)
+                w = vbroadcast(weight, wi, 4)
                 c0_0 = vfma(w, x0, c0_0)
                 c0_1 = vfma(w, x1, c0_1)
                 c0_2 = vfma(w, x2, c0_2)
-                w = vbroadcast(weight, w0 + 1 * steps + i, 4)
+                w = vbroadcast(weight, wi + 1 * w_row, 4)
                 c1_0 = vfma(w, x0, c1_0)
                 c1_1 = vfma(w, x1, c1_1)
                 c1_2 = vfma(w, x2, c1_2)
-                w = vbroadcast(weight, w0 + 2 * steps + i, 4)
+                w = vbroadcast(weight, wi + 2 * w_row, 4)
                 c2_0 = vfma(w, x0, c2_0)
                 c2_1 = vfma(w, x1, c2_1)
                 c2_2 = vfma(w, x2, c2_2)
-                w = vbroadcast(weight, w0 + 3 * steps + i, 4)
+                w = vbroadcast(weight, wi + 3 * w_row, 4)
                 c3_0 = vfma(w, x0, c3_0)
                 c3_1 = vfma(w, x1, c3_1)
                 c3_2 = vfma(w, x2, c3_2)
