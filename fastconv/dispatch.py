@@ -110,6 +110,13 @@ def padded_bytes(geom, itemsize: int) -> int:
 #: 1.44, 1.23 vs 1.47, 1.42 vs 1.80 ms) and audio_frontend (3.53 vs 5.53), and lost the 1x1
 #: layers by 2-3 % (pointwise_expand 0.64 vs 0.62, pointwise_stride2 0.42 vs 0.41 ms).
 GEMM_MIN_OUT_CHANNELS = 128
+#: Backward passes whose dL/dx runs on direct's register-tiled kernel stay on direct up to this many
+#: output channels per group (3x3 and larger kernels): direct's weight gradient is the portable
+#: kernel, which loses to a GEMM as channels grow. Measured on Zen 4 (2026-12-05, 2 threads,
+#: direct vs img2col, whole backward): 128x28x28 3x3 2.83 vs 3.16 ms; 256x14x14 4.38 vs 3.25;
+#: 512x7x7 10.3 vs 4.25; a 128 -> 256 4x4 stride-2 layer 21.3 vs 18.7; 1x1 layers and a 2x2
+#: stride-2 one lost too (1.74 vs 1.46, 1.65 vs 1.19, 5.24 vs 4.89).
+BACKWARD_GEMM_MIN_OUT_CHANNELS = 256
 #: Below GEMM_MIN_OUT_CHANNELS, a GEMM with few rows is slow and the direct kernels win however
 #: long the reduction, except for 1x1 kernels with a long reduction: there img2col needs no
 #: column copy and the direct kernels re-read their accumulator tiles once per 4 input channels.
@@ -121,6 +128,13 @@ GEMM_MIN_OUT_CHANNELS = 128
 #: that layer to img2col.
 POINTWISE_GEMM_MIN_OUT_CHANNELS = 64
 POINTWISE_GEMM_MIN_REDUCTION = 512
+
+
+def _register_tiled_input_gradient(geom) -> bool:
+    """Whether direct's dL/dx runs ``geom`` on its register-tiled SIMD kernel."""
+    from .strategies import _simd_direct
+
+    return _simd_direct.input_gradient_problems(geom) is not None
 
 
 def _register_tiled(geom) -> bool:
@@ -157,6 +171,11 @@ def _rules(op: str, geom, dtype, threads: int):
         return "direct", (f"direct's register-tiled SIMD kernel runs this layer ({per_group_out} output channels per "
                           f"group, {reduction} steps per output): measured faster than im2col + GEMM on every such "
                           "layer of the shape set (resnet_3x3_28/_14/_7 1.17-1.27x, audio_frontend 1.57x, Zen 4)")
+    if (op == "conv_backward" and GEMM_MIN_OUT_CHANNELS <= per_group_out < BACKWARD_GEMM_MIN_OUT_CHANNELS
+            and math.prod(geom.kernel) >= 9 and _register_tiled_input_gradient(geom)):
+        return "direct", (f"{per_group_out} output channels per group, {'x'.join(map(str, geom.kernel))} kernel: "
+                          "direct's dL/dx on the register-tiled kernel wins the backward pass below "
+                          f"{BACKWARD_GEMM_MIN_OUT_CHANNELS} output channels (resnet_3x3_28: 2.83 vs 3.16 ms, Zen 4)")
     if per_group_out >= GEMM_MIN_OUT_CHANNELS:
         return "img2col", (f"{per_group_out} output channels per group >= {GEMM_MIN_OUT_CHANNELS}: "
                            "a large GEMM, where BLAS beats the direct kernels")

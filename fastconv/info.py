@@ -98,10 +98,13 @@ def machine() -> dict:
     """The CPU: model, cores, and the vector width Numba's kernels are compiled for."""
     from ._machine import cpu_model
 
+    from . import _simd
+
     name, features = _numba_target()
     isa, lanes = vector_isa(features)
     return {"model": cpu_model(), "cores": os.cpu_count(), "platform": platform.platform(),
-            "numba_target": name, "vector_isa": isa, "float32_lanes": lanes}
+            "numba_target": name, "vector_isa": isa, "float32_lanes": lanes,
+            "simd_kernels": _simd.ISA if _simd.AVAILABLE else "off", "simd_reason": _simd.REASON}
 
 
 def _kernels() -> list:
@@ -255,6 +258,7 @@ def format_text(info: dict) -> str:
         f"  cores           {cpu['cores']}",
         f"  platform        {cpu['platform']}",
         f"  numba target    {cpu['numba_target']}: {cpu['vector_isa']} ({lanes})",
+        f"  SIMD kernels    {cpu['simd_kernels']}: {cpu['simd_reason']}",
         "threads",
         f"  numba           {th['numba_threads']} of {th['numba_max_threads']} thread(s)",
         f"  threading layer {th['threading_layer']}; requested: {th['threading_layer_requested']}",

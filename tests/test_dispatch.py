@@ -174,7 +174,8 @@ PINNED = [
     ("conv2d", (1, 32, 112, 112), (32, 1, 3, 3), dict(padding=1, groups=32), "direct"),  # depthwise
     ("conv2d", (32, 1, 28, 28), (8, 1, 5, 5), {}, "direct"),                         # lenet_conv1
     ("conv2d", (1, 1, 512, 512), (1, 1, 3, 3), dict(padding=1), "direct"),           # image_filter
-    ("conv2d_backward", (1, 128, 28, 28), (128, 128, 3, 3), dict(padding=1), "img2col"),
+    ("conv2d_backward", (1, 128, 28, 28), (128, 128, 3, 3), dict(padding=1), _TILED),   # resnet_3x3_28
+    ("conv2d_backward", (1, 256, 14, 14), (256, 256, 3, 3), dict(padding=1), "img2col"),  # resnet_3x3_14
     ("conv2d_backward", (32, 8, 12, 12), (16, 8, 5, 5), {}, "direct"),               # lenet_conv2
     ("conv1d", (8, 1, 16000), (128, 1, 80), dict(stride=4), _TILED),                 # audio_frontend
     ("conv1d", (8, 64, 4000), (64, 64, 3), dict(padding=1), "direct"),               # audio_3
