@@ -32,7 +32,7 @@ def warmup(dtypes: Sequence = ("float32",), methods: Sequence[str] | None = None
     -------
     float
         Seconds it took: measured on the 2-core AMD EPYC (Zen 4), 2026-12-05, about 1 s
-        from the cache and 20-45 s for float32 on a cold cache.
+        from the cache and 48 s for float32 on a cold cache.
 
     Examples
     --------
