@@ -53,7 +53,7 @@ from numba import prange
 
 from .._jit import kernel
 from .._simd import vbroadcast, vfma, vload, vstore, vzero
-from ._simd_store import put_planar, store_tile
+from ._simd_store import put_last, put_planar
 
 #: name -> (dtype, lanes, tile rows, tile vectors) of each kernel below.
 TILES = {
@@ -76,7 +76,8 @@ def {name}(xp, wp, bias, tap_pixel, layout, out):
         x_block = (n * groups + g) * pixels * cg
         w_block = (g * co_blocks + cb) * n_taps * cg * {block}
         b_at = (g * co_blocks + cb) * {block}
-        tile = np.empty({tile}, dtype=xp.dtype)
+        co_at = g * layout.out_per_group + cb * {block}
+        valid = min({block}, layout.out_per_group - cb * {block})
         p0 = pb * block_len
         p_end = min(positions, p0 + block_len)
         while p0 < p_end:
@@ -90,7 +91,6 @@ def {name}(xp, wp, bias, tap_pixel, layout, out):
                     xa += 1
                     wa += n_taps * {block}
 {store}
-            store_tile(tile, {rows}, {block}, start, p0, p_end, n, g, cb, layout, out)
             p0 += {rows}
 '''
 
@@ -106,7 +106,8 @@ def variant(name, dtype, lanes, rows, vectors):
         body.append(f"{pad}x = vbroadcast(xp, xa + {r} * cg, {lanes})" if r else f"{pad}x = vbroadcast(xp, xa, {lanes})")
         body += [f"{pad}c{r}_{b} = vfma(x, w{b}, c{r}_{b})" for b in range(vectors)]
     pad = " " * 12
-    store = [f"{pad}vstore(tile, {(r * vectors + b) * lanes}, c{r}_{b})" for r in range(rows) for b in range(vectors)]
+    store = [f"{pad}put_last(out, c{r}_{b}, {lanes}, start + {r}, p0, p_end, n, co_at + {b * lanes}, valid - {b * lanes}, layout)"
+             for r in range(rows) for b in range(vectors)]
     return TEMPLATE.format(name=name, rows=rows, vectors=vectors, lanes=lanes, block=block, tile=rows * block,
                            init="\n".join(init), body="\n".join(body), store="\n".join(store))
 

@@ -1,32 +1,34 @@
 """Direct convolution on explicit vector registers (the :mod:`fastconv._simd` layer).
 
 The method (oneDNN's and BLIS's, after Zhang et al., ICML 2018): a *register tile* of
-``R`` output positions x ``B`` vectors of ``V`` output channels stays in ``R*B`` vector
-registers while the kernel runs over every (tap, input channel) pair; each step loads ``B``
-weight vectors and, per position, broadcasts one input value and issues ``B`` FMAs. Nothing
-but the broadcasts and weight loads touches memory in the inner loop (14 x 2 zmm tiles on
-AVX-512, 6 x 2 ymm on AVX2: see ``tools/gen_simd_tiles.py``, which writes the kernels).
+accumulators stays in vector registers while the kernel runs over every (input channel, tap)
+step; each step loads a few vectors and broadcasts a few scalars, and nothing else touches
+memory in the inner loop. ``tools/gen_simd_tiles.py`` writes the kernels (one per dtype and
+instruction set, the tile shapes are explained there). Two families:
 
-Layouts, per call:
+**Planar** (the NCHW path, :func:`conv2d_planar`): a tile of ``R`` output channels x ``B``
+vectors of ``V`` consecutive output positions. The input is the phase-plane copy of
+:mod:`fastconv.strategies.direct` (stride removed, padding zeroed; read in place for stride 1
+and no padding): output ``(i, j)`` is flat position ``p = i*row_pitch + j`` and step ``s`` reads
+``xs[channel + p + tap_offset[s]]``, so a tile's ``B`` input vectors are consecutive. The
+weights are read where they are: step ``s`` of output channel ``k`` is
+``weight[g*weight_group + k*weight_row + weight_step[s]]``, ``R`` broadcasts per step. The
+``row_pitch - oW`` columns past each output row are computed and dropped (masked stores, one
+per row a vector reaches). The same kernel computes dL/dx (:func:`input_gradient`): one
+stride-1 convolution of ``dy`` per stride phase, with a step table that reads the forward
+weights flipped and transposed.
 
-* **input**: packed once into zero-padded, channels-last *phase planes*
-  ``xp[n, g, s*plane + u*plane_w + v, c] = Xpad[n, g*Cg + c, u*sH + rh_s, v*sW + rw_s]``
-  (the phase split of :mod:`fastconv.strategies.direct`, which removes the stride). Output
-  ``(i, j)`` is flat position ``p = i*plane_w + j`` and tap ``t`` reads pixel
-  ``p + tap_pixel[t]``: consecutive positions are consecutive pixels ``Cg`` elements apart,
-  so a tile's broadcasts are ``xa + r*Cg``. The ``plane_w - oW`` columns past each output
-  row are computed and dropped.
-* **weights**: ``wp[g, cb, c, t, k] = W[g*Cog + cb*B*V + k, c, t]`` (the original order of
-  ``(c, t)``, so packing reads each weight row once, in order) with the output channels
-  of a group padded with zeros to whole blocks of ``B*V``: one block's weights are
-  contiguous, read in order.
-* **output**: each tile goes through a small buffer into ``(N, C_out, oH, oW)`` (or
-  channels-last) memory.
+**Channels-last** (:func:`conv2d`, for ``(N, C, H, W)`` arrays over ``N, H, W, C`` memory): a
+tile of ``R`` output positions x ``B`` vectors of output channels. The input is packed into
+channels-last phase planes ``xp[n, g, pixel, c]`` (read in place for stride 1, no padding, one
+group): consecutive positions are pixels ``Cg`` elements apart, ``R`` broadcasts per step.
+The weights are packed per call into ``wp[g, cb, c, t, k]`` (output channels padded to whole
+blocks), ``B`` vector loads per step; results are stored as vectors of channels.
 
-Threads split (image, group, channel block, block of positions); each output is summed by
-one tile in one fixed order (taps, then channels), so results do not depend on the thread
-count. A tile that would run past the last position is moved back to end there (its
-overlap is recomputed, not written twice).
+Both: threads split (image, group, channel tile, block of positions); each output is summed
+by one tile in one fixed order, so results do not depend on the thread count. A tile that
+would run past the last position (or the group's last channel, in the planar family) is
+moved back to end there: its overlap is recomputed, never written twice.
 """
 from __future__ import annotations
 
@@ -56,7 +58,7 @@ PACK_WEIGHTS = 64
 
 
 class SimdLayout(NamedTuple):
-    """What a register-tiled kernel needs to know of the packed input and the output."""
+    """What a channels-last register-tiled kernel needs to know of the packed input and the ``(N, oH, oW, C_out)`` output."""
 
     images: int
     groups: int
@@ -69,7 +71,6 @@ class SimdLayout(NamedTuple):
     row_pitch: int       # plane_w: flat position p is output (p // row_pitch, p % row_pitch)
     out_h: int
     out_w: int
-    channels_last: int   # 1: out is (N, oH, oW, C_out) in memory
 
 
 class PackLayout(NamedTuple):
@@ -288,7 +289,7 @@ def conv2d(x, weight, bias, geom, out, packed_weight=None):
     layout = SimdLayout(images=int(plan.images), groups=int(G), in_per_group=int(cg), pixels=plan.pixels,
                         out_per_group=int(geom.out_channels // G), co_blocks=plan.co_blocks,
                         positions=plan.positions, block_len=plan.block_len, row_pitch=plan.pack.plane_w,
-                        out_h=int(oH), out_w=int(oW), channels_last=1)
+                        out_h=int(oH), out_w=int(oW))
     if plan.in_place:  # stride 1, no padding, one group: the input's own memory is the packed layout
         with _jit.launch():
             kern(x.transpose(0, 2, 3, 1).reshape(-1), wp, bp, plan.tap_pixel, layout._replace(images=int(N)),

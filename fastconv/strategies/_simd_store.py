@@ -1,39 +1,23 @@
-"""Writing a register tile's results into the output, in either memory layout (for :mod:`._simd_tiles`)."""
+"""Writing a register tile's vectors into the output, in either memory layout (for :mod:`._simd_tiles`)."""
 from .._jit import kernel
 from .._simd import vstore_lanes
 
 
 @kernel(parallel=False)
-def store_tile(tile, rows, block, start, p0, p_end, n, g, cb, layout, out):
-    """Copy the tile's positions ``start + r`` that lie in ``[p0, p_end)`` and inside the output into ``out``.
+def put_last(out, v, lanes, p, p0, p_end, n, co, count, layout):
+    """Store the vector ``v`` of output channels ``co .. co + min(lanes, count) - 1`` at flat position ``p``.
 
-    ``tile[r*block + k]`` is output channel ``g*out_per_group + cb*block + k`` at flat position
-    ``start + r`` = output ``(p // row_pitch, p % row_pitch)``; columns ``>= out_w`` and
-    channels past the group's end are padding and dropped. ``out`` is the flat output, in
-    ``(N, C_out, oH, oW)`` order, or ``(N, oH, oW, C_out)`` if ``layout.channels_last``.
+    ``out`` is the flat ``(N, oH, oW, C_out)`` output. Nothing is written for a position outside
+    ``[p0, p_end)`` (another tile's), a column ``>= out_w`` (padding) or ``count <= 0``.
     """
-    out_h, out_w, row_pitch = layout.out_h, layout.out_w, layout.row_pitch
+    if p < p0 or p >= p_end or count <= 0:
+        return
+    i = p // layout.row_pitch
+    j = p - i * layout.row_pitch
+    if j >= layout.out_w:
+        return
     c_out = layout.groups * layout.out_per_group
-    co0 = g * layout.out_per_group + cb * block
-    valid = min(block, layout.out_per_group - cb * block)
-    plane = out_h * out_w
-    for r in range(rows):
-        p = start + r
-        if p < p0 or p >= p_end:
-            continue
-        i = p // row_pitch
-        j = p - i * row_pitch
-        if j >= out_w:
-            continue
-        src = tile[r * block:r * block + valid]
-        if layout.channels_last:
-            dst = out[((n * out_h + i) * out_w + j) * c_out + co0:][:valid]
-            for k in range(valid):
-                dst[k] = src[k]
-        else:
-            at = ((n * c_out + co0) * out_h + i) * out_w + j
-            for k in range(valid):
-                out[at + k * plane] = src[k]
+    vstore_lanes(out, ((n * layout.out_h + i) * layout.out_w + j) * c_out + co, v, 0, min(lanes, count))
 
 
 @kernel(parallel=False)

@@ -8,7 +8,7 @@ from numba import prange
 
 from .._jit import kernel
 from .._simd import vbroadcast, vfma, vload, vstore, vzero
-from ._simd_store import put_planar, store_tile
+from ._simd_store import put_last, put_planar
 
 #: name -> (dtype, lanes, tile rows, tile vectors) of each kernel below.
 TILES = {
@@ -38,7 +38,8 @@ def _conv_f32_avx512(xp, wp, bias, tap_pixel, layout, out):
         x_block = (n * groups + g) * pixels * cg
         w_block = (g * co_blocks + cb) * n_taps * cg * 32
         b_at = (g * co_blocks + cb) * 32
-        tile = np.empty(448, dtype=xp.dtype)
+        co_at = g * layout.out_per_group + cb * 32
+        valid = min(32, layout.out_per_group - cb * 32)
         p0 = pb * block_len
         p_end = min(positions, p0 + block_len)
         while p0 < p_end:
@@ -121,35 +122,34 @@ def _conv_f32_avx512(xp, wp, bias, tap_pixel, layout, out):
                     c13_1 = vfma(x, w1, c13_1)
                     xa += 1
                     wa += n_taps * 32
-            vstore(tile, 0, c0_0)
-            vstore(tile, 16, c0_1)
-            vstore(tile, 32, c1_0)
-            vstore(tile, 48, c1_1)
-            vstore(tile, 64, c2_0)
-            vstore(tile, 80, c2_1)
-            vstore(tile, 96, c3_0)
-            vstore(tile, 112, c3_1)
-            vstore(tile, 128, c4_0)
-            vstore(tile, 144, c4_1)
-            vstore(tile, 160, c5_0)
-            vstore(tile, 176, c5_1)
-            vstore(tile, 192, c6_0)
-            vstore(tile, 208, c6_1)
-            vstore(tile, 224, c7_0)
-            vstore(tile, 240, c7_1)
-            vstore(tile, 256, c8_0)
-            vstore(tile, 272, c8_1)
-            vstore(tile, 288, c9_0)
-            vstore(tile, 304, c9_1)
-            vstore(tile, 320, c10_0)
-            vstore(tile, 336, c10_1)
-            vstore(tile, 352, c11_0)
-            vstore(tile, 368, c11_1)
-            vstore(tile, 384, c12_0)
-            vstore(tile, 400, c12_1)
-            vstore(tile, 416, c13_0)
-            vstore(tile, 432, c13_1)
-            store_tile(tile, 14, 32, start, p0, p_end, n, g, cb, layout, out)
+            put_last(out, c0_0, 16, start + 0, p0, p_end, n, co_at + 0, valid - 0, layout)
+            put_last(out, c0_1, 16, start + 0, p0, p_end, n, co_at + 16, valid - 16, layout)
+            put_last(out, c1_0, 16, start + 1, p0, p_end, n, co_at + 0, valid - 0, layout)
+            put_last(out, c1_1, 16, start + 1, p0, p_end, n, co_at + 16, valid - 16, layout)
+            put_last(out, c2_0, 16, start + 2, p0, p_end, n, co_at + 0, valid - 0, layout)
+            put_last(out, c2_1, 16, start + 2, p0, p_end, n, co_at + 16, valid - 16, layout)
+            put_last(out, c3_0, 16, start + 3, p0, p_end, n, co_at + 0, valid - 0, layout)
+            put_last(out, c3_1, 16, start + 3, p0, p_end, n, co_at + 16, valid - 16, layout)
+            put_last(out, c4_0, 16, start + 4, p0, p_end, n, co_at + 0, valid - 0, layout)
+            put_last(out, c4_1, 16, start + 4, p0, p_end, n, co_at + 16, valid - 16, layout)
+            put_last(out, c5_0, 16, start + 5, p0, p_end, n, co_at + 0, valid - 0, layout)
+            put_last(out, c5_1, 16, start + 5, p0, p_end, n, co_at + 16, valid - 16, layout)
+            put_last(out, c6_0, 16, start + 6, p0, p_end, n, co_at + 0, valid - 0, layout)
+            put_last(out, c6_1, 16, start + 6, p0, p_end, n, co_at + 16, valid - 16, layout)
+            put_last(out, c7_0, 16, start + 7, p0, p_end, n, co_at + 0, valid - 0, layout)
+            put_last(out, c7_1, 16, start + 7, p0, p_end, n, co_at + 16, valid - 16, layout)
+            put_last(out, c8_0, 16, start + 8, p0, p_end, n, co_at + 0, valid - 0, layout)
+            put_last(out, c8_1, 16, start + 8, p0, p_end, n, co_at + 16, valid - 16, layout)
+            put_last(out, c9_0, 16, start + 9, p0, p_end, n, co_at + 0, valid - 0, layout)
+            put_last(out, c9_1, 16, start + 9, p0, p_end, n, co_at + 16, valid - 16, layout)
+            put_last(out, c10_0, 16, start + 10, p0, p_end, n, co_at + 0, valid - 0, layout)
+            put_last(out, c10_1, 16, start + 10, p0, p_end, n, co_at + 16, valid - 16, layout)
+            put_last(out, c11_0, 16, start + 11, p0, p_end, n, co_at + 0, valid - 0, layout)
+            put_last(out, c11_1, 16, start + 11, p0, p_end, n, co_at + 16, valid - 16, layout)
+            put_last(out, c12_0, 16, start + 12, p0, p_end, n, co_at + 0, valid - 0, layout)
+            put_last(out, c12_1, 16, start + 12, p0, p_end, n, co_at + 16, valid - 16, layout)
+            put_last(out, c13_0, 16, start + 13, p0, p_end, n, co_at + 0, valid - 0, layout)
+            put_last(out, c13_1, 16, start + 13, p0, p_end, n, co_at + 16, valid - 16, layout)
             p0 += 14
 
 
@@ -168,7 +168,8 @@ def _conv_f64_avx512(xp, wp, bias, tap_pixel, layout, out):
         x_block = (n * groups + g) * pixels * cg
         w_block = (g * co_blocks + cb) * n_taps * cg * 16
         b_at = (g * co_blocks + cb) * 16
-        tile = np.empty(224, dtype=xp.dtype)
+        co_at = g * layout.out_per_group + cb * 16
+        valid = min(16, layout.out_per_group - cb * 16)
         p0 = pb * block_len
         p_end = min(positions, p0 + block_len)
         while p0 < p_end:
@@ -251,35 +252,34 @@ def _conv_f64_avx512(xp, wp, bias, tap_pixel, layout, out):
                     c13_1 = vfma(x, w1, c13_1)
                     xa += 1
                     wa += n_taps * 16
-            vstore(tile, 0, c0_0)
-            vstore(tile, 8, c0_1)
-            vstore(tile, 16, c1_0)
-            vstore(tile, 24, c1_1)
-            vstore(tile, 32, c2_0)
-            vstore(tile, 40, c2_1)
-            vstore(tile, 48, c3_0)
-            vstore(tile, 56, c3_1)
-            vstore(tile, 64, c4_0)
-            vstore(tile, 72, c4_1)
-            vstore(tile, 80, c5_0)
-            vstore(tile, 88, c5_1)
-            vstore(tile, 96, c6_0)
-            vstore(tile, 104, c6_1)
-            vstore(tile, 112, c7_0)
-            vstore(tile, 120, c7_1)
-            vstore(tile, 128, c8_0)
-            vstore(tile, 136, c8_1)
-            vstore(tile, 144, c9_0)
-            vstore(tile, 152, c9_1)
-            vstore(tile, 160, c10_0)
-            vstore(tile, 168, c10_1)
-            vstore(tile, 176, c11_0)
-            vstore(tile, 184, c11_1)
-            vstore(tile, 192, c12_0)
-            vstore(tile, 200, c12_1)
-            vstore(tile, 208, c13_0)
-            vstore(tile, 216, c13_1)
-            store_tile(tile, 14, 16, start, p0, p_end, n, g, cb, layout, out)
+            put_last(out, c0_0, 8, start + 0, p0, p_end, n, co_at + 0, valid - 0, layout)
+            put_last(out, c0_1, 8, start + 0, p0, p_end, n, co_at + 8, valid - 8, layout)
+            put_last(out, c1_0, 8, start + 1, p0, p_end, n, co_at + 0, valid - 0, layout)
+            put_last(out, c1_1, 8, start + 1, p0, p_end, n, co_at + 8, valid - 8, layout)
+            put_last(out, c2_0, 8, start + 2, p0, p_end, n, co_at + 0, valid - 0, layout)
+            put_last(out, c2_1, 8, start + 2, p0, p_end, n, co_at + 8, valid - 8, layout)
+            put_last(out, c3_0, 8, start + 3, p0, p_end, n, co_at + 0, valid - 0, layout)
+            put_last(out, c3_1, 8, start + 3, p0, p_end, n, co_at + 8, valid - 8, layout)
+            put_last(out, c4_0, 8, start + 4, p0, p_end, n, co_at + 0, valid - 0, layout)
+            put_last(out, c4_1, 8, start + 4, p0, p_end, n, co_at + 8, valid - 8, layout)
+            put_last(out, c5_0, 8, start + 5, p0, p_end, n, co_at + 0, valid - 0, layout)
+            put_last(out, c5_1, 8, start + 5, p0, p_end, n, co_at + 8, valid - 8, layout)
+            put_last(out, c6_0, 8, start + 6, p0, p_end, n, co_at + 0, valid - 0, layout)
+            put_last(out, c6_1, 8, start + 6, p0, p_end, n, co_at + 8, valid - 8, layout)
+            put_last(out, c7_0, 8, start + 7, p0, p_end, n, co_at + 0, valid - 0, layout)
+            put_last(out, c7_1, 8, start + 7, p0, p_end, n, co_at + 8, valid - 8, layout)
+            put_last(out, c8_0, 8, start + 8, p0, p_end, n, co_at + 0, valid - 0, layout)
+            put_last(out, c8_1, 8, start + 8, p0, p_end, n, co_at + 8, valid - 8, layout)
+            put_last(out, c9_0, 8, start + 9, p0, p_end, n, co_at + 0, valid - 0, layout)
+            put_last(out, c9_1, 8, start + 9, p0, p_end, n, co_at + 8, valid - 8, layout)
+            put_last(out, c10_0, 8, start + 10, p0, p_end, n, co_at + 0, valid - 0, layout)
+            put_last(out, c10_1, 8, start + 10, p0, p_end, n, co_at + 8, valid - 8, layout)
+            put_last(out, c11_0, 8, start + 11, p0, p_end, n, co_at + 0, valid - 0, layout)
+            put_last(out, c11_1, 8, start + 11, p0, p_end, n, co_at + 8, valid - 8, layout)
+            put_last(out, c12_0, 8, start + 12, p0, p_end, n, co_at + 0, valid - 0, layout)
+            put_last(out, c12_1, 8, start + 12, p0, p_end, n, co_at + 8, valid - 8, layout)
+            put_last(out, c13_0, 8, start + 13, p0, p_end, n, co_at + 0, valid - 0, layout)
+            put_last(out, c13_1, 8, start + 13, p0, p_end, n, co_at + 8, valid - 8, layout)
             p0 += 14
 
 
@@ -298,7 +298,8 @@ def _conv_f32_avx2(xp, wp, bias, tap_pixel, layout, out):
         x_block = (n * groups + g) * pixels * cg
         w_block = (g * co_blocks + cb) * n_taps * cg * 16
         b_at = (g * co_blocks + cb) * 16
-        tile = np.empty(96, dtype=xp.dtype)
+        co_at = g * layout.out_per_group + cb * 16
+        valid = min(16, layout.out_per_group - cb * 16)
         p0 = pb * block_len
         p_end = min(positions, p0 + block_len)
         while p0 < p_end:
@@ -341,19 +342,18 @@ def _conv_f32_avx2(xp, wp, bias, tap_pixel, layout, out):
                     c5_1 = vfma(x, w1, c5_1)
                     xa += 1
                     wa += n_taps * 16
-            vstore(tile, 0, c0_0)
-            vstore(tile, 8, c0_1)
-            vstore(tile, 16, c1_0)
-            vstore(tile, 24, c1_1)
-            vstore(tile, 32, c2_0)
-            vstore(tile, 40, c2_1)
-            vstore(tile, 48, c3_0)
-            vstore(tile, 56, c3_1)
-            vstore(tile, 64, c4_0)
-            vstore(tile, 72, c4_1)
-            vstore(tile, 80, c5_0)
-            vstore(tile, 88, c5_1)
-            store_tile(tile, 6, 16, start, p0, p_end, n, g, cb, layout, out)
+            put_last(out, c0_0, 8, start + 0, p0, p_end, n, co_at + 0, valid - 0, layout)
+            put_last(out, c0_1, 8, start + 0, p0, p_end, n, co_at + 8, valid - 8, layout)
+            put_last(out, c1_0, 8, start + 1, p0, p_end, n, co_at + 0, valid - 0, layout)
+            put_last(out, c1_1, 8, start + 1, p0, p_end, n, co_at + 8, valid - 8, layout)
+            put_last(out, c2_0, 8, start + 2, p0, p_end, n, co_at + 0, valid - 0, layout)
+            put_last(out, c2_1, 8, start + 2, p0, p_end, n, co_at + 8, valid - 8, layout)
+            put_last(out, c3_0, 8, start + 3, p0, p_end, n, co_at + 0, valid - 0, layout)
+            put_last(out, c3_1, 8, start + 3, p0, p_end, n, co_at + 8, valid - 8, layout)
+            put_last(out, c4_0, 8, start + 4, p0, p_end, n, co_at + 0, valid - 0, layout)
+            put_last(out, c4_1, 8, start + 4, p0, p_end, n, co_at + 8, valid - 8, layout)
+            put_last(out, c5_0, 8, start + 5, p0, p_end, n, co_at + 0, valid - 0, layout)
+            put_last(out, c5_1, 8, start + 5, p0, p_end, n, co_at + 8, valid - 8, layout)
             p0 += 6
 
 
@@ -372,7 +372,8 @@ def _conv_f64_avx2(xp, wp, bias, tap_pixel, layout, out):
         x_block = (n * groups + g) * pixels * cg
         w_block = (g * co_blocks + cb) * n_taps * cg * 8
         b_at = (g * co_blocks + cb) * 8
-        tile = np.empty(48, dtype=xp.dtype)
+        co_at = g * layout.out_per_group + cb * 8
+        valid = min(8, layout.out_per_group - cb * 8)
         p0 = pb * block_len
         p_end = min(positions, p0 + block_len)
         while p0 < p_end:
@@ -415,19 +416,18 @@ def _conv_f64_avx2(xp, wp, bias, tap_pixel, layout, out):
                     c5_1 = vfma(x, w1, c5_1)
                     xa += 1
                     wa += n_taps * 8
-            vstore(tile, 0, c0_0)
-            vstore(tile, 4, c0_1)
-            vstore(tile, 8, c1_0)
-            vstore(tile, 12, c1_1)
-            vstore(tile, 16, c2_0)
-            vstore(tile, 20, c2_1)
-            vstore(tile, 24, c3_0)
-            vstore(tile, 28, c3_1)
-            vstore(tile, 32, c4_0)
-            vstore(tile, 36, c4_1)
-            vstore(tile, 40, c5_0)
-            vstore(tile, 44, c5_1)
-            store_tile(tile, 6, 8, start, p0, p_end, n, g, cb, layout, out)
+            put_last(out, c0_0, 4, start + 0, p0, p_end, n, co_at + 0, valid - 0, layout)
+            put_last(out, c0_1, 4, start + 0, p0, p_end, n, co_at + 4, valid - 4, layout)
+            put_last(out, c1_0, 4, start + 1, p0, p_end, n, co_at + 0, valid - 0, layout)
+            put_last(out, c1_1, 4, start + 1, p0, p_end, n, co_at + 4, valid - 4, layout)
+            put_last(out, c2_0, 4, start + 2, p0, p_end, n, co_at + 0, valid - 0, layout)
+            put_last(out, c2_1, 4, start + 2, p0, p_end, n, co_at + 4, valid - 4, layout)
+            put_last(out, c3_0, 4, start + 3, p0, p_end, n, co_at + 0, valid - 0, layout)
+            put_last(out, c3_1, 4, start + 3, p0, p_end, n, co_at + 4, valid - 4, layout)
+            put_last(out, c4_0, 4, start + 4, p0, p_end, n, co_at + 0, valid - 0, layout)
+            put_last(out, c4_1, 4, start + 4, p0, p_end, n, co_at + 4, valid - 4, layout)
+            put_last(out, c5_0, 4, start + 5, p0, p_end, n, co_at + 0, valid - 0, layout)
+            put_last(out, c5_1, 4, start + 5, p0, p_end, n, co_at + 4, valid - 4, layout)
             p0 += 6
 
 
