@@ -411,7 +411,6 @@ def planar_workspace_bytes(geom, itemsize):
     return plan.layout.images * geom.in_channels * plan.channel_len * itemsize if plan.packed else 0
 
 
-_NO_BIAS = {np.dtype(t).char: np.empty(0, dtype=t) for t in (np.float32, np.float64)}
 
 
 def conv2d_planar(x, weight, bias, geom, out, weights=None):

@@ -684,6 +684,8 @@ def conv2d(x, weight, bias, geom, out):
 
 def workspace_bytes(geom, itemsize):
     """Scratch bytes :func:`conv2d` allocates for ``geom``: the packed phase copy (0 when it reads in place)."""
+    if geom.layout == "channels_last" and _simd_direct.supports(geom):
+        return _simd_direct.workspace_bytes(geom, itemsize)
     if _simd_direct.planar_supports(geom):
         return _simd_direct.planar_workspace_bytes(geom, itemsize)
     if _uses_rows_kernel(geom):
