@@ -84,18 +84,20 @@ KEEP_BYTES = 64 << 20
 _kept = threading.local()
 
 
-def scratch(count: int, dtype) -> "np.ndarray":
+def scratch(count: int, dtype, slot: str = "") -> "np.ndarray":
     """A 1-D scratch array of ``count`` elements of ``dtype``, reused by the calling thread's next call.
 
-    The contents are undefined. A buffer is only kept if it is at most :data:`KEEP_BYTES` and
-    one per dtype per thread; the caller must be done with it before it asks for another.
+    The contents are undefined. A buffer is only kept if it is at most :data:`KEEP_BYTES`, one
+    per (dtype, ``slot``) per thread: a call needing two buffers at once names a second slot.
+    The caller must be done with a buffer before it asks for the same slot again.
     """
     dtype = np.dtype(dtype)
     nbytes = count * dtype.itemsize
     if nbytes > KEEP_BYTES:
         return np.empty(count, dtype=dtype)
-    kept = getattr(_kept, dtype.char, None)
+    key = dtype.char + slot
+    kept = getattr(_kept, key, None)
     if kept is None or kept.size < count:
         kept = np.empty(max(count, 1024), dtype=dtype)
-        setattr(_kept, dtype.char, kept)
+        setattr(_kept, key, kept)
     return kept[:count]
