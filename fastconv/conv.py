@@ -44,17 +44,24 @@ def _problem(fn, nd, x, weight, bias, stride, padding, dilation, groups):
     return hit
 
 
-def _prepare_conv(fn, nd, x, weight, bias, stride, padding, dilation, groups):
-    """Check every argument; return contiguous arrays of the problem's rank, the problem and the user's shape."""
+def _checked(fn, nd, x, weight, bias, stride, padding, dilation, groups):
+    """Check every argument: ``x`` as an array (any memory layout), the weight and bias as contiguous
+    arrays of the problem's rank and dtype, the problem, the user's result shape, the dtype and the
+    caller's arrays by name (for ``out``'s overlap check)."""
     x = v.as_array(x, "x", fn)
     weight = v.as_array(weight, "weight", fn)
     if bias is not None:
         bias = v.as_array(bias, "bias", fn)
     geom, user_shape, dtype = _problem(fn, nd, x, weight, bias, stride, padding, dilation, groups)
-    x4 = v.contiguous(x, dtype).reshape(geom.input_shape)
     w4 = v.contiguous(weight, dtype).reshape(geom.weight_shape)
     b = None if bias is None else v.contiguous(bias, dtype)
-    return x4, w4, b, geom, user_shape, (("x", x), ("weight", weight), ("bias", bias))
+    return x, w4, b, geom, user_shape, dtype, (("x", x), ("weight", weight), ("bias", bias))
+
+
+def _prepare_conv(fn, nd, x, weight, bias, stride, padding, dilation, groups):
+    """Check every argument; return contiguous arrays of the problem's rank, the problem and the user's shape."""
+    x, w4, b, geom, user_shape, dtype, inputs = _checked(fn, nd, x, weight, bias, stride, padding, dilation, groups)
+    return v.contiguous(x, dtype).reshape(geom.input_shape), w4, b, geom, user_shape, inputs
 
 
 def _channels_last(x, nd) -> bool:
@@ -72,15 +79,9 @@ def _conv_channels_last(fn, nd, x, weight, bias, stride, padding, dilation, grou
     writes into a channels-last result; any other gets a C-contiguous copy of ``x``, and its result
     is converted.
     """
-    x = v.as_array(x, "x", fn)
-    weight = v.as_array(weight, "weight", fn)
-    if bias is not None:
-        bias = v.as_array(bias, "bias", fn)
-    geom, user_shape, dtype = _problem(fn, nd, x, weight, bias, stride, padding, dilation, groups)
+    x, w4, b, geom, user_shape, dtype, _ = _checked(fn, nd, x, weight, bias, stride, padding, dilation, groups)
     geom = geom.channels_last()
     name, run = dispatch.resolve(method, "conv", geom, dtype, fn)
-    w4 = v.contiguous(weight, dtype).reshape(geom.weight_shape)
-    b = None if bias is None else v.contiguous(bias, dtype)
     x_last = np.moveaxis(v.contiguous(np.moveaxis(x, -3, -1), dtype), -1, -3).reshape(geom.input_shape)
     N, C_out, oH, oW = geom.output_shape
     result = np.empty((N, oH, oW, C_out), dtype=dtype).transpose(0, 3, 1, 2)

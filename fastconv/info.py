@@ -96,9 +96,8 @@ def vector_isa(features) -> tuple[str, int | None]:
 
 def machine() -> dict:
     """The CPU: model, cores, and the vector width Numba's kernels are compiled for."""
-    from ._machine import cpu_model
-
     from . import _simd
+    from ._machine import cpu_model
 
     name, features = _numba_target()
     isa, lanes = vector_isa(features)

@@ -44,7 +44,7 @@ from .._jit import kernel, output_span
 from ..geometry import ConvGeometry
 from ..workspace import get_workspace_limit, scratch
 from . import _simd_tiles
-from .direct import _pack_phases, _PackLayout, _Phases, _phase_layout, _tap_offsets
+from .direct import _in_place_phases, _pack_phases, _PackLayout, _phase_layout, _tap_offsets
 
 #: Tiles per work item at most (a block of positions): 8 tiles of 14 positions keep a
 #: 56x56 map's work in ~58 items per channel pair at batch 1.
@@ -172,8 +172,7 @@ class _Plan(NamedTuple):
 
 @functools.lru_cache(maxsize=64)
 def _plan(geom, limit):
-    kern = tile_kernel(geom.dtype)
-    _, lanes, rows, vectors = kern
+    _, lanes, rows, vectors = tile_kernel(geom.dtype)
     (top, _), (left, _) = geom.padding
     sH, sW = geom.stride
     G = geom.groups
@@ -185,13 +184,7 @@ def _plan(geom, limit):
     H, W = geom.in_size
     in_place = (geom.stride == (1, 1) and geom.padding == ((0, 0), (0, 0)) and G == 1
                 and (oH - 1) * W + oW >= rows)
-    if in_place:
-        kH, kW = geom.kernel
-        dH, dW = geom.dilation
-        phases = _Phases(phase_h=np.zeros(1, np.int64), phase_w=np.zeros(1, np.int64), plane_h=H, plane_w=W,
-                         tap_in_plane=(np.arange(kH)[:, None] * dH * W + np.arange(kW)[None, :] * dW).reshape(-1))
-    else:
-        phases = _phase_layout(geom)
+    phases = _in_place_phases(geom) if in_place else _phase_layout(geom)
     pixels = phases.phase_h.size * phases.plane_h * phases.plane_w
     positions = (oH - 1) * phases.plane_w + oW
     tiles = -(-positions // rows)
@@ -215,9 +208,8 @@ def supports(geom) -> bool:
     if (geom.out_channels // geom.groups < lanes * vectors // 2
             or geom.in_channels // geom.groups * int(np.prod(geom.kernel)) < MIN_STEPS):
         return False
-    phases = _phase_layout(geom)
-    pixels = phases.phase_h.size * phases.plane_h * phases.plane_w
-    return geom.in_channels * pixels * np.dtype(geom.dtype).itemsize <= get_workspace_limit()
+    plan = _plan(geom, get_workspace_limit())
+    return plan.in_place or geom.in_channels * plan.pixels * np.dtype(geom.dtype).itemsize <= get_workspace_limit()
 
 
 def workspace_bytes(geom, itemsize):
@@ -278,17 +270,14 @@ def pack_bias(bias, groups, out_channels, block, dtype):
     return bp.reshape(-1)
 
 
-def conv2d(x, weight, bias, geom, out, packed_weight=None):
-    """Register-tiled direct convolution of ``x`` into ``out``, both ``(N, C, H, W)`` in channels-last memory.
-
-    ``packed_weight``, if given, is :func:`pack_weights` of ``weight`` (an ``nn`` layer keeps it).
-    """
+def conv2d(x, weight, bias, geom, out):
+    """Register-tiled direct convolution of ``x`` into ``out``, both ``(N, C, H, W)`` in channels-last memory."""
     kern = tile_kernel(x.dtype)[0]
     plan = _plan(geom, get_workspace_limit())
     N = x.shape[0]
     G = geom.groups
     cg = geom.in_channels // G
-    wp = packed_weight if packed_weight is not None else pack_weights(weight, G, plan.block)
+    wp = pack_weights(weight, G, plan.block)
     bp = pack_bias(bias, G, geom.out_channels, plan.block, x.dtype)
     oH, oW = geom.out_size
     out_last = out.transpose(0, 2, 3, 1)  # C-contiguous: the memory the result is written in
@@ -358,10 +347,9 @@ def _planar_plan(geom, limit):
     H, W = geom.in_size
     oH, oW = geom.out_size
     kH, kW = geom.kernel
-    dH, dW = geom.dilation
     in_place = geom.stride == (1, 1) and geom.padding == ((0, 0), (0, 0)) and (oH - 1) * W + oW >= span
     if in_place:  # the input already has the layout: one phase, rows of width W
-        taps = (np.arange(kH)[:, None] * dH * W + np.arange(kW)[None, :] * dW).reshape(-1)
+        taps = _in_place_phases(geom).tap_in_plane
         pack, phase_h, phase_w, row_pitch, channel_len = None, None, None, W, H * W
         images = geom.batch
     else:

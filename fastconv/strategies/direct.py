@@ -547,6 +547,17 @@ def _phase_layout(geom):
     return _Phases(phase_h=phase_h, phase_w=phase_w, plane_h=plane_h, plane_w=plane_w, tap_in_plane=tap)
 
 
+@functools.lru_cache(maxsize=64)
+def _in_place_phases(geom):
+    """The input itself as the one phase plane (stride 1, no padding): ``H x W``, tap ``(a, b)`` at ``a*dH*W + b*dW``."""
+    kH, kW = geom.kernel
+    dH, dW = geom.dilation
+    H, W = geom.in_size
+    zero = np.zeros(1, dtype=np.int64)
+    return _Phases(phase_h=zero, phase_w=zero, plane_h=H, plane_w=W,
+                   tap_in_plane=(np.arange(kH)[:, None] * dH * W + np.arange(kW)[None, :] * dW).reshape(-1))
+
+
 def _tap_offsets(tap_in_plane, channels, channel_len):
     """Flat offset of tap ``(d, a, b)`` from a group's first channel, ``d`` in ``range(channels)``."""
     return (np.arange(channels, dtype=np.int64)[:, None] * channel_len + tap_in_plane[None, :]).reshape(-1)
@@ -572,15 +583,13 @@ class _TilesPlan(NamedTuple):
 @functools.lru_cache(maxsize=64)
 def _tiles_plan(geom, itemsize, limit):
     """Layout, tiling and chunking of :func:`_conv_tiles` for ``geom`` (a pure function of its arguments)."""
-    kH, kW = geom.kernel
-    dH, dW = geom.dilation
     H, W = geom.in_size
     oH, oW = geom.out_size
     per_group = geom.in_channels // geom.groups
     if geom.stride == (1, 1) and geom.padding == ((0, 0), (0, 0)):
         # The input already has the layout: one phase, rows of width W, read in place.
-        taps = (np.arange(kH)[:, None] * dH * W + np.arange(kW)[None, :] * dW).reshape(-1)
-        phase_h = phase_w = np.zeros(1, dtype=np.int64)
+        phases = _in_place_phases(geom)
+        taps, phase_h, phase_w = phases.tap_in_plane, phases.phase_h, phases.phase_w
         packed, plane_h, plane_w, channel_len = False, H, W, H * W
         n_positions = (oH - 1) * W + oW
         images, width = geom.batch, per_group
@@ -638,10 +647,9 @@ def conv2d(x, weight, bias, geom, out):
     (top, _), (left, _) = geom.padding
     sH, sW = geom.stride
     if not x.flags.c_contiguous:  # channels-last memory (fastconv.conv: Strategy.channels_last)
-        if _simd_direct.supports(geom) and _simd_direct.guarded(_simd_direct.conv2d, x, weight, bias, geom, out):
-            return
-        else:
-            first = np.empty(out.shape, dtype=out.dtype)
+        if not (_simd_direct.supports(geom) and _simd_direct.guarded(_simd_direct.conv2d, x, weight, bias, geom,
+                                                                      out)):
+            first = np.empty(out.shape, dtype=out.dtype)  # a layer the channels-last kernel does not run
             conv2d(np.ascontiguousarray(x), weight, bias, geom, first)
             out[...] = first
         return
