@@ -8,7 +8,7 @@ import numpy as np
 
 from . import _validate as v
 from ._typing import Array, ArrayLike, Gradients, IntOrTuple, Padding
-from . import dispatch, strategies
+from . import _dask, dispatch, strategies
 from .geometry import UNCACHEABLE, conv_problem, key_part
 
 __all__ = ["conv1d", "conv1d_backward", "conv2d", "conv2d_backward", "conv3d", "conv3d_backward"]
@@ -99,6 +99,8 @@ def _conv_channels_last(fn, nd, x, weight, bias, stride, padding, dilation, grou
 
 
 def _conv(fn, nd, x, weight, bias, stride, padding, dilation, groups, method, out):
+    if not isinstance(x, np.ndarray) and _dask.is_dask(x):  # a lazy result, chunk by chunk
+        return _dask.conv(fn, nd, x, weight, bias, stride, padding, dilation, groups, method, out)
     if out is None and isinstance(x, np.ndarray) and _channels_last(x, nd):
         return _conv_channels_last(fn, nd, x, weight, bias, stride, padding, dilation, groups, method)
     x4, w4, b, geom, user_shape, inputs = _prepare_conv(fn, nd, x, weight, bias, stride, padding, dilation, groups)
@@ -249,6 +251,9 @@ def conv3d(input: ArrayLike, weight: ArrayLike, bias: ArrayLike | None = None, s
 
 
 def _conv_backward(fn, nd, grad_output, x, weight, stride, padding, dilation, groups, method, output_mask):
+    if _dask.is_dask(x) or _dask.is_dask(grad_output):  # lazy gradients, batch chunk by batch chunk
+        return _dask.conv_backward(fn, nd, grad_output, x, weight, stride, padding, dilation, groups, method,
+                                   output_mask)
     dispatch.check_method(method, fn)
     want_x, want_w, want_b = v.output_mask(output_mask, fn)
     x4, w4, _, geom, user_shape, _ = _prepare_conv(fn, nd, x, weight, None, stride, padding, dilation, groups)

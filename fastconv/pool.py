@@ -8,7 +8,7 @@ import numpy as np
 
 from . import _validate as v
 from ._typing import Array, ArrayLike, IntOrTuple
-from . import dispatch
+from . import _dask, dispatch
 from .geometry import _SPATIAL, UNCACHEABLE, PoolGeometry, _as_int, key_part, pool_problem
 
 __all__ = [
@@ -55,6 +55,8 @@ def _prepare_pool(fn, nd, x, kernel_size, stride, padding, dilation, ceil_mode, 
 
 
 def _max_pool(fn, nd, x, kernel_size, stride, padding, dilation, ceil_mode, return_indices, method):
+    if not isinstance(x, np.ndarray) and _dask.is_dask(x):  # a lazy result, chunk by chunk
+        return _dask.max_pool(fn, nd, x, kernel_size, stride, padding, dilation, ceil_mode, return_indices, method)
     x4, geom, user_shape = _prepare_pool(fn, nd, x, kernel_size, stride, padding, dilation, ceil_mode, True)
     _, run = dispatch.resolve(method, "max_pool", geom, x4.dtype, fn)
     out = np.empty(user_shape, dtype=x4.dtype)
@@ -70,6 +72,9 @@ def _max_pool(fn, nd, x, kernel_size, stride, padding, dilation, ceil_mode, retu
 
 
 def _avg_pool(fn, nd, x, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override, method):
+    if not isinstance(x, np.ndarray) and _dask.is_dask(x):  # a lazy result, chunk by chunk
+        return _dask.avg_pool(fn, nd, x, kernel_size, stride, padding, ceil_mode, count_include_pad,
+                              divisor_override, method)
     x4, geom, user_shape = _prepare_pool(fn, nd, x, kernel_size, stride, padding, 1, ceil_mode, count_include_pad,
                                          divisor_override)
     _, run = dispatch.resolve(method, "avg_pool", geom, x4.dtype, fn)
@@ -237,6 +242,9 @@ def _input_shape(fn, nd, input_shape):
 
 
 def _max_pool_backward(fn, nd, grad_output, indices, input_shape, method):
+    if _dask.is_dask(grad_output) or _dask.is_dask(indices):  # lazy, batch chunk by batch chunk
+        public = globals()[fn]
+        return _dask.pool_backward(fn, nd, public, grad_output, [indices], input_shape, {"method": method})
     dispatch.check_method(method, fn)
     shape = _input_shape(fn, nd, input_shape)
     grad_output = v.as_array(grad_output, "grad_output", fn)
@@ -274,6 +282,12 @@ def _max_pool_backward(fn, nd, grad_output, indices, input_shape, method):
 
 def _avg_pool_backward(fn, nd, grad_output, input_shape, kernel_size, stride, padding, ceil_mode,
                        count_include_pad, divisor_override, method):
+    if _dask.is_dask(grad_output):  # lazy, batch chunk by batch chunk
+        arguments = dict(kernel_size=kernel_size, stride=stride, padding=padding, ceil_mode=ceil_mode,
+                         count_include_pad=count_include_pad, method=method)
+        if divisor_override is not None:  # avg_pool1d_backward has no such argument
+            arguments["divisor_override"] = divisor_override
+        return _dask.pool_backward(fn, nd, globals()[fn], grad_output, [], input_shape, arguments)
     dispatch.check_method(method, fn)
     shape = _input_shape(fn, nd, input_shape)
     geom, user_shape = pool_problem(fn, nd, shape, kernel_size, stride, padding, 1, ceil_mode,

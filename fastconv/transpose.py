@@ -28,8 +28,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from . import _dask, dispatch
 from . import _validate as v
-from . import dispatch
 from ._typing import Array, ArrayLike, Gradients, IntOrTuple
 from .geometry import _SPATIAL, _as_int, _resolve_padding, conv_problem, normalize_tuple
 
@@ -120,6 +120,9 @@ def _prepare(fn, nd, x, weight, bias, stride, padding, output_padding, groups, d
 
 
 def _transpose(fn, nd, x, weight, bias, stride, padding, output_padding, groups, dilation, method, out):
+    if _dask.is_dask(x):  # a lazy result, chunk by chunk
+        return _dask.conv_transpose(fn, nd, x, weight, bias, stride, padding, output_padding, groups, dilation,
+                                    method, out)
     dispatch.check_method(method, fn)
     x4, w4, b, conv, user_shape, inputs = _prepare(fn, nd, x, weight, bias, stride, padding, output_padding,
                                                     groups, dilation)
@@ -141,6 +144,9 @@ def _transpose(fn, nd, x, weight, bias, stride, padding, output_padding, groups,
 
 def _transpose_backward(fn, nd, grad_output, x, weight, stride, padding, output_padding, groups, dilation, method,
                         output_mask):
+    if _dask.is_dask(x) or _dask.is_dask(grad_output):  # lazy gradients, batch chunk by batch chunk
+        return _dask.conv_transpose_backward(fn, nd, grad_output, x, weight, stride, padding, output_padding,
+                                             groups, dilation, method, output_mask)
     dispatch.check_method(method, fn)
     want_x, want_w, want_b = v.output_mask(output_mask, fn)
     x4, w4, _, conv, user_shape, _ = _prepare(fn, nd, x, weight, None, stride, padding, output_padding, groups,
