@@ -9,13 +9,27 @@ Every function takes ``method=``: ``"auto"`` (the default), ``"measure"`` or a s
 name from :data:`fastconv.METHODS` (the registry, :mod:`fastconv.strategies`).
 """
 
+from .adaptive import (
+    adaptive_avg_pool1d,
+    adaptive_avg_pool1d_backward,
+    adaptive_avg_pool2d,
+    adaptive_avg_pool2d_backward,
+    adaptive_avg_pool3d,
+    adaptive_avg_pool3d_backward,
+    adaptive_max_pool1d,
+    adaptive_max_pool1d_backward,
+    adaptive_max_pool2d,
+    adaptive_max_pool2d_backward,
+    adaptive_max_pool3d,
+    adaptive_max_pool3d_backward,
+)
 from .columns import col2im, im2col
 from .conv import conv1d, conv1d_backward, conv2d, conv2d_backward, conv3d, conv3d_backward
 from . import nn
 from . import strategies
 from .dispatch import choose_method, methods
 from .explain import Explanation, explain
-from .geometry import ConvGeometry, PoolGeometry, conv_output_size, pool_output_size, resolve_padding, same_padding
+from .geometry import AdaptivePoolGeometry, ConvGeometry, PoolGeometry, conv_output_size, pool_output_size, resolve_padding, same_padding
 from .info import show_config
 from .pool import (
     avg_pool1d,
@@ -54,10 +68,23 @@ def __getattr__(name):
 
 
 __all__ = [
+    "AdaptivePoolGeometry",
     "ConvGeometry",
     "Explanation",
     "METHODS",
     "PoolGeometry",
+    "adaptive_avg_pool1d",
+    "adaptive_avg_pool1d_backward",
+    "adaptive_avg_pool2d",
+    "adaptive_avg_pool2d_backward",
+    "adaptive_avg_pool3d",
+    "adaptive_avg_pool3d_backward",
+    "adaptive_max_pool1d",
+    "adaptive_max_pool1d_backward",
+    "adaptive_max_pool2d",
+    "adaptive_max_pool2d_backward",
+    "adaptive_max_pool3d",
+    "adaptive_max_pool3d_backward",
     "avg_pool1d",
     "avg_pool1d_backward",
     "avg_pool2d",

@@ -154,6 +154,9 @@ def _rules(op: str, geom, dtype, threads: int):
     if op.startswith(("max_pool", "avg_pool")):
         return "direct", ("pooling is memory-bound: the direct Numba kernels stream each plane once "
                           "(4-50x PyTorch on the shape set), img2col copies every window first")
+    if op.startswith("adaptive_"):
+        return "direct", ("adaptive pooling: the direct Numba kernels read each window row as one contiguous run; "
+                          "no other automatic strategy implements it (not measured against anything)")
     if geom.layout == "channels_last":
         for name in candidates(op, geom):
             if strategies.strategy(name).channels_last:

@@ -17,7 +17,8 @@ __all__ = ["Explanation", "explain", "PUBLIC_OPS"]
 #: Public function name -> (the op strategies implement, spatial rank of the call).
 PUBLIC_OPS = {
     f"{kind}{nd}d{suffix}": (op + suffix, nd)
-    for kind, op in (("conv", "conv"), ("max_pool", "max_pool"), ("avg_pool", "avg_pool"))
+    for kind, op in (("conv", "conv"), ("max_pool", "max_pool"), ("avg_pool", "avg_pool"),
+                     ("adaptive_max_pool", "adaptive_max_pool"), ("adaptive_avg_pool", "adaptive_avg_pool"))
     for nd in (1, 2, 3)
     for suffix in ("", "_backward")
 } | {  # a transposed convolution is its convolution's input-gradient; its dL/dx is a convolution
@@ -77,11 +78,14 @@ class Explanation:
                 f"{sizes(g.out_size)}, kernel {sizes(g.kernel)}, stride {g.stride}, dilation {g.dilation}, "
                 f"padding {g.padding}, groups {g.groups}"
             )
-        else:
+        elif hasattr(g, "kernel"):
             lines.append(
                 f"  problem: N={g.batch} C={g.channels} {sizes(g.in_size)} -> {sizes(g.out_size)}, "
                 f"window {g.kernel}, stride {g.stride}, padding {g.padding}"
             )
+        else:  # adaptive pooling: the output size decides the windows
+            lines.append(f"  problem: N={g.batch} C={g.channels} {sizes(g.in_size)} -> {sizes(g.out_size)}, "
+                         "adaptive windows")
         lines.append(f"  dtype {self.dtype}, {self.threads} thread(s), {self.flops / 1e9:.3g} GFLOP")
         lines.append(f"  threads: {_threads_line()}")
         lines.append(f"  vector kernels: {_simd_line()}")
@@ -123,6 +127,8 @@ def flops(op: str, geom) -> int:
     """FLOPs of a convolution (x 2 for backward: dx and dw), window reads of a pooling."""
     if hasattr(geom, "out_channels"):
         return geom.flops * (2 if op.endswith("_backward") else 1)
+    if not hasattr(geom, "kernel"):  # adaptive pooling reads every input element about once
+        return geom.batch * geom.channels * max(math.prod(geom.in_size), math.prod(geom.out_size))
     return geom.batch * geom.channels * math.prod(geom.kernel) * math.prod(geom.out_size)
 
 
@@ -204,6 +210,12 @@ def explain(op: str, x, weight=None, *, dtype=None, threads=None, **params) -> E
 
         if internal == "conv" and x_arr is not None and _channels_last(x_arr, nd):
             geom = geom.channels_last()
+    elif internal.startswith("adaptive"):
+        if "output_size" not in params:
+            raise ValueError(f"explain: {op} needs output_size=")
+        from .geometry import adaptive_pool_problem
+
+        geom, _ = adaptive_pool_problem(fn, nd, x_shape, params.pop("output_size"), dtype)
     else:
         kernel_size = params.pop("kernel_size", None)
         if kernel_size is None:

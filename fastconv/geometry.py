@@ -23,11 +23,18 @@ window that would start in the right padding is dropped::
     o = ceil((n + 2p - d*(k-1) - 1) / s) + 1
     if (o - 1) * s >= n + p:  o -= 1
 
-The resolved problem records, :class:`ConvGeometry` and :class:`PoolGeometry`, are N-d:
-per-axis tuples of rank 1, 2 or 3. :func:`conv_problem` and :func:`pool_problem` check a
-call's shapes and arguments and build them; this is the one place where a 1D problem is
-lifted to the kernels' rank (2D of height 1). 3D problems keep rank 3; the Numba strategies
-compute them as sums of 2D problems over the depth taps (:mod:`fastconv.strategies._depth`).
+Adaptive pooling names the output size ``o`` instead of a window; output ``i`` pools the
+input range (PyTorch's rule, :func:`adaptive_window`)::
+
+    start = floor(i*n / o),  end = ceil((i+1)*n / o)
+
+The resolved problem records, :class:`ConvGeometry`, :class:`PoolGeometry` and
+:class:`AdaptivePoolGeometry`, are N-d: per-axis tuples of rank 1, 2 or 3.
+:func:`conv_problem`, :func:`pool_problem` and :func:`adaptive_pool_problem` check a call's
+shapes and arguments and build them; this is the one place where a 1D problem is lifted to
+the kernels' rank (2D of height 1). 3D problems keep rank 3; the Numba strategies
+compute them as sums of 2D problems over the depth taps (:mod:`fastconv.strategies._depth`),
+except adaptive pooling, whose kernels take rank 3 directly.
 """
 
 from __future__ import annotations
@@ -39,8 +46,12 @@ from dataclasses import dataclass, fields, replace
 import numpy as np
 
 __all__ = [
+    "AdaptivePoolGeometry",
     "ConvGeometry",
     "PoolGeometry",
+    "adaptive_pool_problem",
+    "adaptive_window",
+    "adaptive_windows",
     "conv_problem",
     "pool_problem",
     "conv_output_size",
@@ -527,6 +538,69 @@ def avg_pool_divisors(geom: PoolGeometry):
     return divisor
 
 
+@dataclass(frozen=True, eq=True)
+class AdaptivePoolGeometry(_Record):
+    """The resolved problem of one adaptive pooling: planes and per-axis sizes (rank 2 or 3, as
+    :class:`PoolGeometry`; a 1D problem is lifted to height 1, one output row over one input row).
+
+    The windows follow from the sizes alone (:func:`adaptive_window` per axis, :func:`adaptive_windows`
+    for a whole axis), so there is no kernel, stride or padding to hold.
+    """
+
+    batch: int
+    channels: int
+    in_size: tuple      # (H, W) or (D, H, W), every entry >= 1
+    out_size: tuple     # (oH, oW) or (oD, oH, oW), every entry >= 1
+    dtype: str = "float32"
+    layout: str = "channels_first"
+
+    op = "adaptive_pool"
+    __hash__ = _Record.__hash__  # the dataclass would generate an uncached one
+
+    @property
+    def input_shape(self) -> tuple:
+        """``(N, C, *in_size)``."""
+        return (self.batch, self.channels) + tuple(self.in_size)
+
+    @property
+    def output_shape(self) -> tuple:
+        """``(N, C, *out_size)``."""
+        return (self.batch, self.channels) + tuple(self.out_size)
+
+
+def adaptive_window(i: int, n: int, o: int) -> tuple[int, int]:
+    """The input range ``[start, end)`` adaptive pooling reads for output ``i`` of ``o`` along an axis of ``n``.
+
+    ``start = floor(i*n/o)``, ``end = ceil((i+1)*n/o)`` (PyTorch's rule). For ``n, o >= 1`` every
+    window holds at least one element, together they cover ``[0, n)``, and neighbours share at
+    most one element (``end(i) - start(i+1)`` is ``ceil - floor`` of the same number). With
+    ``o > n`` windows of one element repeat.
+
+    Parameters
+    ----------
+    i : int
+        The output position, ``0 <= i < o``.
+    n, o : int
+        Input and output length of the axis (>= 1).
+
+    Returns
+    -------
+    (int, int)
+
+    Examples
+    --------
+    >>> [adaptive_window(i, 5, 3) for i in range(3)]
+    [(0, 2), (1, 4), (3, 5)]
+    """
+    return (i * n) // o, -(-((i + 1) * n) // o)
+
+
+def adaptive_windows(n: int, o: int):
+    """:func:`adaptive_window` for every output of an axis: ``(start, end)``, two int64 arrays of length ``o``."""
+    bounds = np.array([adaptive_window(i, n, o) for i in range(o)], dtype=np.int64).reshape(o, 2)
+    return np.ascontiguousarray(bounds[:, 0]), np.ascontiguousarray(bounds[:, 1])
+
+
 _SPATIAL = {1: "L", 2: "H, W", 3: "D, H, W"}
 _KERNEL_DIMS = {1: "k", 2: "kH, kW", 3: "kD, kH, kW"}
 
@@ -681,3 +755,51 @@ def _divisor_override(fn, divisor_override):
     if divisor == 0:
         raise ValueError(f"{fn}: divisor_override must be a non-zero integer or None, got {divisor_override!r}")
     return divisor
+
+
+def adaptive_pool_problem(fn, nd, shape, output_size, dtype="float32", *, name="input"):
+    """Check an adaptive pooling's input ``shape`` and ``output_size``; return its :class:`AdaptivePoolGeometry`
+    and the result's shape.
+
+    ``nd`` is the spatial rank of the call (1, 2 or 3); ``shape`` is ``(N, C, *spatial)`` or unbatched
+    ``(C, *spatial)``, every spatial size at least 1 (an empty axis has no windows). ``output_size`` is an
+    int (every axis) or a tuple of ``nd`` entries, each an int >= 1 or None (keep that axis's input
+    size), as in PyTorch. ``name`` is what messages call ``shape`` (``input``, or ``input_shape`` for
+    the backward functions). A 1D problem is lifted to 2D (height 1) here.
+    """
+    spatial = _SPATIAL[nd]
+    try:
+        if isinstance(shape, (str, bytes)):
+            raise TypeError
+        dims = tuple(_as_int(n, name, fn) for n in shape)
+    except TypeError:
+        raise TypeError(f"{fn}: {name} must be a tuple of ints, got {shape!r}") from None
+    if len(dims) not in (nd + 1, nd + 2):
+        raise ValueError(f"{fn}: {name} must be (N, C, {spatial}) or unbatched (C, {spatial}), "
+                         f"got {len(dims)} dimensions, shape {dims}")
+    if min(dims) < 0:
+        raise ValueError(f"{fn}: {name} must not have negative sizes, got shape {dims}")
+    batched = len(dims) == nd + 2
+    N, C = ((dims[0],) if batched else (1,)) + (dims[-nd - 1],)
+    in_size = dims[-nd:]
+    if min(in_size) < 1:
+        raise ValueError(f"{fn}: {name} must have at least one element along every spatial axis "
+                         f"({spatial}), got shape {dims}")
+    expected = f"an int or a tuple of {nd} ints or Nones"
+    if output_size is None:
+        raise TypeError(f"{fn}: output_size must be {expected}, got None")
+    if isinstance(output_size, (tuple, list)):
+        if len(output_size) != nd:
+            raise ValueError(f"{fn}: output_size must be {expected} (one per spatial axis), "
+                             f"got {len(output_size)} values {tuple(output_size)!r}")
+        out_size = tuple(n if o is None else _as_int(o, "output_size", fn) for o, n in zip(output_size, in_size))
+    else:
+        out_size = (_as_int(output_size, "output_size", fn),) * nd
+    if min(out_size) < 1:
+        raise ValueError(f"{fn}: output_size must be >= 1 on every axis (None keeps the input's size), "
+                         f"got {output_size!r}")
+    if nd == 1:  # a 1D problem is a 2D problem of height 1
+        in_size, out_size = (1,) + in_size, (1,) + out_size
+    geom = AdaptivePoolGeometry(batch=N, channels=C, in_size=in_size, out_size=out_size, dtype=np.dtype(dtype).name)
+    user_shape = ((N,) if batched else ()) + (C,) + out_size[len(out_size) - nd:]
+    return geom, user_shape

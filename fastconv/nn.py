@@ -23,12 +23,14 @@ import math
 
 import numpy as np
 
+from . import adaptive as _adaptive
 from . import conv as _conv
 from . import pool as _pool
 from . import transpose as _transpose
 from ._validate import as_array
 
-__all__ = ["AvgPool1d", "AvgPool2d", "AvgPool3d", "Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d", "ConvTranspose2d",
+__all__ = ["AdaptiveAvgPool1d", "AdaptiveAvgPool2d", "AdaptiveAvgPool3d", "AdaptiveMaxPool1d", "AdaptiveMaxPool2d",
+           "AdaptiveMaxPool3d", "AvgPool1d", "AvgPool2d", "AvgPool3d", "Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d", "ConvTranspose2d",
            "ConvTranspose3d", "Layer", "MaxPool1d", "MaxPool2d", "MaxPool3d"]
 
 
@@ -325,5 +327,89 @@ class AvgPool2d(_AvgPoolNd):
 
 class AvgPool3d(AvgPool2d):
     """3D average pooling layer, constructed like ``torch.nn.AvgPool3d`` (``divisor_override`` included)."""
+
+    _nd = 3
+
+
+class _AdaptiveMaxPoolNd(Layer):
+    _nd = 2
+
+    def __init__(self, output_size, return_indices=False, *, method="auto"):
+        super().__init__()
+        self.output_size, self.return_indices, self.method = output_size, return_indices, method
+
+    def forward(self, x):
+        """Adaptive max pooling; keeps the argmax indices and the input's shape for backward.
+
+        Returns the pooled array, and the indices too when the layer was built with
+        ``return_indices=True`` (as ``torch.nn.AdaptiveMaxPool2d``).
+        """
+        x = as_array(x, "x", f"{type(self).__name__}.forward")
+        fn = getattr(_adaptive, f"adaptive_max_pool{self._nd}d")
+        y, idx = fn(x, self.output_size, return_indices=True, method=self.method)
+        self._saved = (idx, x.shape)
+        return (y, idx) if self.return_indices else y
+
+    def backward(self, grad_output):
+        """dL/dx: each output's gradient to the input element its maximum came from."""
+        idx, shape = self._need_forward()
+        fn = getattr(_adaptive, f"adaptive_max_pool{self._nd}d_backward")
+        return fn(grad_output, idx, shape, method=self.method)
+
+
+class AdaptiveMaxPool1d(_AdaptiveMaxPoolNd):
+    """1D adaptive max pooling layer, constructed like ``torch.nn.AdaptiveMaxPool1d``."""
+
+    _nd = 1
+
+
+class AdaptiveMaxPool2d(_AdaptiveMaxPoolNd):
+    """2D adaptive max pooling layer, constructed like ``torch.nn.AdaptiveMaxPool2d``."""
+
+    _nd = 2
+
+
+class AdaptiveMaxPool3d(_AdaptiveMaxPoolNd):
+    """3D adaptive max pooling layer, constructed like ``torch.nn.AdaptiveMaxPool3d``."""
+
+    _nd = 3
+
+
+class _AdaptiveAvgPoolNd(Layer):
+    _nd = 2
+
+    def __init__(self, output_size, *, method="auto"):
+        super().__init__()
+        self.output_size, self.method = output_size, method
+
+    def forward(self, x):
+        """Adaptive average pooling; keeps the input's shape for backward."""
+        x = as_array(x, "x", f"{type(self).__name__}.forward")
+        fn = getattr(_adaptive, f"adaptive_avg_pool{self._nd}d")
+        y = fn(x, self.output_size, method=self.method)
+        self._saved = x.shape
+        return y
+
+    def backward(self, grad_output):
+        """dL/dx: each output's gradient spread evenly over its window."""
+        shape = self._need_forward()
+        fn = getattr(_adaptive, f"adaptive_avg_pool{self._nd}d_backward")
+        return fn(grad_output, shape, method=self.method)
+
+
+class AdaptiveAvgPool1d(_AdaptiveAvgPoolNd):
+    """1D adaptive average pooling layer, constructed like ``torch.nn.AdaptiveAvgPool1d``."""
+
+    _nd = 1
+
+
+class AdaptiveAvgPool2d(_AdaptiveAvgPoolNd):
+    """2D adaptive average pooling layer, constructed like ``torch.nn.AdaptiveAvgPool2d``."""
+
+    _nd = 2
+
+
+class AdaptiveAvgPool3d(_AdaptiveAvgPoolNd):
+    """3D adaptive average pooling layer, constructed like ``torch.nn.AdaptiveAvgPool3d``."""
 
     _nd = 3

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from . import adaptive as _adaptive
 from . import conv as _conv
 from . import pool as _pool
 from . import strategies
@@ -66,4 +67,11 @@ def warmup(dtypes: Sequence = ("float32",), methods: Sequence[str] | None = None
                 _pool.max_pool2d_backward(y, idx, x.shape, method=method)
                 a = _pool.avg_pool2d(x, **kw, method=method)
                 _pool.avg_pool2d_backward(a, x.shape, **kw, method=method)
+            if "adaptive_max_pool" in strategies.strategy(method).ops:
+                # adaptive pooling: one kernel per op for ranks 2 and 3 (the max with and without indices)
+                y, idx = _adaptive.adaptive_max_pool2d(x, (4, 5), return_indices=True, method=method)
+                _adaptive.adaptive_max_pool2d(x, (4, 5), method=method)
+                _adaptive.adaptive_max_pool2d_backward(y, idx, x.shape, method=method)
+                a = _adaptive.adaptive_avg_pool2d(x, (4, 5), method=method)
+                _adaptive.adaptive_avg_pool2d_backward(a, x.shape, method=method)
     return time.perf_counter() - start

@@ -13,12 +13,21 @@ stays cheap: ``loop`` (pure Python, the oracle), ``vectorized`` (NumPy only), ``
 
 Operations (rank-free: every problem record carries its rank) and their arguments::
 
-    conv               (x, weight, bias, problem, out)
-    conv_backward      (grad_out, x, weight, problem, grad_x, grad_w, grad_b)
-    max_pool           (x, problem, out, indices)
-    max_pool_backward  (grad_out, indices, problem, grad_x)
-    avg_pool           (x, problem, out)
-    avg_pool_backward  (grad_out, problem, grad_x)
+    conv                        (x, weight, bias, problem, out)
+    conv_backward               (grad_out, x, weight, problem, grad_x, grad_w, grad_b)
+    max_pool                    (x, problem, out, indices)
+    max_pool_backward           (grad_out, indices, problem, grad_x)
+    avg_pool                    (x, problem, out)
+    avg_pool_backward           (grad_out, problem, grad_x)
+    adaptive_max_pool           (x, problem, out, indices)
+    adaptive_max_pool_backward  (grad_out, indices, problem, grad_x)
+    adaptive_avg_pool           (x, problem, out)
+    adaptive_avg_pool_backward  (grad_out, problem, grad_x)
+
+The ``problem`` is a :class:`~fastconv.geometry.ConvGeometry` for the convolution ops, a
+:class:`~fastconv.geometry.PoolGeometry` for the pooling ops and an
+:class:`~fastconv.geometry.AdaptivePoolGeometry` for the adaptive ones. ``indices`` (or None:
+not wanted) are int64 flat positions in each input plane (``(d*H + h)*W + w`` for rank 3).
 
 Arrays are validated, C-contiguous, ``(N, C, *spatial)`` with the problem's rank (1D problems
 reach the strategies lifted to 2D, height 1); each function writes every element of its
@@ -35,7 +44,8 @@ from collections.abc import Callable, Mapping
 __all__ = ["OPS", "Strategy", "get", "names", "register", "strategy", "unregister"]
 
 #: Every operation a strategy may implement.
-OPS = ("conv", "conv_backward", "max_pool", "max_pool_backward", "avg_pool", "avg_pool_backward")
+OPS = ("conv", "conv_backward", "max_pool", "max_pool_backward", "avg_pool", "avg_pool_backward",
+       "adaptive_max_pool", "adaptive_max_pool_backward", "adaptive_avg_pool", "adaptive_avg_pool_backward")
 
 #: Default test tolerances (rtol, atol) per dtype, for strategies that do not state their own.
 #: float32: sums of K <= ~600 products of O(1) values err like sqrt(K) * 6e-8 * |terms|; errors

@@ -7,7 +7,8 @@ meant for reading and for checking the fast strategies on small problems, not fo
 
 Arrays are validated, C-contiguous ``(N, C, *spatial)`` of one float dtype; ``geom`` is the
 resolved problem (:mod:`fastconv.geometry`): per-axis ``in_size``, ``kernel``, ``stride``,
-``dilation``, ``padding`` and ``out_size``. Sums are kept in Python floats (float64).
+``dilation``, ``padding`` and ``out_size`` (adaptive pooling: ``in_size`` and ``out_size``, the
+windows following from them). Sums are kept in Python floats (float64).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import math
 
 import numpy as np
 
+from ..geometry import adaptive_window
 from . import Strategy
 
 
@@ -101,23 +103,32 @@ def _pool_window(o, geom):
     return positions
 
 
+def _window_max(plane, window):
+    """``(maximum, its position)`` over the positions ``window`` of ``plane``, by PyTorch's rule.
+
+    A value replaces the best if it is greater or NaN: ties keep the first position (row-major),
+    a NaN wins (the last NaN's position is kept), and a window of only -inf reports its first
+    position.
+    """
+    best = -math.inf
+    best_at = window[0]
+    for pos in window:
+        v = float(plane[pos])
+        if v > best or math.isnan(v):
+            best, best_at = v, pos
+    return best, best_at
+
+
 def max_pool(x, geom, out, indices):
     """Maximum over each window; ``indices`` (or None) gets the flat index of the maximum in its input plane.
 
-    Padding never wins. A NaN in the window wins (and the last NaN's index is kept), as in
-    PyTorch; a window of only -inf reports its first input element.
+    Padding never wins; otherwise :func:`_window_max`'s rule, PyTorch's.
     """
     N, C = x.shape[:2]
     for n in range(N):
         for c in range(C):
             for o in _positions(geom.out_size):
-                window = _pool_window(o, geom)
-                best = -math.inf
-                best_at = window[0]
-                for pos in window:
-                    v = float(x[(n, c) + pos])
-                    if v > best or math.isnan(v):
-                        best, best_at = v, pos
+                best, best_at = _window_max(x[n, c], _pool_window(o, geom))
                 out[(n, c) + o] = best
                 if indices is not None:
                     indices[(n, c) + o] = np.ravel_multi_index(best_at, geom.in_size)
@@ -182,6 +193,49 @@ def avg_pool_backward(grad_out, geom, grad_x):
     grad_x[...] = gx
 
 
+def _adaptive_window(o, geom):
+    """The input positions of output ``o``'s adaptive window, row-major: per axis
+    ``[floor(i*n/o), ceil((i+1)*n/o))`` (:func:`~fastconv.geometry.adaptive_window`)."""
+    return list(itertools.product(*(range(*adaptive_window(i, n, m))
+                                    for i, n, m in zip(o, geom.in_size, geom.out_size))))
+
+
+def adaptive_max_pool(x, geom, out, indices):
+    """Maximum over each adaptive window (:func:`_window_max`'s rule); ``indices`` (or None) as in :func:`max_pool`."""
+    N, C = x.shape[:2]
+    for n in range(N):
+        for c in range(C):
+            for o in _positions(geom.out_size):
+                best, best_at = _window_max(x[n, c], _adaptive_window(o, geom))
+                out[(n, c) + o] = best
+                if indices is not None:
+                    indices[(n, c) + o] = np.ravel_multi_index(best_at, geom.in_size)
+
+
+def adaptive_avg_pool(x, geom, out):
+    """Mean over each adaptive window: its sum divided by the number of elements it holds."""
+    N, C = x.shape[:2]
+    for n in range(N):
+        for c in range(C):
+            for o in _positions(geom.out_size):
+                window = _adaptive_window(o, geom)
+                out[(n, c) + o] = sum(float(x[(n, c) + pos]) for pos in window) / len(window)
+
+
+def adaptive_avg_pool_backward(grad_out, geom, grad_x):
+    """Each output's gradient, divided by its window's size, goes to every element of the window."""
+    N, C = grad_x.shape[:2]
+    gx = np.zeros(grad_x.shape)
+    for n in range(N):
+        for c in range(C):
+            for o in _positions(geom.out_size):
+                window = _adaptive_window(o, geom)
+                g = float(grad_out[(n, c) + o]) / len(window)
+                for pos in window:
+                    gx[(n, c) + pos] += g
+    grad_x[...] = gx
+
+
 STRATEGY = Strategy(
     name="loop",
     summary="pure Python, one output at a time: the definition and the test oracle (slow)",
@@ -189,5 +243,8 @@ STRATEGY = Strategy(
     reference=True,
     ranks=(2, 3),
     ops={"conv": conv, "conv_backward": conv_backward, "max_pool": max_pool,
-         "max_pool_backward": max_pool_backward, "avg_pool": avg_pool, "avg_pool_backward": avg_pool_backward},
+         "max_pool_backward": max_pool_backward, "avg_pool": avg_pool, "avg_pool_backward": avg_pool_backward,
+         "adaptive_max_pool": adaptive_max_pool, "adaptive_avg_pool": adaptive_avg_pool,
+         # the indices say where each gradient goes, whatever the windows were
+         "adaptive_max_pool_backward": max_pool_backward, "adaptive_avg_pool_backward": adaptive_avg_pool_backward},
 )
