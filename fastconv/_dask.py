@@ -32,18 +32,21 @@ The backward functions take arrays chunked along the batch axis (other axes are 
 chunk): ``grad_input`` chunk by chunk, ``grad_weight`` and ``grad_bias`` as dask's tree reduction
 of per-chunk sums.
 
-Threads. Inside a dask task fastconv's kernels run with ``budget // running`` threads (at least
-one), where ``running`` counts the fastconv chunks executing in this process at that moment and
-``budget`` is the thread count of the Python thread that built the graph (threaded and
-synchronous schedulers) or the worker's ``nthreads`` (dask.distributed; dask sizes workers to
-the cores). One chunk alone uses the whole budget; a threaded scheduler running one chunk per core
-gets one thread per chunk instead of ``cores x cores``. Numba's ``workqueue`` layer, which aborts
+Threads. Inside a dask task fastconv's kernels run with ``budget // max(running, pool)`` threads
+(at least one): ``budget`` is the thread count of the Python thread that built the graph
+(threaded and synchronous schedulers) or the worker's ``nthreads`` (dask.distributed: dask
+sizes its workers to the cores); ``running`` counts the fastconv blocks executing in this process
+when the block starts, and ``pool`` the size of the thread pool running it (dask's threaded
+scheduler: its ``num_workers``). The synchronous scheduler's one block
+at a time uses the whole budget, as does a graph of one block; a threaded scheduler with a
+thread per core runs one fastconv thread per block instead of ``cores x cores``. Numba's ``workqueue`` layer, which aborts
 when two threads launch parallel kernels at once, is made safe by the launch lock of
 :mod:`fastconv._jit` (launches take turns); ``omp`` and ``tbb`` run them side by side.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import dataclasses
 import functools
@@ -149,6 +152,10 @@ def window_axis(chunks, n, k, s, d, lo, hi, o) -> Axis:
         return b_prev < b < o and b * s - lo < n and (b - 1) * s - lo + extent >= 0
 
     starts, outs = _blocks(chunks, n, max(left, right), lambda c: -(-c // s), valid)
+    if len(starts) == 1:  # one block: the whole problem (its windows may all lie in the padding)
+        overhang = (o - 1) * s - lo + extent + 1 - n  # ceil_mode's last window may reach past hi
+        return Axis(chunks=(n,), depth=(0, 0), out_chunks=(o,), crop=((0, n),), pad=((lo, max(hi, overhang)),),
+                    extra=(0,), origin=(0,))
     bounds = outs + [o]
     crop, pad, origin = [], [], []
     for j, begin in enumerate(starts):
@@ -158,9 +165,8 @@ def window_axis(chunks, n, k, s, d, lo, hi, o) -> Axis:
         crop.append((max(first, 0) - data, min(last + 1, n) - data))
         pad.append((max(0, -first), max(0, last + 1 - n)))
         origin.append(max(first, 0))
-    many = len(starts) > 1
-    return Axis(chunks=_sizes(starts, n), depth=(left, right) if many else (0, 0), out_chunks=_sizes(outs, o),
-                crop=tuple(crop), pad=tuple(pad), extra=(0,) * len(starts), origin=tuple(origin))
+    return Axis(chunks=_sizes(starts, n), depth=(left, right), out_chunks=_sizes(outs, o), crop=tuple(crop),
+                pad=tuple(pad), extra=(0,) * len(starts), origin=tuple(origin))
 
 
 def transpose_axis(chunks, n, k, s, d, lo, hi, output_padding, o) -> Axis:
@@ -201,6 +207,29 @@ _running = 0
 _running_lock = threading.Lock()
 
 
+def _pool_threads() -> int:
+    """The size of the thread pool running this task (dask's threaded scheduler: its ``num_workers``), else 1.
+
+    A ``concurrent.futures.ThreadPoolExecutor`` starts its threads one per submitted task, so a
+    block that starts first may see only its own thread; the pool's ``max_workers`` is known
+    from the start. It is read from the worker thread's arguments (CPython's executor passes a
+    weak reference to itself); failing that, the pool's live threads are counted.
+    """
+    thread = threading.current_thread()
+    if thread is threading.main_thread():  # the synchronous scheduler, or the caller's own call
+        return 1
+    try:
+        executor = thread._args[0]()
+        if isinstance(executor, concurrent.futures.ThreadPoolExecutor):
+            return max(1, int(executor._max_workers))
+    except Exception:  # another Python, another executor: count the pool's threads instead
+        pass
+    prefix, sep, index = thread.name.rpartition("_")
+    if not (sep and prefix and index.isdigit()):
+        return 1
+    return sum(1 for t in threading.enumerate() if t.name.rpartition("_")[0] == prefix)
+
+
 def _worker_threads():
     """The ``nthreads`` of the dask.distributed worker running this task, or None outside one."""
     distributed = sys.modules.get("distributed")
@@ -216,7 +245,8 @@ def _worker_threads():
 
 @contextlib.contextmanager
 def sharing(budget: int):
-    """Run the block inside with ``budget // running`` fastconv threads (at least one); see the module doc."""
+    """Run the block inside with ``budget // max(running, pool)`` fastconv threads (at least one); see the
+    module doc."""
     global _running
     worker = _worker_threads()
     if worker:
@@ -226,7 +256,7 @@ def sharing(budget: int):
         _running += 1
         running = _running
     try:
-        with threads.num_threads(max(1, budget // running)):
+        with threads.num_threads(max(1, budget // max(running, _pool_threads()))):
             yield
     finally:
         with _running_lock:
