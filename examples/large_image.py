@@ -36,11 +36,11 @@ import fastconv
 from fastconv._dask import require
 
 
-def write_synthetic(path: str, channels: int, size: int, chunk: int, seed: int = 0) -> None:
-    """A ``(channels, size, size)`` float32 zarr array of smooth noise, written chunk by chunk."""
+def write_synthetic(path: str, channels: int, size: int, chunk: tuple, seed: int = 0) -> None:
+    """A ``(channels, size, size)`` float32 zarr array of noise, written chunk by chunk (``chunk``: rows, columns)."""
     da = require("large_image", "dask.array")
     rng = da.random.default_rng(seed)
-    image = rng.standard_normal((channels, size, size), chunks=(channels, chunk, chunk), dtype=np.float32)
+    image = rng.standard_normal((channels, size, size), chunks=(channels,) + tuple(chunk), dtype=np.float32)
     write_zarr(image, path)
 
 
@@ -103,28 +103,49 @@ class PeakMemory:
         self.peak = max(self.peak, self.now())
 
 
+#: What the example's workers do with freed memory. dask's nanny starts workers with
+#: ``MALLOC_TRIM_THRESHOLD_=65536``: glibc hands freed memory back to the OS at once, so every
+#: chunk-sized array is fresh pages again. On the VMs this was measured on a fresh page costs so
+#: much (a 16 MB array: ~10 ms of page faults) that the pipeline's time went to the kernel's page
+#: faults, not to filtering: with glibc keeping freed chunks (trim threshold 1 GiB, arrays up to
+#: 32 MiB from the heap instead of fresh mmaps) a 2048x2048 chunk's 5x5 filter took 20 ms instead
+#: of 90. Both libraries run with the same setting; ``--return-memory`` keeps dask's.
+KEEP_FREED_MEMORY = {"MALLOC_TRIM_THRESHOLD_": str(2**30), "MALLOC_MMAP_THRESHOLD_": str(2**25)}
+
+
 def run(args) -> None:
+    dask = require("large_image", "dask")
     da = require("large_image", "dask.array")
     distributed = require("large_image", "distributed")
-    source = os.path.join(args.store, f"image-{args.channels}x{args.size}.zarr")
+    chunk = args.chunk if len(args.chunk) == 2 else args.chunk * 2
+    chunk = tuple(min(c, args.size) for c in chunk)
+    source = os.path.join(args.store, f"image-{args.channels}x{args.size}-chunk{chunk[0]}x{chunk[1]}.zarr")
     if not os.path.exists(source):
         start = time.perf_counter()
-        write_synthetic(source, args.channels, args.size, args.chunk)
+        write_synthetic(source, args.channels, args.size, chunk)
         print(f"wrote {source} in {time.perf_counter() - start:.1f} s")
     image = da.from_zarr(source)
     rng = np.random.default_rng(1)
     k = args.kernel
-    gigabytes = image.nbytes / 2**30
-    print(f"image {image.shape} {image.dtype} ({gigabytes:.2f} GiB), chunks {image.chunksize}, kernel {k}x{k}")
+    if args.filter_only:
+        weight = rng.standard_normal((k, k)).astype(np.float32) / k
+    else:
+        weight = rng.standard_normal((args.out_channels, args.channels, k, k)).astype(np.float32)
+        weight /= np.sqrt(args.channels * k * k)
+    print(f"image {image.shape} {image.dtype} ({image.nbytes / 2**30:.2f} GiB), chunks {image.chunksize}, "
+          f"kernel {k}x{k}")
+    environ = dict(dask.config.get("distributed.nanny.pre-spawn-environ", {}))
+    if not args.return_memory:
+        environ.update(KEEP_FREED_MEMORY)
     runs = [("fastconv", w) for w in args.workers]
     if args.compare:
         runs += [("dask-image", w) for w in args.workers]
     for name, workers in runs:
-        with distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                                      dashboard_address=None, silence_logs=40) as cluster, \
-                distributed.Client(cluster):
+        with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}), \
+                distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                                         dashboard_address=":0", silence_logs=40) as cluster, \
+                distributed.Client(cluster) as client:
             if args.filter_only:
-                weight = rng.standard_normal((k, k)).astype(np.float32) / k
                 plane = image[0]
                 if name == "fastconv":
                     result = fastconv.conv2d(plane[None], weight[None, None], padding="same")[0]
@@ -132,23 +153,28 @@ def run(args) -> None:
                     ndfilters = require("large_image --compare", "dask_image.ndfilters")
                     result = ndfilters.correlate(plane, weight, mode="constant", cval=0.0)
             else:
-                weight = rng.standard_normal((args.out_channels, args.channels, k, k)).astype(np.float32)
-                weight /= np.sqrt(args.channels * k * k)
                 result = pipeline(image, weight, np.zeros(args.out_channels, np.float32))
-            if name == "fastconv":  # every worker compiles (or loads from Numba's cache) its kernels first
-                distributed.get_client().run(fastconv.warmup)
+            if name == "fastconv":  # every worker compiles (or loads from Numba's cache) its kernels
+                client.run(fastconv.warmup)
+            memory = PeakMemory()
+            baseline = memory.now()  # the fixed overhead: interpreters, libraries, compiled kernels
+            # Warm the workers on two rows of chunks (a long-running cluster is warm), then the whole image.
+            rows = sum(result.chunks[-2][:2])
+            result[..., :rows, :].sum().compute()
             target = os.path.join(args.store, f"result-{name}.zarr")
-            with PeakMemory() as memory:
-                before = memory.now()
+            with memory:
                 start = time.perf_counter()
-                write_zarr(result, target)
+                if args.no_write:  # the filter alone: read, filter, and a checksum instead of a store
+                    result.sum().compute()
+                else:
+                    write_zarr(result, target)
                 seconds = time.perf_counter() - start
             megapixels = image.shape[-1] * image.shape[-2] * image.shape[0] / 1e6
             print(f"{name:10s} {workers} worker process(es): {seconds:6.2f} s, {megapixels / seconds:7.1f} "
-                  f"Mpixel/s; process tree {before / 2**20:6.0f} MiB before, peak {memory.peak / 2**20:6.0f} MiB "
-                  f"(+{(memory.peak - before) / 2**20:.0f} MiB = {(memory.peak - before) / image.nbytes:.1%} of "
-                  f"the image) -> {target}")
-    if args.compare and args.filter_only:
+                  f"Mpixel/s; process tree {baseline / 2**20:4.0f} MiB before (fixed), peak "
+                  f"{memory.peak / 2**20:4.0f} MiB (+{(memory.peak - baseline) / 2**20:.0f} MiB = "
+                  f"{(memory.peak - baseline) / image.nbytes:.1%} of the image)")
+    if args.compare and args.filter_only and not args.no_write:
         a = da.from_zarr(os.path.join(args.store, "result-fastconv.zarr"))
         b = da.from_zarr(os.path.join(args.store, "result-dask-image.zarr"))
         difference = float(abs(a - b).max().compute())
@@ -161,12 +187,16 @@ def main(argv=None) -> None:
     parser.add_argument("--channels", type=int, default=3)
     parser.add_argument("--out-channels", type=int, default=8)
     parser.add_argument("--kernel", type=int, default=5, help="odd kernel size (default 5)")
-    parser.add_argument("--chunk", type=int, default=2048, help="zarr / dask chunk edge (default 2048)")
+    parser.add_argument("--chunk", type=int, nargs="+", default=[256, 16384],
+                        help="zarr / dask chunk: rows [columns] (default 256 16384: stripes)")
     parser.add_argument("--workers", type=int, nargs="+", default=[2], help="worker processes (several: one run each)")
     parser.add_argument("--store", default=os.path.join(os.getcwd(), "large-image-data"),
                         help="directory for the zarr stores")
     parser.add_argument("--filter-only", action="store_true", help="a single-channel 2D filter, nothing else")
     parser.add_argument("--compare", action="store_true", help="also run dask-image's ndfilters.correlate")
+    parser.add_argument("--no-write", action="store_true", help="time reading and filtering only (no store)")
+    parser.add_argument("--return-memory", action="store_true",
+                        help="workers hand freed memory back to the OS at once (dask's default; slower here)")
     args = parser.parse_args(argv)
     if args.kernel % 2 == 0:
         parser.error("--kernel must be odd (dask-image's correlate centres the kernel)")

@@ -23,7 +23,6 @@ import time
 
 import numpy as np
 
-from . import pool as _pool
 from .shapes import Problem
 from .threads import num_threads
 
@@ -134,9 +133,11 @@ def make_call(problem: Problem, method: str, dtype=np.float32, backward: bool = 
     if not backward:
         return lambda: fn(x, method=method, **kw)
     gy = np.ones((problem.batch, problem.in_channels) + problem.output_spatial(), dtype)
-    if problem.op.startswith("max_pool"):
-        _, idx = getattr(_pool, problem.op)(x, return_indices=True, **kw)
+    if "max_pool" in problem.op:
+        _, idx = _fastconv_function(problem, False)(x, return_indices=True, **kw)
         return lambda: fn(gy, idx, x.shape, method=method)
+    if problem.is_adaptive:
+        return lambda: fn(gy, x.shape, method=method)
     return lambda: fn(gy, x.shape, method=method, **kw)
 
 

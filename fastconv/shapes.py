@@ -19,8 +19,10 @@ class Problem:
     """One benchmark problem: an op and its geometry.
 
     ``op`` is a public function's name (``"conv1d"``, ``"conv2d"``, ``"conv3d"``,
-    ``"max_pool2d"``, ``"avg_pool3d"``, ...). ``spatial`` is ``(L,)``, ``(H, W)`` or
-    ``(D, H, W)`` and ``kernel`` the kernel size; for pooling ``out_channels`` is unused.
+    ``"max_pool2d"``, ``"avg_pool3d"``, ``"adaptive_avg_pool2d"``, ...). ``spatial`` is ``(L,)``,
+    ``(H, W)`` or ``(D, H, W)`` and ``kernel`` the kernel size; for pooling ``out_channels`` is
+    unused; adaptive pooling has its output size in ``extra["output_size"]`` (an int) instead of a
+    kernel.
     """
 
     name: str
@@ -45,6 +47,11 @@ class Problem:
         return self.op.startswith("conv")
 
     @property
+    def is_adaptive(self) -> bool:
+        """Adaptive pooling: the output size is given, the windows follow from it."""
+        return self.op.startswith("adaptive")
+
+    @property
     def is_transpose(self) -> bool:
         """A transposed convolution: weight ``(C_in, C_out/groups, k...)``, output upsampled."""
         return self.op.startswith("conv_transpose")
@@ -66,6 +73,8 @@ class Problem:
             return tuple((n - 1) * self.stride - 2 * self.padding + k for n, k in zip(self.spatial, self.kernel))
         if self.is_conv:
             return tuple(conv_output_size(n, k, self.stride, self.padding) for n, k in zip(self.spatial, self.kernel))
+        if self.is_adaptive:
+            return (self.extra["output_size"],) * self.nd
         return tuple(pool_output_size(n, k, self.stride, self.padding) for n, k in zip(self.spatial, self.kernel))
 
     def flops(self) -> int:
@@ -75,6 +84,8 @@ class Problem:
         k = int(np.prod(self.kernel))
         if self.is_conv:
             return 2 * self.batch * self.out_channels * (self.in_channels // self.groups) * k * out
+        if self.is_adaptive:  # every input element read about once
+            return self.batch * self.in_channels * max(int(np.prod(self.spatial)), out)
         return self.batch * self.in_channels * k * out
 
     def bytes_moved(self, itemsize: int = 4) -> int:
@@ -96,6 +107,8 @@ class Problem:
         """Keyword arguments of the fastconv call (and, under the same names, of torch's)."""
         if self.is_conv:
             return dict(stride=self.stride, padding=self.padding, groups=self.groups)
+        if self.is_adaptive:
+            return dict(output_size=self.extra["output_size"])
         return dict(kernel_size=self.kernel, stride=self.stride, padding=self.padding)
 
     def describe(self) -> str:
@@ -106,6 +119,8 @@ class Problem:
             return (f"{self.op} N={self.batch} {self.in_channels}x{dims} -> {self.out_channels}, "
                     f"k={k} s={self.stride} p={self.padding}{g}")
         dims = "x".join(map(str, self.spatial))
+        if self.is_adaptive:
+            return f"{self.op} N={self.batch} C={self.in_channels} {dims} -> {self.extra['output_size']}"
         return f"{self.op} N={self.batch} C={self.in_channels} {dims}, k={self.kernel[0]} s={self.stride} p={self.padding}"
 
 
@@ -133,6 +148,14 @@ def _pool(name, op, n, c, h, w, k, s, p, description=""):
     return Problem(name, op, n, c, (h, w), c, (k, k), s, p, 1, description)
 
 
+def _pool1d(name, op, n, c, length, k, s, p, description=""):
+    return Problem(name, op, n, c, (length,), c, (k,), s, p, 1, description)
+
+
+def _adaptive(name, op, n, c, h, w, out, description=""):
+    return Problem(name, op, n, c, (h, w), c, (1, 1), 1, 0, 1, description, extra={"output_size": out})
+
+
 _ALL = [
     _conv2d("resnet_conv1", 1, 3, 224, 224, 64, 7, 7, 2, 3, description="ResNet stem"),
     _conv2d("resnet_3x3_56", 1, 64, 56, 56, 64, 3, 3, 1, 1, description="ResNet stage 1"),
@@ -152,6 +175,10 @@ _ALL = [
     _pool("lenet_maxpool", "max_pool2d", 32, 8, 24, 24, 2, 2, 0, description="LeNet pooling"),
     _pool("global_avgpool", "avg_pool2d", 1, 2048, 7, 7, 7, 7, 0, description="global average pooling"),
     _pool("avgpool_3x3", "avg_pool2d", 8, 256, 28, 28, 3, 1, 1, description="3x3 average pooling"),
+    _pool("global_avgpool_b32", "avg_pool2d", 32, 512, 7, 7, 7, 7, 0, description="global average pooling, batch 32"),
+    _adaptive("adaptive_avg_7x7", "adaptive_avg_pool2d", 1, 512, 14, 14, 7, description="adaptive average to 7x7"),
+    _pool1d("maxpool1d_8000", "max_pool1d", 8, 128, 8000, 4, 4, 0, description="1D max pooling, long rows"),
+    _pool1d("maxpool1d_3", "max_pool1d", 4, 256, 2000, 3, 3, 0, description="1D max pooling, window 3"),
     _conv3d("unet3d_3x3x3", 1, 32, 64, 64, 64, 32, 3, 1, 1, description="3D U-Net stage (CT, microscopy)"),
     _conv3d("c3d_video", 1, 64, 16, 56, 56, 128, 3, 1, 1, description="video (C3D)"),
     _conv3d("ct_stem_3d", 1, 1, 128, 128, 128, 16, 5, 2, 2, description="CT volume first layer"),

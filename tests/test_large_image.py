@@ -57,7 +57,7 @@ def test_example_pipeline_matches_in_memory(example, tmp_path, capsys):
                   "--workers", "1", "--store", str(tmp_path)])
     printed = capsys.readouterr().out
     assert "Mpixel/s" in printed and "peak" in printed
-    image = da.from_zarr(str(tmp_path / "image-2x200.zarr")).compute()
+    image = da.from_zarr(str(tmp_path / "image-2x200-chunk64x64.zarr")).compute()
     result = da.from_zarr(str(tmp_path / "result-fastconv.zarr")).compute()
     rng = np.random.default_rng(1)  # the example's weights, drawn the same way
     weight = rng.standard_normal((3, 2, 3, 3)).astype(np.float32) / np.sqrt(2 * 3 * 3)

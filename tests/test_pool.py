@@ -209,3 +209,31 @@ def test_empty_batch_shapes_match_pytorch(torch, shape, window, pooled):
     (out.sum() + avg.sum()).backward()
     assert tuple(out.shape) == tuple(idx.shape) == tuple(avg.shape) == pooled
     assert tuple(x.grad.shape) == shape
+
+
+FIXED_PAIRS = [  # (nd, kernel, stride): every (kW, sW) of _pool_kernels.FIXED_WIDTH_STRIDES, 1D and 2D
+    (nd, k, s) for k, s in ((2, 2), (3, 2), (3, 1), (3, 3), (4, 4)) for nd in (1, 2)]
+
+
+@pytest.mark.parametrize("nd, k, s", FIXED_PAIRS)
+@pytest.mark.parametrize("padding", [0, 1])
+def test_fixed_window_paths_match_loop(nd, k, s, padding):
+    """Rows long enough for the fixed-window paths (literal width and stride), with NaN, ties and borders."""
+    from fastconv.strategies import _pool_kernels
+
+    assert (k, s) in _pool_kernels.FIXED_WIDTH_STRIDES
+    rng = np.random.default_rng(k * 10 + s)
+    shape = (2, 3, 67) if nd == 1 else (2, 3, 13, 41)
+    x = rng.integers(-4, 5, shape).astype(np.float32)  # small integers: ties everywhere
+    x.reshape(-1)[rng.choice(x.size, 5, replace=False)] = np.nan
+    max_pool, avg_pool = (fastconv.max_pool1d, fastconv.avg_pool1d) if nd == 1 else (
+        fastconv.max_pool2d, fastconv.avg_pool2d)
+    for ceil_mode in (False, True):
+        out, idx = max_pool(x, k, s, padding, return_indices=True, ceil_mode=ceil_mode, method="direct")
+        ref, ref_idx = max_pool(x, k, s, padding, return_indices=True, ceil_mode=ceil_mode, method="loop")
+        np.testing.assert_array_equal(out, ref)
+        np.testing.assert_array_equal(idx, ref_idx)
+        y = np.nan_to_num(x)
+        for count_include_pad in (False, True):
+            assert_close(avg_pool(y, k, s, padding, ceil_mode, count_include_pad, method="direct"),
+                         avg_pool(y, k, s, padding, ceil_mode, count_include_pad, method="loop"), np.float32)

@@ -24,8 +24,8 @@ the ``P*oH`` (plane-major): a run holds a few hundred outputs, so a batch of
 small planes and one large image both split over the cores. Within a run,
 rows go one of three ways:
 
-* fixed window: (kW, sW) = (2, 2), (3, 2) or (3, 1), dilation 1 along the
-  row, a square window (any row dilation) or a one-row window (1D pooling),
+* fixed window: (kW, sW) = (2, 2), (3, 2), (3, 1), (3, 3) or (4, 4), dilation
+  1 along the row, a square window (any row dilation) or a one-row window (1D pooling),
   on the rows whose window rows are all in-image. Window width and stride
   are literals, so the taps unroll; on the interior columns the window stays
   in registers and LLVM vectorises across outputs (for stride 1 "same"
@@ -84,9 +84,12 @@ _MIN_ITEMS = 32
 #: The (window width, stride) pairs with a fixed-window path. ``_fixed_ranges`` admits exactly
 #: these (with column dilation 1, and square or one-row windows), and the forward kernels pass
 #: them to ``_max_fixed`` / ``_avg_fixed`` as literals, which unroll the taps: (2, 2) when
-#: ``kW == 2``, else (3, 2) when ``sW == 2``, else (3, 1). A new pair needs its branch there too;
-#: :func:`_check_fixed_windows` (run at import) fails if the rule and these pairs disagree.
-FIXED_WIDTH_STRIDES = ((2, 2), (3, 2), (3, 1))
+#: ``kW == 2``, (4, 4) when ``kW == 4``, else (3, 2) when ``sW == 2``, (3, 3) when ``sW == 3``,
+#: else (3, 1). A new pair needs its branch there too; :func:`_check_fixed_windows` (run at
+#: import) fails if the rule and these pairs disagree. (3, 3) and (4, 4) are 1D pooling's usual
+#: non-overlapping windows: with a literal stride LLVM turns the row's loads into wide vector
+#: loads and shuffles; with a runtime one (the tap-major path) only gathers.
+FIXED_WIDTH_STRIDES = ((2, 2), (3, 2), (3, 1), (3, 3), (4, 4))
 
 
 # --------------------------------------------------------------------------- what the kernels take
@@ -202,7 +205,7 @@ def _fixed_ranges(window, shape, row_taps, col_taps):
     kH, kW = window.kernel_h, window.kernel_w
     sW, dW = window.stride_w, window.dilation_w
     oH, oW = shape.out_height, shape.out_width
-    width_stride = (kW == 2 and sW == 2) or (kW == 3 and (sW == 1 or sW == 2))
+    width_stride = (kW == 2 and sW == 2) or (kW == 3 and 1 <= sW <= 3) or (kW == 4 and sW == 4)
     fixed = width_stride and dW == 1 and (kH == 1 or kH == kW)
     i0 = row_taps.first[0]
     i1 = max(row_taps.end[kH - 1], i0)
@@ -426,9 +429,15 @@ def _max_pool_kernel(x, out, indices, shape, window, rows_per_item):
                 if kW == 2:
                     _max_fixed(x, out, indices, shape, window, rows, cols, fixed_begin, fixed_end, fixed,
                                2, 2)
+                elif kW == 4:
+                    _max_fixed(x, out, indices, shape, window, rows, cols, fixed_begin, fixed_end, fixed,
+                               4, 4)
                 elif sW == 2:
                     _max_fixed(x, out, indices, shape, window, rows, cols, fixed_begin, fixed_end, fixed,
                                3, 2)
+                elif sW == 3:
+                    _max_fixed(x, out, indices, shape, window, rows, cols, fixed_begin, fixed_end, fixed,
+                               3, 3)
                 else:
                     _max_fixed(x, out, indices, shape, window, rows, cols, fixed_begin, fixed_end, fixed,
                                3, 1)
@@ -579,8 +588,12 @@ def _avg_pool_kernel(x, out, shape, window, divisor, rows_per_item):
                 # (kW, sW) as literals, one branch per FIXED_WIDTH_STRIDES pair
                 if kW == 2:
                     _avg_fixed(x, out, shape, window, rows, cols, divisor, fixed_begin, fixed_end, fixed, 2, 2)
+                elif kW == 4:
+                    _avg_fixed(x, out, shape, window, rows, cols, divisor, fixed_begin, fixed_end, fixed, 4, 4)
                 elif sW == 2:
                     _avg_fixed(x, out, shape, window, rows, cols, divisor, fixed_begin, fixed_end, fixed, 3, 2)
+                elif sW == 3:
+                    _avg_fixed(x, out, shape, window, rows, cols, divisor, fixed_begin, fixed_end, fixed, 3, 3)
                 else:
                     _avg_fixed(x, out, shape, window, rows, cols, divisor, fixed_begin, fixed_end, fixed, 3, 1)
             t = fixed_end
@@ -741,7 +754,8 @@ def _check_fixed_windows():
         raise AssertionError(f"_fixed_ranges admits (kW, sW) in {sorted(admitted)}, but the fixed-window "
                              f"helpers are unrolled for FIXED_WIDTH_STRIDES = {FIXED_WIDTH_STRIDES}")
     for kW, sW in FIXED_WIDTH_STRIDES:
-        literals = (2, 2) if kW == 2 else (3, 2) if sW == 2 else (3, 1)  # the kernels' branches
+        literals = ((2, 2) if kW == 2 else (4, 4) if kW == 4 else (3, 2) if sW == 2  # the kernels' branches
+                    else (3, 3) if sW == 3 else (3, 1))
         if literals != (kW, sW):
             raise AssertionError(f"the forward kernels call the fixed-window helpers with {literals} "
                                  f"for (kW, sW) = {(kW, sW)}: add a branch for it")
