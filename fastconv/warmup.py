@@ -67,6 +67,11 @@ def warmup(dtypes: Sequence = ("float32",), methods: Sequence[str] | None = None
                 _pool.max_pool2d_backward(y, idx, x.shape, method=method)
                 a = _pool.avg_pool2d(x, **kw, method=method)
                 _pool.avg_pool2d_backward(a, x.shape, **kw, method=method)
+            # global average pooling's backward is a fill of its own; 3D max pooling has a depth step
+            _pool.avg_pool2d_backward(np.ones((2, 4, 1, 1), dtype), x.shape, 9, method=method)
+            volume = np.ones((1, 2, 4, 5, 5), dtype)
+            y, idx = _pool.max_pool3d(volume, 2, return_indices=True, method=method)
+            _pool.max_pool3d(volume, 2, method=method)
             if "adaptive_max_pool" in strategies.strategy(method).ops:
                 # adaptive pooling: one kernel per op for ranks 2 and 3 (the max with and without indices)
                 y, idx = _adaptive.adaptive_max_pool2d(x, (4, 5), return_indices=True, method=method)

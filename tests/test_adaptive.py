@@ -559,3 +559,28 @@ BAD_BACKWARD = [
 def test_bad_input_is_a_clear_error(call, exc, pattern):
     with pytest.raises(exc, match=pattern):
         call()
+
+
+@pytest.mark.parametrize("nd, shape, output_size", [
+    (1, (2, 3, 12), 4), (2, (1, 4, 14, 14), 7), (2, (2, 3, 12, 8), (4, 2)), (3, (1, 2, 4, 6, 6), (2, 3, 2))])
+def test_divisible_sizes_take_the_fixed_window_kernels_and_agree(nd, shape, output_size):
+    """Input sizes that are multiples of the output's: ordinary pooling (k = s = n/o) computes it, the same
+    values, indices and gradients as the adaptive definition, with ties and NaN."""
+    from fastconv.strategies import _adaptive_kernels
+
+    rng = np.random.default_rng(nd)
+    x = rng.integers(-3, 4, shape).astype(np.float32)  # ties everywhere
+    x.reshape(-1)[rng.choice(x.size, 3, replace=False)] = np.nan
+    geom, _ = adaptive_pool_problem("t", nd, shape, output_size)
+    assert _adaptive_kernels.as_fixed_pool(geom) is not None
+    max_pool = getattr(fastconv, f"adaptive_max_pool{nd}d")
+    avg_pool = getattr(fastconv, f"adaptive_avg_pool{nd}d")
+    out, idx = max_pool(x, output_size, return_indices=True, method="direct")
+    ref, ref_idx = max_pool(x, output_size, return_indices=True, method="loop")
+    np.testing.assert_array_equal(out, ref)
+    np.testing.assert_array_equal(idx, ref_idx)
+    y = np.nan_to_num(x)
+    assert_close(avg_pool(y, output_size, method="direct"), avg_pool(y, output_size, method="loop"), np.float32)
+    g = rng.standard_normal(ref.shape).astype(np.float32)
+    backward = getattr(fastconv, f"adaptive_avg_pool{nd}d_backward")
+    assert_close(backward(g, shape, method="direct"), backward(g, shape, method="loop"), np.float32)

@@ -237,3 +237,31 @@ def test_fixed_window_paths_match_loop(nd, k, s, padding):
         for count_include_pad in (False, True):
             assert_close(avg_pool(y, k, s, padding, ceil_mode, count_include_pad, method="direct"),
                          avg_pool(y, k, s, padding, ceil_mode, count_include_pad, method="loop"), np.float32)
+
+
+@pytest.mark.parametrize("shape", [(3, 5, 7, 7), (1, 2, 1, 9), (2, 1, 6, 4)])
+@pytest.mark.parametrize("divisor_override", [None, 5])
+def test_global_average_pooling_backward_fill_matches_loop(shape, divisor_override):
+    """One window over each whole plane: the backward is a fill of its own (``_global_avg_backward_kernel``)."""
+    from fastconv.strategies import _pool_kernels
+
+    geom = fastconv.explain("avg_pool2d_backward", shape, kernel_size=shape[2:]).geometry
+    assert _pool_kernels._is_global(geom)
+    g = np.random.default_rng(0).standard_normal(shape[:2] + (1, 1)).astype(np.float32)
+    got = fastconv.avg_pool2d_backward(g, shape, shape[2:], divisor_override=divisor_override, method="direct")
+    ref = fastconv.avg_pool2d_backward(g, shape, shape[2:], divisor_override=divisor_override, method="loop")
+    np.testing.assert_array_equal(got, ref)
+
+
+def test_max_pool3d_depth_step_keeps_pytorchs_ties_and_nan():
+    """3D max pooling: 2D pooling of each depth plane, then the compiled depth step (ties: first (d, h, w))."""
+    rng = np.random.default_rng(3)
+    x = rng.integers(-2, 3, (2, 3, 7, 6, 8)).astype(np.float32)
+    x.reshape(-1)[rng.choice(x.size, 6, replace=False)] = np.nan
+    for kw in (dict(kernel_size=2), dict(kernel_size=3, stride=2, padding=1, ceil_mode=True),
+               dict(kernel_size=(3, 2, 2), stride=1, dilation=(2, 1, 1))):
+        out, idx = fastconv.max_pool3d(x, **kw, return_indices=True, method="direct")
+        ref, ref_idx = fastconv.max_pool3d(x, **kw, return_indices=True, method="loop")
+        np.testing.assert_array_equal(out, ref)
+        np.testing.assert_array_equal(idx, ref_idx)
+        np.testing.assert_array_equal(fastconv.max_pool3d(x, **kw, method="direct"), ref)

@@ -48,7 +48,7 @@ from numba import prange
 
 from .. import _jit
 from .._jit import kernel
-from ..geometry import adaptive_windows
+from ..geometry import PoolGeometry, adaptive_windows
 from ._pool_kernels import PlaneShape, _max_pool_backward_kernel
 
 __all__ = ["adaptive_avg_pool", "adaptive_avg_pool_backward", "adaptive_max_pool", "adaptive_max_pool_backward"]
@@ -220,8 +220,35 @@ def _tables(geom):
     return shape, windows, cover
 
 
+@functools.lru_cache(maxsize=256)
+def as_fixed_pool(geom):
+    """The ordinary pooling ``geom`` is, when every input size is a multiple of its output size, else None.
+
+    Then output ``i`` pools ``[i*n/o, (i+1)*n/o)``: windows of ``k = n/o`` at stride ``k``, no
+    padding, divisor ``k`` per axis, the same visiting order: the fixed-window kernels of
+    :mod:`._pool_kernels` compute it (``(1, 512, 14, 14)`` to 7x7 is 2x2 pooling at stride 2),
+    bit for bit and with the same indices.
+    """
+    if any(n % o for n, o in zip(geom.in_size, geom.out_size)):
+        return None
+    kernel = tuple(n // o for n, o in zip(geom.in_size, geom.out_size))
+    return PoolGeometry(batch=geom.batch, channels=geom.channels, in_size=tuple(geom.in_size), kernel=kernel,
+                        stride=kernel, dilation=(1,) * geom.rank, padding=(0,) * geom.rank,
+                        out_size=tuple(geom.out_size), dtype=geom.dtype)
+
+
+def _fixed_op(name):
+    """The direct strategy's ordinary pooling op ``name`` (imported late: direct imports this module)."""
+    from . import direct
+
+    return direct.STRATEGY.ops[name]
+
+
 def adaptive_avg_pool(x, geom, out):
     """Mean over each adaptive window."""
+    fixed = as_fixed_pool(geom)
+    if fixed is not None:
+        return _fixed_op("avg_pool")(x, fixed, out)
     shape, (depth, rows, cols), _ = _tables(geom)
     with _jit.launch():
         _adaptive_avg_kernel(x.reshape(-1), out.reshape(-1), shape, depth, rows, cols)
@@ -229,6 +256,9 @@ def adaptive_avg_pool(x, geom, out):
 
 def adaptive_max_pool(x, geom, out, indices):
     """Maximum over each adaptive window (NaN wins, ties keep the first); ``indices`` may be None."""
+    fixed = as_fixed_pool(geom)
+    if fixed is not None:
+        return _fixed_op("max_pool")(x, fixed, out, indices)
     shape, (depth, rows, cols), _ = _tables(geom)
     flat_indices = None if indices is None else indices.reshape(-1)
     with _jit.launch():
@@ -237,6 +267,9 @@ def adaptive_max_pool(x, geom, out, indices):
 
 def adaptive_avg_pool_backward(grad_out, geom, grad_x):
     """Each output's ``grad / window size`` added to its window (gathered per input row)."""
+    fixed = as_fixed_pool(geom)
+    if fixed is not None:
+        return _fixed_op("avg_pool_backward")(grad_out, fixed, grad_x)
     shape, (depth, rows, cols), (depth_cover, row_cover) = _tables(geom)
     with _jit.launch():
         _adaptive_avg_backward_kernel(grad_out.reshape(-1), grad_x.reshape(-1), shape, depth, rows, cols,

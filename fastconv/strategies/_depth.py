@@ -169,12 +169,14 @@ def _depth_taps(geom: PoolGeometry):
     return taps
 
 
-def max_pool(max_pool2d):
+def max_pool(max_pool2d, depth_max=None):
     """The ``max_pool`` op for a 2D ``max_pool2d``: rank 3 as 2D pooling of each plane, then a max over depth.
 
     The depth step keeps PyTorch's rule (a value replaces the running maximum if it is greater
     or NaN), so ties keep the first (d, h, w) and a NaN window reports its last NaN, as a
-    3D scan would.
+    3D scan would. ``depth_max(p_out, p_idx, geom, taps, out, indices)``, if given, does that
+    step (a compiled kernel; ``p_idx`` and ``indices`` None when no indices are wanted); else
+    NumPy does it here.
     """
 
     def run(x, geom, out, indices):
@@ -184,6 +186,11 @@ def max_pool(max_pool2d):
         oD, oH, oW = geom.out_size
         planes = _plane_pool(geom)
         p_out = np.empty((N, C * D, oH, oW), dtype=x.dtype)
+        if depth_max is not None:
+            p_idx = None if indices is None else np.empty((N, C * D, oH, oW), dtype=np.int64)
+            max_pool2d(x.reshape(N, C * D, H, W), planes, p_out, p_idx)
+            depth_max(p_out, p_idx, geom, _depth_taps(geom), out, indices)
+            return None
         p_idx = np.empty((N, C * D, oH, oW), dtype=np.int64)
         max_pool2d(x.reshape(N, C * D, H, W), planes, p_out, p_idx)
         p_out = p_out.reshape(N, C, D, oH, oW)

@@ -708,6 +708,106 @@ def _avg_pool_backward_kernel(grad_out, grad_x, shape, window, divisor, rows_per
         _avg_backward_rows(scaled, grad_x, shape, window, cols, col_taps, covering, t, t_end)
 
 
+@kernel
+def _global_avg_backward_kernel(grad_out, grad_x, plane_len, divisor, planes_per_item):
+    """Global average pooling's input gradient: every element of plane ``p`` gets ``grad_out[p] / divisor``."""
+    P = grad_out.shape[0]
+    for item in prange((P + planes_per_item - 1) // planes_per_item):
+        for p in range(item * planes_per_item, min((item + 1) * planes_per_item, P)):
+            value = grad_out[p] / divisor
+            at = _U(p * plane_len)
+            for k in range(_U(plane_len)):
+                grad_x[at + k] = value
+
+
+def _is_global(geom) -> bool:
+    """One window over each whole plane (no padding): global pooling."""
+    return (tuple(geom.out_size) == (1, 1) and tuple(geom.kernel) == tuple(geom.in_size)
+            and not any(geom.padding))
+
+
+# --------------------------------------------------------------------------- 3D max pooling: the depth step
+
+
+class DepthTaps(NamedTuple):
+    """Per depth tap ``a`` (in window order): output planes ``[first, last)`` read input plane ``d0 + (o - first)*stride``."""
+
+    first: np.ndarray
+    last: np.ndarray
+    d0: np.ndarray
+
+
+class Volume(NamedTuple):
+    """``planes`` (``N*C``) volumes: ``depth`` input planes pooled (2D) to ``plane_out`` values each, ``out_depth``
+    output planes, ``plane_in`` elements per input plane (for the indices), depth stride ``stride``."""
+
+    planes: int
+    depth: int
+    out_depth: int
+    plane_out: int
+    plane_in: int
+    stride: int
+
+
+@kernel
+def _depth_max_kernel(p_out, p_idx, out, indices, volume, taps):
+    """The depth step of 3D max pooling over the 2D-pooled planes ``p_out`` (and their indices ``p_idx``).
+
+    Each output plane starts from its first in-volume depth tap, then a later tap's value replaces
+    it if greater or NaN (PyTorch's rule): ties keep the first (d, h, w) and a NaN window its last
+    NaN, as a scan of the whole window would. Indices become flat ``(d*H + h)*W + w``.
+    """
+    P, D, oD = volume.planes, volume.depth, volume.out_depth
+    n, plane_in, sD = volume.plane_out, volume.plane_in, volume.stride
+    for item in prange(P * oD):
+        p = item // oD
+        od = item - p * oD
+        dst = _U(item * n)
+        started = False
+        for a in range(taps.first.shape[0]):
+            if od < taps.first[a] or od >= taps.last[a]:
+                continue
+            d = taps.d0[a] + (od - taps.first[a]) * sD
+            src = _U((p * D + d) * n)
+            shift = d * plane_in
+            if not started:
+                for k in range(_U(n)):
+                    out[dst + k] = p_out[src + k]
+                if indices is not None:
+                    for k in range(_U(n)):
+                        indices[dst + k] = p_idx[src + k] + shift
+                started = True
+            elif indices is None:
+                for k in range(_U(n)):
+                    v = p_out[src + k]
+                    best = out[dst + k]
+                    out[dst + k] = v if (v > best) | (v != v) else best
+            else:
+                for k in range(_U(n)):
+                    v = p_out[src + k]
+                    best = out[dst + k]
+                    wins = (v > best) | (v != v)
+                    out[dst + k] = v if wins else best
+                    held = indices[dst + k]
+                    indices[dst + k] = p_idx[src + k] + shift if wins else held
+
+
+def depth_max(p_out, p_idx, geom, taps, out, indices):
+    """The depth step of :func:`._depth.max_pool` (see :func:`_depth_max_kernel`); ``p_idx`` and ``indices`` may be None.
+
+    ``p_out`` is ``(N, C*D, oH, oW)``, ``taps`` ``(a, first, last, d0)`` per in-volume depth tap.
+    """
+    N, C = geom.batch, geom.channels
+    D, H, W = geom.in_size
+    oD, oH, oW = geom.out_size
+    volume = Volume(planes=int(N * C), depth=int(D), out_depth=int(oD), plane_out=int(oH * oW),
+                    plane_in=int(H * W), stride=int(geom.stride[0]))
+    table = DepthTaps(*(np.array([t[i] for t in taps], dtype=np.int64) for i in (1, 2, 3)))
+    with _jit.launch():
+        _depth_max_kernel(p_out.reshape(-1), None if p_idx is None else p_idx.reshape(-1), out.reshape(-1),
+                          None if indices is None else indices.reshape(-1), volume, table)
+
+
 # --------------------------------------------------------------------------- strategy functions
 
 
@@ -812,6 +912,13 @@ def max_pool2d_backward(grad_out, indices, geom, grad_x):
 def avg_pool2d_backward(grad_out, geom, grad_x):
     """Each output's ``grad / divisor`` added to its window's in-image elements (gathered per input row)."""
     shape, window, _, rows = _launch(geom)
+    if _is_global(geom):  # a fill, plane by plane: the gather's per-row work is all overhead here
+        plane_len = shape.height * shape.width
+        with _jit.launch():
+            _global_avg_backward_kernel(grad_out.reshape(-1), grad_x.reshape(-1), plane_len,
+                                        _divisors(geom, grad_out.dtype)[0],
+                                        max(1, -(-_OUTPUTS_PER_ITEM * 8 // plane_len)))
+        return
     with _jit.launch():
         _avg_pool_backward_kernel(grad_out.reshape(-1), grad_x.reshape(-1), shape, window,
                                   _divisors(geom, grad_out.dtype), rows)

@@ -717,7 +717,7 @@ def conv2d_backward(grad_out, x, weight, geom, grad_x, grad_w, grad_b):
     _direct_backward.conv2d_backward(grad_out, x, weight, geom, grad_x, grad_w, grad_b)
 
 
-from ._pool_kernels import avg_pool2d, avg_pool2d_backward, max_pool2d, max_pool2d_backward  # noqa: E402,F401
+from ._pool_kernels import avg_pool2d, avg_pool2d_backward, depth_max, max_pool2d, max_pool2d_backward  # noqa: E402,F401,E501
 from ._adaptive_kernels import (  # noqa: E402
     adaptive_avg_pool, adaptive_avg_pool_backward, adaptive_max_pool, adaptive_max_pool_backward)
 
@@ -740,6 +740,7 @@ STRATEGY = Strategy(
     summary="Numba kernels computing each output row in place, no im2col buffer",
     ranks=(2, 3),
     ops={**_depth.ops(conv2d, conv2d_backward, max_pool2d, max_pool2d_backward, avg_pool2d, avg_pool2d_backward),
+         "max_pool": _depth.max_pool(max_pool2d, depth_max),  # 3D: the depth step compiled too
          # adaptive pooling: one kernel per op for ranks 2 and 3 (see _adaptive_kernels)
          "adaptive_max_pool": adaptive_max_pool, "adaptive_max_pool_backward": adaptive_max_pool_backward,
          "adaptive_avg_pool": adaptive_avg_pool, "adaptive_avg_pool_backward": adaptive_avg_pool_backward},
