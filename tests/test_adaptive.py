@@ -232,11 +232,13 @@ def test_gradients_by_central_differences(method, case, seed):
     x = case.x.copy()
     avg = case.function("avg")
     numeric = central_difference(lambda: float((avg(x, case.output_size, method=method) * grad).sum()), x)
-    np.testing.assert_allclose(case.avg_backward(grad, method), numeric, rtol=1e-6, atol=1e-8)
+    # The loss is up to ~1e2 (inputs up to ~60): its rounding, 2e-16 * 1e2, over the step 2e-6 errs ~1e-8.
+    tolerance = dict(rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(case.avg_backward(grad, method), numeric, **tolerance)
     # distinct values one apart: a 1e-6 step never changes a window's argmax
     max_ = case.function("max")
     numeric = central_difference(lambda: float((max_(x, case.output_size, method=method) * grad).sum()), x)
-    np.testing.assert_allclose(case.max_backward(grad, case.max(method)[1], method), numeric, rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(case.max_backward(grad, case.max(method)[1], method), numeric, **tolerance)
 
 
 # --------------------------------------------------------------------------- NaN, ties, -inf (PyTorch's rule)
