@@ -151,17 +151,17 @@ def _rules(op: str, geom, dtype, threads: int):
     Cached: geometries are frozen dataclasses, and a 30 us pooling call should not spend
     microseconds re-deciding.
     """
+    if geom.layout == "channels_last":  # channels-last convolution and pooling
+        for name in candidates(op, geom):
+            if strategies.strategy(name).channels_last:
+                return name, (f"channels-last memory: {name} reads it in place (the others would need "
+                              "an NCHW copy of the input and of the result)")
     if op.startswith(("max_pool", "avg_pool")):
         return "direct", ("pooling is memory-bound: the direct Numba kernels stream each plane once "
                           "(4-50x PyTorch on the shape set), img2col copies every window first")
     if op.startswith("adaptive_"):
         return "direct", ("adaptive pooling: the direct Numba kernels read each window row as one contiguous run; "
                           "no other automatic strategy implements it (not measured against anything)")
-    if geom.layout == "channels_last":
-        for name in candidates(op, geom):
-            if strategies.strategy(name).channels_last:
-                return name, (f"channels-last memory: {name} reads it in place (the others would need "
-                              "an NCHW copy of the input and of the result)")
     if geom.rank == 3:
         return "direct", ("3D: the depth taps' 2D problems run fastest on the direct kernels (measured on "
                           "unet3d_3x3x3, c3d_video and ct_stem_3d: 1.1-1.8x img2col, 1.6-3.4x vectorized)")

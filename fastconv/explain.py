@@ -226,6 +226,10 @@ def explain(op: str, x, weight=None, *, dtype=None, threads=None, **params) -> E
                                params.pop("dilation", 1), params.pop("ceil_mode", False),
                                params.pop("count_include_pad", True), dtype,
                                params.pop("divisor_override", None) if internal.startswith("avg_pool") else None)
+        from .conv import _channels_last
+
+        if x_arr is not None and _channels_last(x_arr, nd):  # read in place by direct, result channels-last
+            geom = geom.channels_last()
     if params:
         raise TypeError(f"explain: unexpected argument(s) for {op}: {', '.join(sorted(params))}")
     return explain_problem(internal, geom, dtype, threads, public_op=op)

@@ -475,7 +475,9 @@ class PoolGeometry(_Record):
     """The resolved problem of one pooling: channels and per-axis sizes (rank 2 or 3, as
     :class:`ConvGeometry`; a 1D problem is lifted to height 1).
 
-    ``padding`` is symmetric per axis, as in PyTorch: ``(pH, pW)``.
+    ``padding`` is symmetric per axis, as in PyTorch: ``(pH, pW)``. ``layout`` is the memory
+    layout of the arrays the strategies receive, as in :class:`ConvGeometry` (``"channels_last"``
+    for rank-2 problems only).
     """
 
     batch: int
@@ -509,6 +511,13 @@ class PoolGeometry(_Record):
     def window_elements(self) -> int:
         """Elements a window reads per output (for cost accounting)."""
         return math.prod(self.kernel)
+
+    def channels_last(self) -> "PoolGeometry":
+        """The same problem over channels-last memory (cached: a call path asks for it every time)."""
+        found = _CHANNELS_LAST.get(self)
+        if found is None:
+            found = _CHANNELS_LAST[self] = replace(self, layout="channels_last")
+        return found
 
 
 def avg_pool_divisors(geom: PoolGeometry):

@@ -8,7 +8,8 @@ import numpy as np
 
 from . import _validate as v
 from ._typing import Array, ArrayLike, IntOrTuple
-from . import _dask, dispatch
+from . import _dask, dispatch, strategies
+from .conv import _channels_last
 from .geometry import _SPATIAL, UNCACHEABLE, PoolGeometry, _as_int, key_part, pool_problem
 
 __all__ = [
@@ -23,9 +24,9 @@ _problems: dict = {}
 _PROBLEMS_MAX = 4096
 
 
-def _prepare_pool(fn, nd, x, kernel_size, stride, padding, dilation, ceil_mode, count_include_pad,
+def _checked_pool(fn, nd, x, kernel_size, stride, padding, dilation, ceil_mode, count_include_pad,
                   divisor_override=None):
-    """Check every argument; return the contiguous input of the problem's rank, the problem and the user's shape."""
+    """Check every argument: ``x`` as an array (any memory layout), the problem, the user's result shape, the dtype."""
     x = v.as_array(x, "x", fn)
     if (type(kernel_size) is int and (stride is None or type(stride) is int) and type(padding) is int
             and type(dilation) is int and type(ceil_mode) is bool and type(count_include_pad) is bool
@@ -51,13 +52,77 @@ def _prepare_pool(fn, nd, x, kernel_size, stride, padding, dilation, ceil_mode, 
                 _problems.clear()
             _problems[key] = hit
     geom, user_shape, dtype = hit
-    return v.contiguous(x, dtype).reshape(geom.input_shape), geom, user_shape
+    return x, geom, user_shape, dtype
+
+
+# Channels-last memory (rank 2): (N, C, H, W) arrays whose memory is N, H, W, C (PyTorch's
+# channels_last), or unbatched (C, H, W) over H, W, C. Results come back in that memory too; a
+# strategy that reads it in place (Strategy.channels_last) gets the arrays as they are, any other
+# C-contiguous copies, and its results are converted (as fastconv.conv does for convolution).
+
+
+def _as_channels_last(a, dtype, shape):
+    """``a`` (``(N, C, H, W)`` or ``(C, H, W)``) in ``dtype`` over channels-last memory, reshaped to ``shape``:
+    ``a`` itself when it is one already."""
+    return np.moveaxis(v.contiguous(np.moveaxis(a, -3, -1), dtype), -1, -3).reshape(shape)
+
+
+def _new_channels_last(shape, dtype, new=np.empty):
+    """A new ``(N, C, H, W)`` array over ``N, H, W, C`` memory (``new``: ``np.empty`` or ``np.zeros``)."""
+    N, C, H, W = shape
+    return new((N, H, W, C), dtype).transpose(0, 3, 1, 2)
+
+
+def _run_channels_last(op, fn, method, geom, dtype, inputs, outputs):
+    """Run ``op`` (arguments ``*inputs, problem, *outputs``) on channels-last arrays; an output may be None.
+
+    ``geom`` is the channels-first problem: a strategy that reads channels-last memory gets the
+    arrays with ``geom.channels_last()``; any other (and measure mode, which times on them) gets
+    C-contiguous copies with ``geom``, and its results are copied into ``outputs``.
+    """
+    last = geom.channels_last()
+    name, run = dispatch.resolve(method, op, last, dtype, fn)
+    if run is not None and strategies.strategy(name).channels_last:
+        run(*inputs, last, *outputs)
+        return
+    # zeros: max pooling's backward only adds into its gradient
+    firsts = tuple(None if o is None else np.zeros(o.shape, o.dtype) for o in outputs)
+    args = tuple(np.ascontiguousarray(a) for a in inputs) + (geom,) + firsts
+    if run is None:  # measure mode times on the C-contiguous arrays
+        dispatch.run(method, op, geom, dtype, fn, args)
+    else:
+        run(*args)
+    for o, first in zip(outputs, firsts):
+        if o is not None:
+            o[...] = first
+
+
+def _max_pool_channels_last(fn, x, geom, user_shape, dtype, return_indices, method):
+    """Max pooling of a channels-last ``x``: the result (and indices) in channels-last memory."""
+    out = _new_channels_last(geom.output_shape, dtype)
+    indices = _new_channels_last(geom.output_shape, np.int64) if return_indices else None
+    _run_channels_last("max_pool", fn, method, geom, dtype, (_as_channels_last(x, dtype, geom.input_shape),),
+                       (out, indices))
+    if len(user_shape) == 3:
+        out, indices = out[0], None if indices is None else indices[0]
+    return (out, indices) if return_indices else out
+
+
+def _avg_pool_channels_last(fn, x, geom, user_shape, dtype, method):
+    """Average pooling of a channels-last ``x``: the result in channels-last memory."""
+    out = _new_channels_last(geom.output_shape, dtype)
+    _run_channels_last("avg_pool", fn, method, geom, dtype, (_as_channels_last(x, dtype, geom.input_shape),),
+                       (out,))
+    return out if len(user_shape) == 4 else out[0]
 
 
 def _max_pool(fn, nd, x, kernel_size, stride, padding, dilation, ceil_mode, return_indices, method):
     if not isinstance(x, np.ndarray) and _dask.is_dask(x):  # a lazy result, chunk by chunk
         return _dask.max_pool(fn, nd, x, kernel_size, stride, padding, dilation, ceil_mode, return_indices, method)
-    x4, geom, user_shape = _prepare_pool(fn, nd, x, kernel_size, stride, padding, dilation, ceil_mode, True)
+    x, geom, user_shape, dtype = _checked_pool(fn, nd, x, kernel_size, stride, padding, dilation, ceil_mode, True)
+    if nd == 2 and not x.flags.c_contiguous and _channels_last(x, nd):
+        return _max_pool_channels_last(fn, x, geom, user_shape, dtype, return_indices, method)
+    x4 = v.contiguous(x, dtype).reshape(geom.input_shape)
     _, run = dispatch.resolve(method, "max_pool", geom, x4.dtype, fn)
     out = np.empty(user_shape, dtype=x4.dtype)
     indices = np.empty(user_shape, dtype=np.int64) if return_indices else None
@@ -75,8 +140,11 @@ def _avg_pool(fn, nd, x, kernel_size, stride, padding, ceil_mode, count_include_
     if not isinstance(x, np.ndarray) and _dask.is_dask(x):  # a lazy result, chunk by chunk
         return _dask.avg_pool(fn, nd, x, kernel_size, stride, padding, ceil_mode, count_include_pad,
                               divisor_override, method)
-    x4, geom, user_shape = _prepare_pool(fn, nd, x, kernel_size, stride, padding, 1, ceil_mode, count_include_pad,
-                                         divisor_override)
+    x, geom, user_shape, dtype = _checked_pool(fn, nd, x, kernel_size, stride, padding, 1, ceil_mode,
+                                               count_include_pad, divisor_override)
+    if nd == 2 and not x.flags.c_contiguous and _channels_last(x, nd):
+        return _avg_pool_channels_last(fn, x, geom, user_shape, dtype, method)
+    x4 = v.contiguous(x, dtype).reshape(geom.input_shape)
     _, run = dispatch.resolve(method, "avg_pool", geom, x4.dtype, fn)
     out = np.empty(user_shape, dtype=x4.dtype)
     if out.size:
@@ -152,7 +220,9 @@ def max_pool2d(input: ArrayLike, kernel_size: IntOrTuple, stride: IntOrTuple | N
     out : ndarray, shape (N, C, H_out, W_out) or (C, H_out, W_out)
     indices : ndarray of int64, same shape (only with ``return_indices``)
 
-    Padding never wins. A window holding NaN returns NaN, as in PyTorch.
+    Padding never wins. A window holding NaN returns NaN, as in PyTorch. An input in channels-last
+    memory (``N, H, W, C``, what ``x_nhwc.transpose(0, 3, 1, 2)`` gives: PyTorch's ``channels_last``;
+    unbatched ``H, W, C``) is read in place and the result and indices come back in that memory.
 
     Examples
     --------
@@ -217,6 +287,7 @@ def avg_pool2d(input: ArrayLike, kernel_size: IntOrTuple, stride: IntOrTuple | N
     Returns
     -------
     ndarray, shape (N, C, H_out, W_out) or (C, H_out, W_out)
+        In channels-last memory if the input is (as :func:`max_pool2d`).
 
     Examples
     --------
@@ -272,6 +343,13 @@ def _max_pool_backward(fn, nd, grad_output, indices, input_shape, method):
     # Max-pooling's backward only needs the planes and their sizes; the window is in the indices.
     geom = PoolGeometry(batch=N, channels=C, in_size=in_size, kernel=(1, 1), stride=(1, 1),
                         dilation=(1, 1), padding=(0, 0), out_size=out_size)
+    if nd == 2 and not grad_output.flags.c_contiguous and _channels_last(grad_output, nd):
+        grad_x = _new_channels_last(geom.input_shape, dtype, np.zeros)
+        if grad_x.size:
+            g4 = _as_channels_last(grad_output, dtype, geom.output_shape)
+            i4 = _as_channels_last(indices, np.int64, geom.output_shape)
+            _run_channels_last("max_pool_backward", fn, method, geom, dtype, (g4, i4), (grad_x,))
+        return grad_x if batched else grad_x[0]
     grad_x = np.zeros(shape, dtype)
     if grad_x.size and grad_output.size:
         g4 = v.contiguous(grad_output, dtype).reshape(geom.output_shape)
@@ -294,6 +372,12 @@ def _avg_pool_backward(fn, nd, grad_output, input_shape, kernel_size, stride, pa
                                     count_include_pad, divisor_override=divisor_override)
     grad_output = v.grad_output(grad_output, user_shape, fn)
     dtype = v.result_dtype(grad_output)
+    if nd == 2 and not grad_output.flags.c_contiguous and _channels_last(grad_output, nd):
+        grad_x = _new_channels_last(geom.input_shape, dtype)
+        if grad_x.size:
+            g4 = _as_channels_last(grad_output, dtype, geom.output_shape)
+            _run_channels_last("avg_pool_backward", fn, method, geom, dtype, (g4,), (grad_x,))
+        return grad_x if len(shape) == 4 else grad_x[0]
     grad_x = np.empty(shape, dtype)
     if grad_x.size:
         g4 = v.contiguous(grad_output, dtype).reshape(geom.output_shape)
@@ -341,7 +425,8 @@ def max_pool2d_backward(grad_output: ArrayLike, indices: ArrayLike, input_shape:
     Returns
     -------
     ndarray of ``input_shape``
-        Each output's gradient added at the input element its maximum came from.
+        Each output's gradient added at the input element its maximum came from; in channels-last
+        memory if ``grad_output`` is (as :func:`max_pool2d`).
 
     Examples
     --------
@@ -407,6 +492,7 @@ def avg_pool2d_backward(grad_output: ArrayLike, input_shape: Sequence[int], kern
     Returns
     -------
     ndarray of ``input_shape``
+        In channels-last memory if ``grad_output`` is (as :func:`max_pool2d`).
 
     Examples
     --------

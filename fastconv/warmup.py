@@ -67,6 +67,13 @@ def warmup(dtypes: Sequence = ("float32",), methods: Sequence[str] | None = None
                 _pool.max_pool2d_backward(y, idx, x.shape, method=method)
                 a = _pool.avg_pool2d(x, **kw, method=method)
                 _pool.avg_pool2d_backward(a, x.shape, **kw, method=method)
+            # pooling over channels-last memory: read in place by direct (_pool_last), a copy for the others
+            x_last = np.ones((2, 9, 9, 4), dtype).transpose(0, 3, 1, 2)
+            y, idx = _pool.max_pool2d(x_last, 3, 2, 1, return_indices=True, method=method)
+            _pool.max_pool2d(x_last, 3, 2, 1, method=method)
+            _pool.max_pool2d_backward(y, idx, x_last.shape, method=method)  # y is channels-last too
+            a = _pool.avg_pool2d(x_last, 3, 2, 1, method=method)
+            _pool.avg_pool2d_backward(a, x_last.shape, 3, 2, 1, method=method)
             # global average pooling's backward is a fill of its own; 3D max pooling has a depth step
             _pool.avg_pool2d_backward(np.ones((2, 4, 1, 1), dtype), x.shape, 9, method=method)
             volume = np.ones((1, 2, 4, 5, 5), dtype)

@@ -30,8 +30,9 @@ The ``problem`` is a :class:`~fastconv.geometry.ConvGeometry` for the convolutio
 not wanted) are int64 flat positions in each input plane (``(d*H + h)*W + w`` for rank 3).
 
 Arrays are validated, C-contiguous, ``(N, C, *spatial)`` with the problem's rank (1D problems
-reach the strategies lifted to 2D, height 1); each function writes every element of its
-outputs (a gradient that is None is not wanted).
+reach the strategies lifted to 2D, height 1), or, for a strategy that says it reads them
+(:attr:`Strategy.channels_last`), rank-2 arrays in channels-last memory; each function writes
+every element of its outputs (a gradient that is None is not wanted).
 """
 
 from __future__ import annotations
@@ -87,9 +88,13 @@ class Strategy:
     tolerance : mapping of dtype name to (rtol, atol)
         How close to the float64 oracle its results are held in the tests.
     channels_last : bool
-        Whether its ``conv`` op also accepts a rank-2 ``x`` and ``out`` in channels-last memory
-        (``(N, C, H, W)`` arrays whose memory is ``N, H, W, C``) and reads and writes them in
-        place. Other strategies get C-contiguous copies (see :mod:`fastconv.conv`).
+        Whether its rank-2 ``conv``, ``max_pool``, ``avg_pool``, ``max_pool_backward`` and
+        ``avg_pool_backward`` ops also accept arrays in channels-last memory (``(N, C, H, W)``
+        arrays whose memory is ``N, H, W, C``: ``x`` and ``out`` (and ``indices``), or
+        ``grad_out``, ``indices`` and ``grad_x``) and read and write them in place. Other
+        strategies get C-contiguous copies (see :mod:`fastconv.conv` and :mod:`fastconv.pool`).
+        The pooling ops get such arrays with a problem whose ``layout`` is ``"channels_last"``,
+        and C-contiguous ones with a ``"channels_first"`` problem.
     """
 
     name: str

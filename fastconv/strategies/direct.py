@@ -717,7 +717,47 @@ def conv2d_backward(grad_out, x, weight, geom, grad_x, grad_w, grad_b):
     _direct_backward.conv2d_backward(grad_out, x, weight, geom, grad_x, grad_w, grad_b)
 
 
-from ._pool_kernels import avg_pool2d, avg_pool2d_backward, depth_max, max_pool2d, max_pool2d_backward  # noqa: E402,F401,E501
+from . import _pool_kernels, _pool_last  # noqa: E402
+from ._pool_kernels import depth_max  # noqa: E402
+
+
+# Pooling reads either memory in place: NCHW with the kernels of _pool_kernels, channels-last
+# (Strategy.channels_last) with those of _pool_last. The problem's layout says which
+# (fastconv.pool gives channels-last arrays a channels-last problem, copies a channels-first one).
+
+
+def max_pool2d(x, geom, out, indices):
+    """Max pooling (:mod:`._pool_kernels`; over channels-last memory :mod:`._pool_last`)."""
+    if geom.layout == "channels_last":
+        _pool_last.max_pool2d(x, geom, out, indices)
+    else:
+        _pool_kernels.max_pool2d(x, geom, out, indices)
+
+
+def avg_pool2d(x, geom, out):
+    """Average pooling (:mod:`._pool_kernels`; over channels-last memory :mod:`._pool_last`)."""
+    if geom.layout == "channels_last":
+        _pool_last.avg_pool2d(x, geom, out)
+    else:
+        _pool_kernels.avg_pool2d(x, geom, out)
+
+
+def max_pool2d_backward(grad_out, indices, geom, grad_x):
+    """Max pooling's scatter (:mod:`._pool_kernels`; over channels-last memory :mod:`._pool_last`)."""
+    if geom.layout == "channels_last":
+        _pool_last.max_pool2d_backward(grad_out, indices, geom, grad_x)
+    else:
+        _pool_kernels.max_pool2d_backward(grad_out, indices, geom, grad_x)
+
+
+def avg_pool2d_backward(grad_out, geom, grad_x):
+    """Average pooling's gather (:mod:`._pool_kernels`; over channels-last memory :mod:`._pool_last`)."""
+    if geom.layout == "channels_last":
+        _pool_last.avg_pool2d_backward(grad_out, geom, grad_x)
+    else:
+        _pool_kernels.avg_pool2d_backward(grad_out, geom, grad_x)
+
+
 from ._adaptive_kernels import (  # noqa: E402
     adaptive_avg_pool, adaptive_avg_pool_backward, adaptive_max_pool, adaptive_max_pool_backward)
 
