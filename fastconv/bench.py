@@ -23,6 +23,7 @@ import time
 
 import numpy as np
 
+from . import strategies
 from .shapes import Problem
 from .threads import num_threads
 
@@ -262,6 +263,15 @@ class Row:
         return dataclasses.asdict(self)
 
 
+def _implements(method: str, op: str) -> bool:
+    """Whether ``method`` (a strategy, or auto / measure) computes the public function ``op`` (registry ops)."""
+    if method in ("auto", "measure"):
+        return True
+    from .explain import PUBLIC_OPS
+
+    return PUBLIC_OPS[op][0] in strategies.strategy(method).ops
+
+
 def measure(problem: Problem, methods=None, threads: int = 2, dtype=np.float32, backward: bool = False,
             gemm: bool = True, repeats: int = 1) -> list[Row]:
     """Time ``problem`` with each of ``methods`` and return one :class:`Row` each, with ratios filled in.
@@ -289,11 +299,11 @@ def measure(problem: Problem, methods=None, threads: int = 2, dtype=np.float32, 
                 call = (make_torch_call if method == "torch" else make_scipy_call)(problem, dtype, backward)
                 if call is not None:
                     timers[method] = (call, nbytes, 1.0)
-            elif _is_reference(method):
+            elif _is_reference(method) and _implements(method, op):
                 small = shrink(problem)
                 small_flops = small.flops() * (2 if backward and small.is_conv else 1)
                 timers[method] = (make_call(small, method, dtype, backward), nbytes, flops / small_flops)
-            else:
+            elif _implements(method, op):
                 timers[method] = (make_call(problem, method, dtype, backward), nbytes, 1.0)
         best = {}
         for round_ in range(max(1, int(repeats))):

@@ -137,8 +137,6 @@ def _problems(args, parser):
         chosen += [shapes.parse_problem(s) for s in args.shape]
     except ValueError as exc:
         parser.error(str(exc))
-    if args.backward:
-        chosen = [p for p in chosen if p.is_conv or p.op in ("max_pool2d", "avg_pool2d")]
     return chosen
 
 

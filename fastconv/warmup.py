@@ -75,6 +75,7 @@ def warmup(dtypes: Sequence = ("float32",), methods: Sequence[str] | None = None
             a = _pool.avg_pool2d(x_last, 3, 2, 1, method=method)
             _pool.avg_pool2d_backward(a, x_last.shape, 3, 2, 1, method=method)
             # global average pooling's backward is a fill of its own; 3D max pooling has a depth step
+            _pool.avg_pool2d(x, 9, method=method)
             _pool.avg_pool2d_backward(np.ones((2, 4, 1, 1), dtype), x.shape, 9, method=method)
             volume = np.ones((1, 2, 4, 5, 5), dtype)
             y, idx = _pool.max_pool3d(volume, 2, return_indices=True, method=method)

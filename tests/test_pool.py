@@ -241,8 +241,8 @@ def test_fixed_window_paths_match_loop(nd, k, s, padding):
 
 @pytest.mark.parametrize("shape", [(3, 5, 7, 7), (1, 2, 1, 9), (2, 1, 6, 4)])
 @pytest.mark.parametrize("divisor_override", [None, 5])
-def test_global_average_pooling_backward_fill_matches_loop(shape, divisor_override):
-    """One window over each whole plane: the backward is a fill of its own (``_global_avg_backward_kernel``)."""
+def test_global_average_pooling_matches_loop(shape, divisor_override):
+    """One window over each whole plane: one reduction per plane forward, a fill backward (kernels of their own)."""
     from fastconv.strategies import _pool_kernels
 
     geom = fastconv.explain("avg_pool2d_backward", shape, kernel_size=shape[2:]).geometry
@@ -251,6 +251,9 @@ def test_global_average_pooling_backward_fill_matches_loop(shape, divisor_overri
     got = fastconv.avg_pool2d_backward(g, shape, shape[2:], divisor_override=divisor_override, method="direct")
     ref = fastconv.avg_pool2d_backward(g, shape, shape[2:], divisor_override=divisor_override, method="loop")
     np.testing.assert_array_equal(got, ref)
+    x = np.random.default_rng(1).standard_normal(shape).astype(np.float32)
+    assert_close(fastconv.avg_pool2d(x, shape[2:], divisor_override=divisor_override, method="direct"),
+                 fastconv.avg_pool2d(x, shape[2:], divisor_override=divisor_override, method="loop"), np.float32)
 
 
 def test_max_pool3d_depth_step_keeps_pytorchs_ties_and_nan():

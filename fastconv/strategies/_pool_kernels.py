@@ -709,6 +709,19 @@ def _avg_pool_backward_kernel(grad_out, grad_x, shape, window, divisor, rows_per
 
 
 @kernel
+def _global_avg_kernel(x, out, plane_len, divisor, planes_per_item):
+    """Global average pooling: ``out[p]`` is the sum of plane ``p`` (one contiguous run) over ``divisor``."""
+    P = out.shape[0]
+    for item in prange((P + planes_per_item - 1) // planes_per_item):
+        for p in range(item * planes_per_item, min((item + 1) * planes_per_item, P)):
+            at = _U(p * plane_len)
+            total = x.dtype.type(0)
+            for k in range(_U(plane_len)):
+                total += x[at + k]
+            out[p] = total / divisor
+
+
+@kernel
 def _global_avg_backward_kernel(grad_out, grad_x, plane_len, divisor, planes_per_item):
     """Global average pooling's input gradient: every element of plane ``p`` gets ``grad_out[p] / divisor``."""
     P = grad_out.shape[0]
@@ -896,6 +909,12 @@ def _divisors(geom, dtype):
 def avg_pool2d(x, geom, out):
     """Average pooling with PyTorch's divisor (:func:`~fastconv.geometry.avg_pool_divisors`)."""
     shape, window, rows, _ = _launch(geom)
+    if _is_global(geom):  # one reduction per plane, without the window tables
+        plane_len = shape.height * shape.width
+        with _jit.launch():
+            _global_avg_kernel(x.reshape(-1), out.reshape(-1), plane_len, _divisors(geom, x.dtype)[0],
+                               max(1, -(-_OUTPUTS_PER_ITEM * 8 // plane_len)))
+        return
     with _jit.launch():
         _avg_pool_kernel(x.reshape(-1), out.reshape(-1), shape, window, _divisors(geom, x.dtype), rows)
 
