@@ -54,6 +54,7 @@ import importlib
 import operator
 import sys
 import threading
+import weakref
 
 import numba
 import numpy as np
@@ -219,9 +220,11 @@ def _pool_threads() -> int:
     if thread is threading.main_thread():  # the synchronous scheduler, or the caller's own call
         return 1
     try:
-        executor = thread._args[0]()
-        if isinstance(executor, concurrent.futures.ThreadPoolExecutor):
-            return max(1, int(executor._max_workers))
+        reference = thread._args[0]
+        if isinstance(reference, weakref.ref):  # never call anything else a thread was started with
+            executor = reference()
+            if isinstance(executor, concurrent.futures.ThreadPoolExecutor):
+                return max(1, int(executor._max_workers))
     except Exception:  # another Python, another executor: count the pool's threads instead
         pass
     prefix, sep, index = thread.name.rpartition("_")

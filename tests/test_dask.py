@@ -905,3 +905,21 @@ def test_missing_dask_names_the_extra(monkeypatch):
     with pytest.raises(ImportError, match=r"fastconv\[dask\]"):
         _dask.require("max_pool2d", "distributed")
     assert not _dask.is_dask(X)  # is_dask never imports: no dask.array module loaded, no dask array
+
+
+def test_pool_size_never_calls_what_a_thread_was_started_with():
+    """Reading the executor behind a task's thread must not call a user's thread argument."""
+    import threading
+
+    called, seen = [], []
+
+    def callback():
+        called.append(True)
+
+    def work(argument):
+        seen.append(_dask._pool_threads())
+
+    thread = threading.Thread(target=work, args=(callback,), name="Worker_3")
+    thread.start()
+    thread.join()
+    assert called == [] and seen == [1]
