@@ -42,6 +42,8 @@ def _run(benchmark, problem, method, backward, gemm_gflops):
         if call is None:
             pytest.skip(f"{method} is not installed or does not compute this problem")
     else:
+        if not bench.implements(method, op):
+            pytest.skip(f"{method} does not implement {op}")
         call = bench.make_call(problem, method, np.float32, backward)
     benchmark.extra_info.update(op=op, shape=problem.name, method=method,
                                 flops=problem.flops() * (2 if backward and problem.is_conv else 1))

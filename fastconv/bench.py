@@ -263,7 +263,7 @@ class Row:
         return dataclasses.asdict(self)
 
 
-def _implements(method: str, op: str) -> bool:
+def implements(method: str, op: str) -> bool:
     """Whether ``method`` (a strategy, or auto / measure) computes the public function ``op`` (registry ops)."""
     if method in ("auto", "measure"):
         return True
@@ -299,11 +299,11 @@ def measure(problem: Problem, methods=None, threads: int = 2, dtype=np.float32, 
                 call = (make_torch_call if method == "torch" else make_scipy_call)(problem, dtype, backward)
                 if call is not None:
                     timers[method] = (call, nbytes, 1.0)
-            elif _is_reference(method) and _implements(method, op):
+            elif _is_reference(method) and implements(method, op):
                 small = shrink(problem)
                 small_flops = small.flops() * (2 if backward and small.is_conv else 1)
                 timers[method] = (make_call(small, method, dtype, backward), nbytes, flops / small_flops)
-            elif _implements(method, op):
+            elif implements(method, op):
                 timers[method] = (make_call(problem, method, dtype, backward), nbytes, 1.0)
         best = {}
         for round_ in range(max(1, int(repeats))):
