@@ -83,10 +83,9 @@ _MIN_ITEMS = 32
 
 #: The (window width, stride) pairs with a fixed-window path. ``_fixed_ranges`` admits exactly
 #: these (with column dilation 1, and square or one-row windows), and the forward kernels pass
-#: them to ``_max_fixed`` / ``_avg_fixed`` as literals, which unroll the taps: (2, 2) when
-#: ``kW == 2``, (4, 4) when ``kW == 4``, else (3, 2) when ``sW == 2``, (3, 3) when ``sW == 3``,
-#: else (3, 1). A new pair needs its branch there too; :func:`_check_fixed_windows` (run at
-#: import) fails if the rule and these pairs disagree. (3, 3) and (4, 4) are 1D pooling's usual
+#: them to ``_max_fixed`` / ``_avg_fixed`` as literals, which unroll the taps: each pair is a
+#: specialisation of the kernel of its own, compiled on first use (:func:`_fixed_pair`).
+#: :func:`_check_fixed_windows` (run at import) fails if the rule and these pairs disagree. (3, 3) and (4, 4) are 1D pooling's usual
 #: non-overlapping windows: with a literal stride LLVM turns the row's loads into wide vector
 #: loads and shuffles; with a runtime one (the tap-major path) only gathers.
 FIXED_WIDTH_STRIDES = ((2, 2), (3, 2), (3, 1), (3, 3), (4, 4))
@@ -397,8 +396,14 @@ def _max_taps(x, out, indices, shape, window, rows, cols, col_taps, t_begin, t_e
 
 
 @kernel
-def _max_pool_kernel(x, out, indices, shape, window, rows_per_item):
-    """Max pooling of flat ``(P, H, W)`` planes into flat ``(P, oH, oW)`` (and indices, unless None)."""
+def _max_pool_kernel(x, out, indices, shape, window, rows_per_item, width_marker, stride_marker):
+    """Max pooling of flat ``(P, H, W)`` planes into flat ``(P, oH, oW)`` (and indices, unless None).
+
+    ``width_marker`` and ``stride_marker`` are tuples whose lengths are the fixed-window path's
+    (kW, sW) (:func:`_fixed_pair`): literals to Numba, one specialisation per pair, compiled on
+    first use.
+    """
+    kw, sw = len(width_marker), len(stride_marker)
     P, H, W = shape.planes, shape.height, shape.width
     oH, oW = shape.out_height, shape.out_width
     kH, kW = window.kernel_h, window.kernel_w
@@ -425,22 +430,7 @@ def _max_pool_kernel(x, out, indices, shape, window, rows_per_item):
                 else:
                     _max_windows(x, out, indices, shape, window, rows, cols, t, fixed_begin)
             if fixed_end > fixed_begin:
-                # (kW, sW) as literals, one branch per FIXED_WIDTH_STRIDES pair
-                if kW == 2:
-                    _max_fixed(x, out, indices, shape, window, rows, cols, fixed_begin, fixed_end, fixed,
-                               2, 2)
-                elif kW == 4:
-                    _max_fixed(x, out, indices, shape, window, rows, cols, fixed_begin, fixed_end, fixed,
-                               4, 4)
-                elif sW == 2:
-                    _max_fixed(x, out, indices, shape, window, rows, cols, fixed_begin, fixed_end, fixed,
-                               3, 2)
-                elif sW == 3:
-                    _max_fixed(x, out, indices, shape, window, rows, cols, fixed_begin, fixed_end, fixed,
-                               3, 3)
-                else:
-                    _max_fixed(x, out, indices, shape, window, rows, cols, fixed_begin, fixed_end, fixed,
-                               3, 1)
+                _max_fixed(x, out, indices, shape, window, rows, cols, fixed_begin, fixed_end, fixed, kw, sw)
             t = fixed_end
 
 
@@ -562,8 +552,12 @@ def _avg_taps(x, out, shape, window, rows, cols, divisor, col_taps, t_begin, t_e
 
 
 @kernel
-def _avg_pool_kernel(x, out, shape, window, divisor, rows_per_item):
-    """Average pooling of flat ``(P, H, W)`` planes into flat ``(P, oH, oW)``; ``divisor`` is flat ``(oH, oW)``."""
+def _avg_pool_kernel(x, out, shape, window, divisor, rows_per_item, width_marker, stride_marker):
+    """Average pooling of flat ``(P, H, W)`` planes into flat ``(P, oH, oW)``; ``divisor`` is flat ``(oH, oW)``.
+
+    ``width_marker``, ``stride_marker``: as for :func:`_max_pool_kernel`.
+    """
+    kw, sw = len(width_marker), len(stride_marker)
     P, H, W = shape.planes, shape.height, shape.width
     oH, oW = shape.out_height, shape.out_width
     kH, kW = window.kernel_h, window.kernel_w
@@ -585,17 +579,7 @@ def _avg_pool_kernel(x, out, shape, window, divisor, rows_per_item):
                 else:
                     _avg_windows(x, out, shape, rows, cols, divisor, t, fixed_begin)
             if fixed_end > fixed_begin:
-                # (kW, sW) as literals, one branch per FIXED_WIDTH_STRIDES pair
-                if kW == 2:
-                    _avg_fixed(x, out, shape, window, rows, cols, divisor, fixed_begin, fixed_end, fixed, 2, 2)
-                elif kW == 4:
-                    _avg_fixed(x, out, shape, window, rows, cols, divisor, fixed_begin, fixed_end, fixed, 4, 4)
-                elif sW == 2:
-                    _avg_fixed(x, out, shape, window, rows, cols, divisor, fixed_begin, fixed_end, fixed, 3, 2)
-                elif sW == 3:
-                    _avg_fixed(x, out, shape, window, rows, cols, divisor, fixed_begin, fixed_end, fixed, 3, 3)
-                else:
-                    _avg_fixed(x, out, shape, window, rows, cols, divisor, fixed_begin, fixed_end, fixed, 3, 1)
+                _avg_fixed(x, out, shape, window, rows, cols, divisor, fixed_begin, fixed_end, fixed, kw, sw)
             t = fixed_end
 
 
@@ -840,9 +824,8 @@ def _shape(planes, in_size, out_size):
 def _check_fixed_windows():
     """Fail loudly if ``_fixed_ranges`` admits other (kW, sW) pairs than :data:`FIXED_WIDTH_STRIDES`.
 
-    Runs the rule itself (its Python function) over small unpadded windows, and
-    checks the forward kernels' branches (``kW == 2``, then ``sW == 2``, else
-    (3, 1)) give each admitted pair its own literals.
+    Runs the rule itself (its Python function) over small unpadded windows. (The kernels get the
+    pair itself as literals: :func:`_fixed_pair`.)
     """
     fixed_ranges = getattr(_fixed_ranges, "py_func", _fixed_ranges)
     tap_spans = getattr(_tap_spans, "py_func", _tap_spans)
@@ -866,12 +849,6 @@ def _check_fixed_windows():
     if admitted != set(FIXED_WIDTH_STRIDES):
         raise AssertionError(f"_fixed_ranges admits (kW, sW) in {sorted(admitted)}, but the fixed-window "
                              f"helpers are unrolled for FIXED_WIDTH_STRIDES = {FIXED_WIDTH_STRIDES}")
-    for kW, sW in FIXED_WIDTH_STRIDES:
-        literals = ((2, 2) if kW == 2 else (4, 4) if kW == 4 else (3, 2) if sW == 2  # the kernels' branches
-                    else (3, 3) if sW == 3 else (3, 1))
-        if literals != (kW, sW):
-            raise AssertionError(f"the forward kernels call the fixed-window helpers with {literals} "
-                                 f"for (kW, sW) = {(kW, sW)}: add a branch for it")
 
 
 _check_fixed_windows()
@@ -892,12 +869,28 @@ def _launch(geom):
             _rows_per_item(planes, H, W))
 
 
+@functools.lru_cache(maxsize=256)
+def _fixed_pair(geom):
+    """The forward kernels' ``(width_marker, stride_marker)``: tuples of lengths (kW, sW) for a pair of
+    :data:`FIXED_WIDTH_STRIDES`, else of (2, 2) (no row takes the fixed path then: any pair serves,
+    and (2, 2) is the one most problems compile anyway).
+
+    A tuple's length is a literal to Numba: each pair is its own specialisation of the kernel,
+    compiled (or loaded from the cache) the first time a problem needs it, so a first 2x2 pooling
+    compiles one fixed-window path, not all of them.
+    """
+    pair = (geom.kernel[-1], geom.stride[-1])
+    kw, sw = pair if pair in FIXED_WIDTH_STRIDES else (2, 2)
+    return (0,) * kw, (0,) * sw
+
+
 def max_pool2d(x, geom, out, indices):
     """Max pooling with PyTorch's rules (NaN wins, padding never does); ``indices`` may be None."""
     shape, window, rows, _ = _launch(geom)
     flat_indices = None if indices is None else indices.reshape(-1)
     with _jit.launch():
-        _max_pool_kernel(x.reshape(-1), out.reshape(-1), flat_indices, shape, window, rows)
+        _max_pool_kernel(x.reshape(-1), out.reshape(-1), flat_indices, shape, window, rows,
+                         *_fixed_pair(geom))
 
 
 @functools.lru_cache(maxsize=256)
@@ -916,7 +909,8 @@ def avg_pool2d(x, geom, out):
                                max(1, -(-_OUTPUTS_PER_ITEM * 8 // plane_len)))
         return
     with _jit.launch():
-        _avg_pool_kernel(x.reshape(-1), out.reshape(-1), shape, window, _divisors(geom, x.dtype), rows)
+        _avg_pool_kernel(x.reshape(-1), out.reshape(-1), shape, window, _divisors(geom, x.dtype), rows,
+                         *_fixed_pair(geom))
 
 
 def max_pool2d_backward(grad_out, indices, geom, grad_x):
