@@ -49,11 +49,13 @@ __all__ = [
     "AdaptivePoolGeometry",
     "ConvGeometry",
     "PoolGeometry",
+    "ScatterGeometry",
     "adaptive_pool_problem",
     "adaptive_window",
     "adaptive_windows",
     "conv_problem",
     "pool_problem",
+    "scatter_problem",
     "conv_output_size",
     "pool_output_size",
     "resolve_padding",
@@ -518,6 +520,66 @@ class PoolGeometry(_Record):
         if found is None:
             found = _CHANNELS_LAST[self] = replace(self, layout="channels_last")
         return found
+
+
+@dataclass(frozen=True, eq=True)
+class ScatterGeometry(_Record):
+    """The resolved problem of max pooling's backward: each output's gradient added at the input
+    position its index names (flat in its plane). The windows are in the indices, so the record
+    holds planes and sizes only (rank 2 or 3 as :class:`PoolGeometry`; 1D lifted to height 1).
+    """
+
+    batch: int
+    channels: int
+    in_size: tuple      # (H, W) or (D, H, W): the forward's input
+    out_size: tuple     # the forward's output (grad_output's and the indices' spatial shape)
+    dtype: str = "float32"
+    layout: str = "channels_first"
+
+    op = "max_pool_backward"
+    __hash__ = _Record.__hash__  # the dataclass would generate an uncached one
+
+    @property
+    def input_shape(self) -> tuple:
+        """``(N, C, *in_size)``: the gradient's shape."""
+        return (self.batch, self.channels) + tuple(self.in_size)
+
+    @property
+    def output_shape(self) -> tuple:
+        """``(N, C, *out_size)``: grad_output's and the indices' shape."""
+        return (self.batch, self.channels) + tuple(self.out_size)
+
+    def channels_last(self) -> "ScatterGeometry":
+        """The same problem over channels-last memory (cached)."""
+        found = _CHANNELS_LAST.get(self)
+        if found is None:
+            found = _CHANNELS_LAST[self] = replace(self, layout="channels_last")
+        return found
+
+
+def scatter_problem(fn, nd, input_shape, grad_shape, dtype="float32"):
+    """Check max pooling's backward shapes; return its :class:`ScatterGeometry` and the gradient's shape.
+
+    ``input_shape`` is the forward input's ``(N, C, *spatial)`` or ``(C, *spatial)`` (ints >= 0),
+    ``grad_shape`` grad_output's shape: the same leading dimensions, ``nd`` spatial ones.
+    """
+    try:
+        shape = tuple(_as_int(n, "input_shape", fn) for n in input_shape)
+    except TypeError:
+        raise TypeError(f"{fn}: input_shape must be a tuple of ints, got {input_shape!r}") from None
+    if len(shape) not in (nd + 1, nd + 2) or min(shape) < 0:
+        raise ValueError(f"{fn}: input_shape must be (N, C, {_SPATIAL[nd]}) or (C, {_SPATIAL[nd]}), "
+                         f"got {input_shape!r}")
+    grad_shape = tuple(grad_shape)
+    if len(grad_shape) != len(shape) or grad_shape[:-nd] != shape[:-nd]:
+        raise ValueError(f"{fn}: grad_output must be the pooled output of an input of shape {shape} "
+                         f"(same leading dimensions), got shape {grad_shape}")
+    batched = len(shape) == nd + 2
+    lift = (1,) if nd == 1 else ()
+    geom = ScatterGeometry(batch=shape[0] if batched else 1, channels=shape[-nd - 1],
+                           in_size=lift + shape[-nd:], out_size=lift + grad_shape[-nd:],
+                           dtype=np.dtype(dtype).name)
+    return geom, shape
 
 
 def avg_pool_divisors(geom: PoolGeometry):

@@ -10,7 +10,7 @@ from . import _validate as v
 from ._typing import Array, ArrayLike, IntOrTuple
 from . import _dask, dispatch, strategies
 from .conv import _channels_last
-from .geometry import _SPATIAL, UNCACHEABLE, PoolGeometry, _as_int, key_part, pool_problem
+from .geometry import _SPATIAL, UNCACHEABLE, _as_int, key_part, pool_problem, scatter_problem
 
 __all__ = [
     "avg_pool1d", "avg_pool1d_backward", "avg_pool2d", "avg_pool2d_backward", "avg_pool3d", "avg_pool3d_backward",
@@ -317,13 +317,9 @@ def _max_pool_backward(fn, nd, grad_output, indices, input_shape, method):
         public = globals()[fn]
         return _dask.pool_backward(fn, nd, public, grad_output, [indices], input_shape, {"method": method})
     dispatch.check_method(method, fn)
-    shape = _input_shape(fn, nd, input_shape)
     grad_output = v.as_array(grad_output, "grad_output", fn)
-    if grad_output.ndim != len(shape) or grad_output.shape[:-nd] != shape[:-nd]:
-        raise ValueError(
-            f"{fn}: grad_output must be the pooled output of an input of shape {shape} "
-            f"(same leading dimensions), got shape {grad_output.shape}"
-        )
+    dtype = v.result_dtype(grad_output)
+    geom, shape = scatter_problem(fn, nd, input_shape, grad_output.shape, dtype)
     indices = v.as_array(indices, "indices", fn)
     if indices.dtype.kind not in "iu":
         raise TypeError(f"{fn}: indices must be integers (from return_indices=True), got dtype {indices.dtype}")
@@ -335,14 +331,7 @@ def _max_pool_backward(fn, nd, grad_output, indices, input_shape, method):
             f"{fn}: indices must lie in [0, {plane}) (flat positions in an input plane of shape "
             f"{shape[-nd:]}), got values from {indices.min()} to {indices.max()}"
         )
-    dtype = v.result_dtype(grad_output)
     batched = len(shape) == nd + 2
-    N, C = (shape[0] if batched else 1), shape[-nd - 1]
-    in_size = ((1,) if nd == 1 else ()) + shape[-nd:]
-    out_size = ((1,) if nd == 1 else ()) + grad_output.shape[-nd:]
-    # Max-pooling's backward only needs the planes and their sizes; the window is in the indices.
-    geom = PoolGeometry(batch=N, channels=C, in_size=in_size, kernel=(1, 1), stride=(1, 1),
-                        dilation=(1, 1), padding=(0, 0), out_size=out_size)
     if nd == 2 and not grad_output.flags.c_contiguous and _channels_last(grad_output, nd):
         grad_x = _new_channels_last(geom.input_shape, dtype, np.zeros)
         if grad_x.size:
@@ -354,7 +343,7 @@ def _max_pool_backward(fn, nd, grad_output, indices, input_shape, method):
     if grad_x.size and grad_output.size:
         g4 = v.contiguous(grad_output, dtype).reshape(geom.output_shape)
         i4 = v.contiguous(indices, np.int64).reshape(geom.output_shape)
-        dispatch.run(method, "max_pool_backward", geom, dtype, fn, (g4, i4, geom, grad_x.reshape((N, C) + in_size)))
+        dispatch.run(method, "max_pool_backward", geom, dtype, fn, (g4, i4, geom, grad_x.reshape(geom.input_shape)))
     return grad_x
 
 

@@ -86,3 +86,20 @@ def test_resolve_padding_rejects(bad):
 def test_public_geometry_rejects_bad_arguments(call, error, message):
     with pytest.raises(error, match=message):
         call()
+
+
+def test_max_pool_backward_has_a_record_of_its_own():
+    """Max pooling's backward is a scatter by indices: planes and sizes, no window that could lie."""
+    from fastconv.geometry import ScatterGeometry, scatter_problem
+
+    geom, shape = scatter_problem("f", 1, (2, 3, 10), (2, 3, 4), "float64")
+    assert isinstance(geom, ScatterGeometry) and shape == (2, 3, 10)
+    assert (geom.in_size, geom.out_size, geom.dtype) == ((1, 10), (1, 4), "float64")
+    assert geom.input_shape == (2, 3, 1, 10) and geom.output_shape == (2, 3, 1, 4)
+    assert not hasattr(geom, "kernel")
+    assert scatter_problem("f", 3, (3, 4, 5, 6), (3, 2, 2, 3))[0].batch == 1  # unbatched
+    assert geom.channels_last().layout == "channels_last" and geom.channels_last() is geom.channels_last()
+    with pytest.raises(ValueError, match="f: grad_output must be the pooled output"):
+        scatter_problem("f", 2, (2, 3, 8, 8), (2, 4, 4, 4))
+    with pytest.raises(ValueError, match="f: input_shape must be"):
+        scatter_problem("f", 2, (8, 8), (4, 4))

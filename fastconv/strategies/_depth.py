@@ -264,8 +264,8 @@ def max_pool_backward(max_pool2d_backward):
         if geom.rank == 2:
             return max_pool2d_backward(grad_out, indices, geom, grad_x)
         N, C, D, H, W = grad_x.shape
-        flat = dataclasses.replace(geom, in_size=(D * H, W), kernel=(1, 1), stride=(1, 1), dilation=(1, 1),
-                                   padding=(0, 0), out_size=(geom.out_size[0] * geom.out_size[1], geom.out_size[2]))
+        flat = dataclasses.replace(geom, in_size=(D * H, W), out_size=(geom.out_size[0] * geom.out_size[1],
+                                                                       geom.out_size[2]))
         shape = (N, C) + flat.out_size
         return max_pool2d_backward(grad_out.reshape(shape), indices.reshape(shape), flat, grad_x.reshape(N, C, D * H, W))
 
