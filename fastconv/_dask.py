@@ -28,7 +28,8 @@ Chunks too small for the halo are merged with a neighbour (and boundaries that w
 block without outputs dropped), so any chunking is accepted; an uneven last chunk and a stride
 that does not divide the chunks are handled by the rounding above.
 
-The backward functions take arrays chunked along the batch axis (other axes are gathered into one
+Adaptive pooling maps batch chunks one to one, every other axis gathered (its windows are
+fractions of the whole axis). The backward functions take arrays chunked along the batch axis (other axes are gathered into one
 chunk): ``grad_input`` chunk by chunk, ``grad_weight`` and ``grad_bias`` as dask's tree reduction
 of per-chunk sums.
 
@@ -519,6 +520,39 @@ def _avg_pool_block(block, divisors, *, geom, nd, axes, method, budget, fn, bloc
         share = tuple(slice(a, a + n) for a, n in zip(starts, out.shape[2:]))
         np.divide(out, divisors[share], out=out)
     return out
+
+
+# --------------------------------------------------------------------------------------------
+# Adaptive pooling: chunks along the batch axis (a window's extent depends on the whole axis)
+
+
+def adaptive_pool(fn, nd, public, x, output_size, return_indices):
+    """``adaptive_{max,avg}_pool{nd}d`` of a dask array: batch chunk by batch chunk, every other axis
+    gathered (its windows are fractions of the whole axis, so no halo cuts it); lazy values (and
+    indices)."""
+    from .geometry import adaptive_pool_problem
+    da = require(fn)
+    meta = _meta_checked(x, "x", fn)
+    dtype = v.result_dtype(meta)
+    geom, user_shape = adaptive_pool_problem(fn, nd, x.shape, output_size, dtype)
+    xb = _batched(x, nd)
+    source = xb.rechunk((xb.chunks[0],) + tuple((n,) for n in xb.shape[1:]))
+    chunks = (xb.chunks[0], (geom.channels,)) + tuple((n,) for n in user_shape[len(user_shape) - nd:])
+    budget = _budget()
+
+    def block(b):
+        with sharing(budget):
+            if return_indices:
+                return public(b, output_size, return_indices=True)
+            return public(b, output_size)
+
+    if not return_indices:
+        values = da.map_blocks(block, source, chunks=chunks, dtype=dtype, meta=np.empty((0,) * xb.ndim, dtype))
+        return _unbatched(values, x, nd)
+    pairs = da.map_blocks(block, source, chunks=chunks, dtype=object, meta=np.empty((0,) * xb.ndim, object))
+    values = pairs.map_blocks(operator.itemgetter(0), dtype=dtype, meta=np.empty((0,) * xb.ndim, dtype))
+    index = pairs.map_blocks(operator.itemgetter(1), dtype=np.int64, meta=np.empty((0,) * xb.ndim, np.int64))
+    return _unbatched(values, x, nd), _unbatched(index, x, nd)
 
 
 # --------------------------------------------------------------------------------------------

@@ -9,13 +9,14 @@ output larger than the input repeats input elements.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Optional, Union
 
 import numpy as np
 
+from . import _dask, dispatch
 from . import _validate as v
-from . import dispatch
 from ._typing import Array, ArrayLike
 from .geometry import _SPATIAL, UNCACHEABLE, adaptive_pool_problem, key_part
 
@@ -61,6 +62,10 @@ def _run(method, op, geom, dtype, fn, run, args):
 
 
 def _adaptive_max(fn, nd, input, output_size, return_indices, method):
+    if not isinstance(input, np.ndarray) and _dask.is_dask(input):  # lazy, batch chunk by batch chunk
+        dispatch.check_method(method, fn)
+        public = functools.partial(globals()[fn], method=method)
+        return _dask.adaptive_pool(fn, nd, public, input, output_size, return_indices)
     x, geom, user_shape = _prepare(fn, nd, input, output_size)
     _, run = dispatch.resolve(method, "adaptive_max_pool", geom, x.dtype, fn)
     out = np.empty(user_shape, dtype=x.dtype)
@@ -72,6 +77,10 @@ def _adaptive_max(fn, nd, input, output_size, return_indices, method):
 
 
 def _adaptive_avg(fn, nd, input, output_size, method):
+    if not isinstance(input, np.ndarray) and _dask.is_dask(input):  # lazy, batch chunk by batch chunk
+        dispatch.check_method(method, fn)
+        public = functools.partial(globals()[fn], method=method)
+        return _dask.adaptive_pool(fn, nd, public, input, output_size, False)
     x, geom, user_shape = _prepare(fn, nd, input, output_size)
     _, run = dispatch.resolve(method, "adaptive_avg_pool", geom, x.dtype, fn)
     out = np.empty(user_shape, dtype=x.dtype)

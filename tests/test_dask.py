@@ -923,3 +923,23 @@ def test_pool_size_never_calls_what_a_thread_was_started_with():
     thread.start()
     thread.join()
     assert called == [] and seen == [1]
+
+
+@pytest.mark.parametrize("nd, shape, chunks, output_size", [
+    (1, (5, 3, 17), (2, 1, 4), 5), (2, (3, 2, 13, 11), (1, 1, 5, 4), (4, None)),
+    (3, (2, 2, 5, 6, 7), (1, 2, 2, 3, 3), (2, 3, 4)), (2, (3, 9, 8), (2, 4, 4), 3)])
+def test_adaptive_pooling_is_lazy_by_batch_chunk_and_equal(nd, shape, chunks, output_size):
+    rng = np.random.default_rng(nd)
+    x = rng.integers(-3, 4, shape).astype(np.float32)  # ties: indices must still match
+    X = da.from_array(x, chunks=chunks)
+    avg = getattr(fastconv, f"adaptive_avg_pool{nd}d")
+    got = avg(X, output_size)
+    assert isinstance(got, da.Array)
+    if x.ndim == nd + 2:
+        assert got.chunks[0] == X.chunks[0]  # batch chunks one to one
+    np.testing.assert_allclose(got.compute(scheduler="sync"), avg(x, output_size), rtol=1e-6, atol=1e-6)
+    values, indices = getattr(fastconv, f"adaptive_max_pool{nd}d")(X, output_size, return_indices=True)
+    ref, ref_indices = getattr(fastconv, f"adaptive_max_pool{nd}d")(x, output_size, return_indices=True)
+    got_values, got_indices = dask.compute(values, indices, scheduler="sync")
+    np.testing.assert_array_equal(got_values, ref)
+    np.testing.assert_array_equal(got_indices, ref_indices)
