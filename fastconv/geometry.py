@@ -396,8 +396,11 @@ def _cached_hash(record) -> int:
     return value
 
 
+_CHANNELS_LAST: dict = {}
+
+
 class _Record:
-    """What both problem records share: a hash computed once, the rank."""
+    """What the problem records share: a hash computed once, the rank, the channels-last twin."""
 
     def __hash__(self) -> int:
         return _cached_hash(self)
@@ -407,8 +410,12 @@ class _Record:
         """Number of spatial axes the strategies see (2 or 3)."""
         return len(self.in_size)
 
-
-_CHANNELS_LAST: dict = {}
+    def channels_last(self):
+        """The same problem over channels-last memory (cached: a call path asks for it every time)."""
+        found = _CHANNELS_LAST.get(self)
+        if found is None:
+            found = _CHANNELS_LAST[self] = replace(self, layout="channels_last")
+        return found
 
 
 @dataclass(frozen=True, eq=True)
@@ -464,13 +471,6 @@ class ConvGeometry(_Record):
     def is_depthwise(self) -> bool:
         return self.groups == self.in_channels and self.groups > 1
 
-    def channels_last(self) -> "ConvGeometry":
-        """The same problem over channels-last memory (cached: a call path asks for it every time)."""
-        found = _CHANNELS_LAST.get(self)
-        if found is None:
-            found = _CHANNELS_LAST[self] = replace(self, layout="channels_last")
-        return found
-
 
 @dataclass(frozen=True, eq=True)
 class PoolGeometry(_Record):
@@ -514,13 +514,6 @@ class PoolGeometry(_Record):
         """Elements a window reads per output (for cost accounting)."""
         return math.prod(self.kernel)
 
-    def channels_last(self) -> "PoolGeometry":
-        """The same problem over channels-last memory (cached: a call path asks for it every time)."""
-        found = _CHANNELS_LAST.get(self)
-        if found is None:
-            found = _CHANNELS_LAST[self] = replace(self, layout="channels_last")
-        return found
-
 
 @dataclass(frozen=True, eq=True)
 class ScatterGeometry(_Record):
@@ -548,13 +541,6 @@ class ScatterGeometry(_Record):
     def output_shape(self) -> tuple:
         """``(N, C, *out_size)``: grad_output's and the indices' shape."""
         return (self.batch, self.channels) + tuple(self.out_size)
-
-    def channels_last(self) -> "ScatterGeometry":
-        """The same problem over channels-last memory (cached)."""
-        found = _CHANNELS_LAST.get(self)
-        if found is None:
-            found = _CHANNELS_LAST[self] = replace(self, layout="channels_last")
-        return found
 
 
 def scatter_problem(fn, nd, input_shape, grad_shape, dtype="float32"):
