@@ -102,3 +102,20 @@ def check_out(out, shape: tuple, dtype, fn: str, inputs=()):
     for name, arr in inputs:
         if arr is not None and np.may_share_memory(out, arr):
             raise ValueError(f"{fn}: out must not overlap the input {name}")
+
+
+def pool_indices(indices, shape: tuple, plane_shape: tuple, fn: str):
+    """Max pooling's ``indices`` checked: integers of grad_output's ``shape``, each a flat position in an
+    input plane of ``plane_shape`` (``0 <= i < prod(plane_shape)``); returned as an array."""
+    indices = as_array(indices, "indices", fn)
+    if indices.dtype.kind not in "iu":
+        raise TypeError(f"{fn}: indices must be integers (from return_indices=True), got dtype {indices.dtype}")
+    if indices.shape != tuple(shape):
+        raise ValueError(f"{fn}: indices must have grad_output's shape {tuple(shape)}, got {indices.shape}")
+    plane = int(np.prod(plane_shape))
+    if indices.size and (indices.min() < 0 or indices.max() >= plane):
+        raise ValueError(
+            f"{fn}: indices must lie in [0, {plane}) (flat positions in an input plane of shape "
+            f"{tuple(plane_shape)}), got values from {indices.min()} to {indices.max()}"
+        )
+    return indices

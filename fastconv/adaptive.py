@@ -112,15 +112,7 @@ def _adaptive_max_backward(fn, nd, grad_output, indices, input_shape, method):
     dispatch.check_method(method, fn)
     grad_output = v.as_array(grad_output, "grad_output", fn)
     geom, shape, dtype = _backward_problem(fn, nd, grad_output, input_shape)
-    indices = v.as_array(indices, "indices", fn)
-    if indices.dtype.kind not in "iu":
-        raise TypeError(f"{fn}: indices must be integers (from return_indices=True), got dtype {indices.dtype}")
-    if indices.shape != grad_output.shape:
-        raise ValueError(f"{fn}: indices must have grad_output's shape {grad_output.shape}, got {indices.shape}")
-    plane = int(np.prod(shape[-nd:]))
-    if indices.size and (indices.min() < 0 or indices.max() >= plane):
-        raise ValueError(f"{fn}: indices must lie in [0, {plane}) (flat positions in an input plane of shape "
-                         f"{shape[-nd:]}), got values from {indices.min()} to {indices.max()}")
+    indices = v.pool_indices(indices, grad_output.shape, shape[-nd:], fn)
     grad_x = np.zeros(shape, dtype)
     if grad_x.size:
         args = (v.contiguous(grad_output, dtype).reshape(geom.output_shape),

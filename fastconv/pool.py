@@ -320,17 +320,7 @@ def _max_pool_backward(fn, nd, grad_output, indices, input_shape, method):
     grad_output = v.as_array(grad_output, "grad_output", fn)
     dtype = v.result_dtype(grad_output)
     geom, shape = scatter_problem(fn, nd, input_shape, grad_output.shape, dtype)
-    indices = v.as_array(indices, "indices", fn)
-    if indices.dtype.kind not in "iu":
-        raise TypeError(f"{fn}: indices must be integers (from return_indices=True), got dtype {indices.dtype}")
-    if indices.shape != grad_output.shape:
-        raise ValueError(f"{fn}: indices must have grad_output's shape {grad_output.shape}, got {indices.shape}")
-    plane = int(np.prod(shape[-nd:]))
-    if indices.size and (indices.min() < 0 or indices.max() >= plane):
-        raise ValueError(
-            f"{fn}: indices must lie in [0, {plane}) (flat positions in an input plane of shape "
-            f"{shape[-nd:]}), got values from {indices.min()} to {indices.max()}"
-        )
+    indices = v.pool_indices(indices, grad_output.shape, shape[-nd:], fn)
     batched = len(shape) == nd + 2
     if nd == 2 and not grad_output.flags.c_contiguous and _channels_last(grad_output, nd):
         grad_x = _new_channels_last(geom.input_shape, dtype, np.zeros)
