@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+import types
 
 # GNU OpenMP threads (Numba's "omp" threading layer) spin for ~300k iterations after each
 # parallel region by default; the spinning thread then steals a core from the BLAS call
@@ -61,10 +62,110 @@ def kernel(fn=None, *, parallel: bool = True):
     return wrap if fn is None else wrap(fn)
 
 
+#: Work (multiply-adds, or window elements read) below which a problem runs on a kernel's serial
+#: twin (:func:`small`): a parallel launch costs ~3-4 us of thread start-up and hand-over on the
+#: 2-core dev machine (Zen 4, GNU OpenMP), more than such a problem's arithmetic; a serial loop
+#: does 32k multiply-adds in ~3-5 us. Tiny convolutions and poolings are called in loops (per-sample
+#: code, teaching frameworks): their cost is the call.
+SERIAL_WORK = 1 << 15
+
+_twins: dict = {}
+_twins_lock = threading.Lock()
+
+
+def serial(dispatcher):
+    """``dispatcher``'s serial twin: the same Python function compiled without ``parallel``
+    (``prange`` runs as ``range``), created on first use. It is cached on disk under its own name
+    (``<name>__serial``), so it never shares a cache entry with the parallel build."""
+    twin = _twins.get(dispatcher)
+    if twin is None:
+        with _twins_lock:
+            twin = _twins.get(dispatcher)
+            if twin is None:
+                f = dispatcher.py_func
+                copy = types.FunctionType(f.__code__, f.__globals__, f.__name__ + "__serial", f.__defaults__,
+                                          f.__closure__)
+                copy.__qualname__ = f.__qualname__ + "__serial"
+                copy.__module__, copy.__doc__ = f.__module__, f.__doc__
+                twin = _twins[dispatcher] = kernel(copy, parallel=False)
+    return twin
+
+
+class SmallCall:
+    """A kernel's serial twin for one launch shape, called through its compiled entry point.
+
+    The first call goes through Numba's dispatcher (it compiles or loads the twin and types the
+    arguments); later calls go straight to that compiled function, skipping the per-call typing
+    (~0.5 us per NamedTuple argument, more than a tiny kernel's work). So every call must pass
+    arguments of the same Numba types as the first: hold a SmallCall in a plan cached by
+    everything that fixes them (problem, dtype, which optional arrays are given), and pass
+    C-contiguous arrays. Under ``NUMBA_BOUNDSCHECK`` every call checks that it does.
+    """
+
+    __slots__ = ("kernel", "entry", "types")
+
+    def __init__(self, dispatcher):
+        self.kernel = serial(dispatcher)
+        self.entry = None
+        self.types = None
+
+    def __call__(self, *args):
+        entry = self.entry
+        if entry is not None:
+            if numba.config.BOUNDSCHECK:
+                self._check(args)
+            entry(*args)
+            return
+        self.kernel(*args)
+        typed = tuple(self.kernel.typeof_pyval(a) for a in args)
+        self.entry = self.kernel.get_overload(typed)
+        self.types = self._writable(typed)
+
+    @staticmethod
+    def _writable(typed):
+        # A read-only input array (read, never written by a kernel) passes for a writable one.
+        return tuple(t.copy(readonly=False) if isinstance(t, numba.types.Array) else t for t in typed)
+
+    def _check(self, args):
+        got = self._writable(tuple(self.kernel.typeof_pyval(a) for a in args))
+        if got != self.types:
+            raise TypeError(f"{self.kernel.__name__}: a SmallCall typed {self.types} was called with {got}")
+
+
+def sized(dispatcher, work: int):
+    """``dispatcher``, or its serial twin when ``work`` is below :data:`SERIAL_WORK`: for a launch
+    that is not part of a cached plan (Numba's dispatcher types the arguments on every call)."""
+    return serial(dispatcher) if work < SERIAL_WORK and PARALLEL else dispatcher
+
+
+class ParallelCall:
+    """A parallel kernel called under :func:`launch` (what :func:`pick` gives for large work)."""
+
+    __slots__ = ("kernel",)
+
+    def __init__(self, dispatcher):
+        self.kernel = dispatcher
+
+    def __call__(self, *args):
+        with launch():
+            self.kernel(*args)
+
+
+def pick(dispatcher, work: int):
+    """The callable that runs ``dispatcher`` on a problem of ``work`` (see :data:`SERIAL_WORK`):
+    a new :class:`SmallCall` for small work, else a :class:`ParallelCall`. Call it once per
+    cached plan (a SmallCall's argument types are fixed by its first call); call what it gives
+    without :func:`launch` (a serial kernel needs no guard, a ParallelCall takes it)."""
+    return SmallCall(dispatcher) if work < SERIAL_WORK else ParallelCall(dispatcher)
+
+
+from .geometry import covering_outputs as _covering_outputs  # noqa: E402
 from .geometry import output_span as _output_span  # noqa: E402
 
 #: :func:`fastconv.geometry.output_span` compiled, for the kernels: the one in-input range rule.
 output_span = kernel(_output_span, parallel=False)
+#: :func:`fastconv.geometry.covering_outputs` compiled: the outputs whose windows hold an input.
+covering_outputs = kernel(_covering_outputs, parallel=False)
 
 _launch_lock = threading.Lock()
 _unguarded = contextlib.nullcontext()

@@ -257,13 +257,30 @@ _resolved: dict = {}
 _RESOLVED_MAX = 4096
 
 
+def _method_variable():
+    """A reader of ``FASTCONV_METHOD``'s raw value for :func:`resolve`'s key, at dict speed.
+
+    ``os.environ.get`` encodes the name and decodes the value on every call (~0.8 us, a tenth of a
+    tiny pooling call); ``os.environ`` keeps the encoded mapping it updates (``_data``), which is
+    read directly where it exists. Only used as a cache key: the value is parsed by ``_env_method``.
+    """
+    data, encode = getattr(os.environ, "_data", None), getattr(os.environ, "encodekey", None)
+    if isinstance(data, dict) and callable(encode):
+        key = encode("FASTCONV_METHOD")
+        return lambda: data.get(key)
+    return lambda: os.environ.get("FASTCONV_METHOD")
+
+
+_method_env = _method_variable()
+
+
 def resolve(method: str, op: str, geom, dtype, fn: str, args=None):
     """``(name, function)`` of the strategy that runs ``op`` on ``geom`` for ``method=`` (checked).
 
     In measure mode without ``args`` (the arrays to time on) it returns ``("measure", None)``:
     call :func:`run` with the arrays then.
     """
-    env = os.environ.get("FASTCONV_METHOD")
+    env = _method_env()
     key = (method, op, geom, dtype, env, strategies.version)
     hit = _resolved.get(key)
     if hit is not None:
@@ -290,6 +307,46 @@ def resolve(method: str, op: str, geom, dtype, fn: str, args=None):
             _resolved.clear()
         _resolved[key] = hit
     return hit
+
+
+def bound(method: str, op: str, geom, dtype, fn: str):
+    """The strategy ``method`` resolves to, its ``op`` bound to ``geom`` (:meth:`Strategy.bound`), for
+    a public function's repeated-call path; None in measure mode (it times on the arrays)."""
+    name, function = resolve(method, op, geom, dtype, fn)
+    return None if function is None else strategies.strategy(name).bound(op, geom, np.dtype(dtype))
+
+
+def repeat_key(*parts):
+    """``parts`` plus what else a bound call depends on (``FASTCONV_METHOD``, the registry's version):
+    the key of a public function's repeated-call cache (:class:`Calls`)."""
+    return parts + (_method_env(), strategies.version)
+
+
+def plain(ints, bools=()) -> bool:
+    """Whether ``ints`` are all plain ints (or None) and ``bools`` all bools: arguments a repeated-call
+    key may hold as they are (True == 1 as a key, so each must have its parameter's type)."""
+    for a in ints:
+        if a is not None and type(a) is not int:
+            return False
+    for a in bools:
+        if type(a) is not bool:
+            return False
+    return True
+
+
+class Calls(dict):
+    """A public function's repeated-call cache: :func:`repeat_key` -> a function of the arrays alone
+    (built around :func:`bound`). A repeated call with the same shapes, dtypes and plain arguments
+    costs a dict look-up and the kernel, not the checks, the resolution and the plan again."""
+
+    MAX = 4096
+
+    def remember(self, key, call):
+        """Store ``call`` under ``key`` (the whole cache is dropped when full); return ``call``."""
+        if len(self) >= self.MAX:
+            self.clear()
+        self[key] = call
+        return call
 
 
 def run(method: str, op: str, geom, dtype, fn: str, args) -> str:

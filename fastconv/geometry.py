@@ -262,6 +262,17 @@ def output_span(n, offset, stride, count):
     return start, max(start, min(count, stop))
 
 
+def covering_outputs(position, stride, lo, extent, count):
+    """The outputs ``o`` in ``[0, count)`` whose window ``[o*stride - lo, o*stride - lo + extent)`` holds
+    input ``position``, as ``(begin, end)``, ``begin <= end``: the inverse of a window (a pooling
+    gradient gathers from them). Plain integer arithmetic, compiled for the kernels
+    (``fastconv._jit.covering_outputs``) like :func:`output_span`.
+    """
+    begin = max(0, -((extent - 1 - position - lo) // stride))  # ceil((position + lo - extent + 1) / stride)
+    begin = min(begin, count)
+    return begin, max(begin, min(count, (position + lo) // stride + 1))
+
+
 def tap_output_range(n: int, tap: int, stride: int, dilation: int, lo: int, first: int = 0, last: int | None = None):
     """The outputs ``o`` in ``[first, last)`` whose tap ``tap`` reads inside the input, as ``(start, stop)``.
 

@@ -23,6 +23,30 @@ __all__ = [
 _problems: dict = {}
 _PROBLEMS_MAX = 4096
 
+#: Repeated calls (C-contiguous x, plain arguments): see :class:`fastconv.dispatch.Calls`.
+_calls = dispatch.Calls()
+
+
+def _max_pool_call(user_shape, dtype, return_indices, run):
+    """The repeated-call function of a max pooling problem (see :data:`_calls`)."""
+    def call(x):
+        out = np.empty(user_shape, dtype)
+        indices = np.empty(user_shape, np.int64) if return_indices else None
+        if out.size:
+            run(x, out, indices)
+        return (out, indices) if return_indices else out
+    return call
+
+
+def _avg_pool_call(user_shape, dtype, run):
+    """The repeated-call function of an average pooling problem (see :data:`_calls`)."""
+    def call(x):
+        out = np.empty(user_shape, dtype)
+        if out.size:
+            run(x, out)
+        return out
+    return call
+
 
 def _checked_pool(fn, nd, x, kernel_size, stride, padding, dilation, ceil_mode, count_include_pad,
                   divisor_override=None):
@@ -117,9 +141,21 @@ def _avg_pool_channels_last(fn, x, geom, user_shape, dtype, method):
 
 
 def _max_pool(fn, nd, x, kernel_size, stride, padding, dilation, ceil_mode, return_indices, method):
+    key = None
+    if (type(x) is np.ndarray and x.flags.c_contiguous and type(method) is str
+            and dispatch.plain((kernel_size, stride, padding, dilation), (ceil_mode, return_indices))):
+        key = dispatch.repeat_key(fn, x.shape, x.dtype, kernel_size, stride, padding, dilation, ceil_mode,
+                                  return_indices, method)
+        call = _calls.get(key)
+        if call is not None:
+            return call(x)
     if not isinstance(x, np.ndarray) and _dask.is_dask(x):  # a lazy result, chunk by chunk
         return _dask.max_pool(fn, nd, x, kernel_size, stride, padding, dilation, ceil_mode, return_indices, method)
     x, geom, user_shape, dtype = _checked_pool(fn, nd, x, kernel_size, stride, padding, dilation, ceil_mode, True)
+    if key is not None and x.dtype == dtype:
+        run = dispatch.bound(method, "max_pool", geom, dtype, fn)
+        if run is not None:
+            return _calls.remember(key, _max_pool_call(user_shape, dtype, return_indices, run))(x)
     if nd == 2 and not x.flags.c_contiguous and _channels_last(x, nd):
         return _max_pool_channels_last(fn, x, geom, user_shape, dtype, return_indices, method)
     x4 = v.contiguous(x, dtype).reshape(geom.input_shape)
@@ -137,11 +173,23 @@ def _max_pool(fn, nd, x, kernel_size, stride, padding, dilation, ceil_mode, retu
 
 
 def _avg_pool(fn, nd, x, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override, method):
+    key = None
+    if (type(x) is np.ndarray and x.flags.c_contiguous and type(method) is str
+            and dispatch.plain((kernel_size, stride, padding, divisor_override), (ceil_mode, count_include_pad))):
+        key = dispatch.repeat_key(fn, x.shape, x.dtype, kernel_size, stride, padding, ceil_mode, count_include_pad,
+                                  divisor_override, method)
+        call = _calls.get(key)
+        if call is not None:
+            return call(x)
     if not isinstance(x, np.ndarray) and _dask.is_dask(x):  # a lazy result, chunk by chunk
         return _dask.avg_pool(fn, nd, x, kernel_size, stride, padding, ceil_mode, count_include_pad,
                               divisor_override, method)
     x, geom, user_shape, dtype = _checked_pool(fn, nd, x, kernel_size, stride, padding, 1, ceil_mode,
                                                count_include_pad, divisor_override)
+    if key is not None and x.dtype == dtype:
+        run = dispatch.bound(method, "avg_pool", geom, dtype, fn)
+        if run is not None:
+            return _calls.remember(key, _avg_pool_call(user_shape, dtype, run))(x)
     if nd == 2 and not x.flags.c_contiguous and _channels_last(x, nd):
         return _avg_pool_channels_last(fn, x, geom, user_shape, dtype, method)
     x4 = v.contiguous(x, dtype).reshape(geom.input_shape)

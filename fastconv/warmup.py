@@ -45,7 +45,9 @@ def warmup(dtypes: Sequence = ("float32",), methods: Sequence[str] | None = None
         methods = [n for n in strategies.names() if strategies.strategy(n).automatic]
     start = time.perf_counter()
     for dtype in dtypes:
-        x = np.ones((2, 4, 9, 9), dtype)
+        # Big enough that every call's work reaches _jit.SERIAL_WORK: the parallel kernels are the
+        # ones to compile ahead (tiny problems run serial twins, compiled on their first use).
+        x = np.ones((2, 4, 64, 64), dtype)
         # direct's in-place row kernel (_conv_rows) runs only for < 4 output channels per group and
         # output rows of at least direct.ROWS_MIN_WIDTH (96) columns: one 2x128 plane reaches it.
         wide = np.ones((1, 1, 2, 128), dtype)
@@ -75,9 +77,9 @@ def warmup(dtypes: Sequence = ("float32",), methods: Sequence[str] | None = None
             a = _pool.avg_pool2d(x_last, 3, 2, 1, method=method)
             _pool.avg_pool2d_backward(a, x_last.shape, 3, 2, 1, method=method)
             # global average pooling's backward is a fill of its own; 3D max pooling has a depth step
-            _pool.avg_pool2d(x, 9, method=method)
-            _pool.avg_pool2d_backward(np.ones((2, 4, 1, 1), dtype), x.shape, 9, method=method)
-            volume = np.ones((1, 2, 4, 5, 5), dtype)
+            _pool.avg_pool2d(x, 64, method=method)
+            _pool.avg_pool2d_backward(np.ones((2, 4, 1, 1), dtype), x.shape, 64, method=method)
+            volume = np.ones((1, 4, 4, 64, 64), dtype)
             y, idx = _pool.max_pool3d(volume, 2, return_indices=True, method=method)
             _pool.max_pool3d(volume, 2, method=method)
             if "adaptive_max_pool" in strategies.strategy(method).ops:

@@ -36,9 +36,14 @@ def spy():
             return function(*args)
         return run
 
+    def recording_bind(name, bind):  # a strategy's own bound ops (the repeated-call path) record too
+        if bind is None:
+            return None
+        return lambda op, problem, dtype: (lambda f: None if f is None else recording(name, f))(bind(op, problem, dtype))
+
     for name, record in originals.items():
         ops = {op: recording(name, f) for op, f in record.ops.items()}
-        strategies.register(dataclasses.replace(record, ops=ops), replace=True)
+        strategies.register(dataclasses.replace(record, ops=ops, bind=recording_bind(name, record.bind)), replace=True)
     yield ran
     for record in originals.values():
         strategies.register(record, replace=True)

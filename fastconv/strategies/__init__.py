@@ -95,6 +95,14 @@ class Strategy:
         strategies get C-contiguous copies (see :mod:`fastconv.conv` and :mod:`fastconv.pool`).
         The pooling ops get such arrays with a problem whose ``layout`` is ``"channels_last"``,
         and C-contiguous ones with a ``"channels_first"`` problem.
+    bind : callable ``(op, problem, dtype) -> callable or None``, optional
+        A forward op (``conv``, ``max_pool``, ``avg_pool``) with the problem fixed, for the
+        public functions' repeated-call path (:meth:`bound`): it takes the op's arrays without
+        the problem — ``(x, weight, bias, out)``, ``(x, out, indices)``, ``(x, out)`` —
+        C-contiguous, of ``dtype`` (weight and bias too; ``indices`` int64, given or None as on
+        its first call), in any shape with the problem's sizes. None: :meth:`bound` wraps
+        ``ops[op]``. Built once per cached call: it may fix per-call choices (a serial kernel
+        for a tiny problem) and its arguments' types.
     """
 
     name: str
@@ -107,6 +115,7 @@ class Strategy:
     workspace_bytes: Callable = _no_workspace
     tolerance: Mapping[str, tuple] = dataclasses.field(default_factory=lambda: dict(DEFAULT_TOLERANCE))
     channels_last: bool = False
+    bind: Callable | None = None
 
     def __post_init__(self):
         unknown = set(self.ops) - set(OPS)
@@ -116,6 +125,24 @@ class Strategy:
     def can_run(self, op: str, problem) -> bool:
         """Whether it implements ``op`` for this problem (op, rank, then its own ``supports``)."""
         return op in self.ops and problem.rank in self.ranks and bool(self.supports(op, problem))
+
+    def bound(self, op: str, problem, dtype):
+        """``ops[op]`` on ``problem`` as a callable of the arrays alone (see ``bind``): the strategy's
+        own binding where it has one, else the op with the arrays reshaped to the problem's rank."""
+        fast = None if self.bind is None else self.bind(op, problem, dtype)
+        if fast is not None:
+            return fast
+        function, x_shape, out_shape = self.ops[op], problem.input_shape, problem.output_shape
+        if op == "conv":
+            w_shape = problem.weight_shape
+            return lambda x, weight, bias, out: function(x.reshape(x_shape), weight.reshape(w_shape), bias, problem,
+                                                         out.reshape(out_shape))
+        if op == "max_pool":
+            return lambda x, out, indices: function(x.reshape(x_shape), problem, out.reshape(out_shape),
+                                                    None if indices is None else indices.reshape(out_shape))
+        if op == "avg_pool":
+            return lambda x, out: function(x.reshape(x_shape), problem, out.reshape(out_shape))
+        raise ValueError(f"Strategy.bound: op {op!r} has no bound form; expected conv, max_pool or avg_pool")
 
 
 _lock = threading.Lock()

@@ -55,13 +55,15 @@ not depend on the thread count.
 from __future__ import annotations
 
 import functools
+import math
 from typing import NamedTuple
 
 import numpy as np
 from numba import prange
 
 from .. import _jit
-from .._jit import kernel
+from .._jit import covering_outputs, kernel, output_span
+from .. import geometry
 from ..geometry import avg_pool_divisors
 
 __all__ = ["avg_pool2d", "avg_pool2d_backward", "max_pool2d", "max_pool2d_backward"]
@@ -169,11 +171,9 @@ def _axis_tables(out_len, in_len, size, stride, dilation, padding):
     tap_hi = np.empty(out_len, np.int64)
     for o in range(out_len):
         s = o * stride - padding
-        lo = 0 if s >= 0 else (-s + dilation - 1) // dilation
-        hi = min(size, (in_len - 1 - s) // dilation + 1)
         start[o] = s
-        tap_lo[o] = lo
-        tap_hi[o] = hi
+        # the taps t of the window with 0 <= s + t*dilation < in_len
+        tap_lo[o], tap_hi[o] = output_span(in_len, s, dilation, size)
     return start, tap_lo, tap_hi
 
 
@@ -183,11 +183,7 @@ def _tap_spans(out_len, in_len, size, stride, dilation, padding):
     first = np.empty(size, np.int64)
     end = np.empty(size, np.int64)
     for b in range(size):
-        off = b * dilation - padding
-        lo = 0 if off >= 0 else (-off + stride - 1) // stride
-        hi = min(out_len, (in_len - 1 - off) // stride + 1)
-        first[b] = lo
-        end[b] = max(hi, lo)
+        first[b], end[b] = output_span(in_len, b * dilation - padding, stride, out_len)
     return first, end
 
 
@@ -620,8 +616,7 @@ def _covering_rows(in_len, out_len, size, stride, padding):
     begin = np.empty(in_len, np.int64)
     end = np.empty(in_len, np.int64)
     for r in range(in_len):
-        begin[r] = max(0, -((size - 1 - r - padding) // stride))
-        end[r] = max(min(out_len, (r + padding) // stride + 1), begin[r])
+        begin[r], end[r] = covering_outputs(r, stride, padding, size, out_len)
     return begin, end
 
 
@@ -828,7 +823,10 @@ def _check_fixed_windows():
     pair itself as literals: :func:`_fixed_pair`.)
     """
     fixed_ranges = getattr(_fixed_ranges, "py_func", _fixed_ranges)
-    tap_spans = getattr(_tap_spans, "py_func", _tap_spans)
+
+    def tap_spans(out_len, in_len, size, stride, dilation, padding):  # _tap_spans in Python (no compile at import)
+        spans = [geometry.output_span(in_len, b * dilation - padding, stride, out_len) for b in range(size)]
+        return np.array([f for f, _ in spans]), np.array([e for _, e in spans])
     size = 16
     admitted = set()
     for kW in range(1, 6):
@@ -884,13 +882,47 @@ def _fixed_pair(geom):
     return (0,) * kw, (0,) * sw
 
 
+def _work(geom):
+    """Window elements a forward pass reads: what :func:`fastconv._jit.pick` weighs."""
+    return math.prod(geom.output_shape) * math.prod(geom.kernel)
+
+
+@functools.lru_cache(maxsize=256)
+def _forward_plan(kernel, geom, dtype, with_indices):
+    """``(callable, the launch's fixed arguments)`` of a forward kernel on ``geom``: the serial twin
+    for small problems (its argument types fixed by ``dtype`` and ``with_indices``)."""
+    shape, window, rows, _ = _launch(geom)
+    return _jit.pick(kernel, _work(geom)), (shape, window, rows, *_fixed_pair(geom))
+
+
 def max_pool2d(x, geom, out, indices):
     """Max pooling with PyTorch's rules (NaN wins, padding never does); ``indices`` may be None."""
-    shape, window, rows, _ = _launch(geom)
-    flat_indices = None if indices is None else indices.reshape(-1)
-    with _jit.launch():
-        _max_pool_kernel(x.reshape(-1), out.reshape(-1), flat_indices, shape, window, rows,
-                         *_fixed_pair(geom))
+    run, fixed = _forward_plan(_max_pool_kernel, geom, x.dtype.char, indices is not None)
+    run(x.reshape(-1), out.reshape(-1), None if indices is None else indices.reshape(-1), *fixed)
+
+
+def bind_max_pool2d(geom, dtype):
+    """:func:`max_pool2d` on ``geom`` as a function of C-contiguous ``(x, out, indices)`` of any shape
+    (``Strategy.bind``): the launch plans looked up once."""
+    (plain, fixed), (indexed, _) = (_forward_plan(_max_pool_kernel, geom, dtype.char, False),
+                                    _forward_plan(_max_pool_kernel, geom, dtype.char, True))
+
+    def run(x, out, indices):
+        if indices is None:
+            plain(x.reshape(-1), out.reshape(-1), None, *fixed)
+        else:
+            indexed(x.reshape(-1), out.reshape(-1), indices.reshape(-1), *fixed)
+    return run
+
+
+def bind_avg_pool2d(geom, dtype):
+    """:func:`avg_pool2d` on ``geom`` as a function of C-contiguous ``(x, out)`` (``Strategy.bind``);
+    None for global pooling (its own kernel)."""
+    if _is_global(geom):
+        return None
+    kernel, (shape, window, rows, *pair) = _forward_plan(_avg_pool_kernel, geom, dtype.char, False)
+    divisors = _divisors(geom, dtype)
+    return lambda x, out: kernel(x.reshape(-1), out.reshape(-1), shape, window, divisors, rows, *pair)
 
 
 @functools.lru_cache(maxsize=256)
@@ -901,16 +933,15 @@ def _divisors(geom, dtype):
 
 def avg_pool2d(x, geom, out):
     """Average pooling with PyTorch's divisor (:func:`~fastconv.geometry.avg_pool_divisors`)."""
-    shape, window, rows, _ = _launch(geom)
     if _is_global(geom):  # one reduction per plane, without the window tables
+        shape = _launch(geom)[0]
         plane_len = shape.height * shape.width
         with _jit.launch():
             _global_avg_kernel(x.reshape(-1), out.reshape(-1), plane_len, _divisors(geom, x.dtype)[0],
                                max(1, -(-_OUTPUTS_PER_ITEM * 8 // plane_len)))
         return
-    with _jit.launch():
-        _avg_pool_kernel(x.reshape(-1), out.reshape(-1), shape, window, _divisors(geom, x.dtype), rows,
-                         *_fixed_pair(geom))
+    run, (shape, window, rows, *pair) = _forward_plan(_avg_pool_kernel, geom, x.dtype.char, False)
+    run(x.reshape(-1), out.reshape(-1), shape, window, _divisors(geom, x.dtype), rows, *pair)
 
 
 def max_pool2d_backward(grad_out, indices, geom, grad_x):

@@ -632,8 +632,10 @@ def _run_tiles(xs, weight, bias, offsets, groups, plan, out):
         weight = np.concatenate([weight, np.zeros((CO_BLOCK, weight.shape[1]), dtype=weight.dtype)])
     layout = _tiles_layout(xs.shape[1], xs.shape[2], groups, plan.plane_w, plan.n_positions, plan.tile_len,
                            out.shape[2], out.shape[3])
+    work = out.size * offsets.size  # multiply-adds: each output sums one tap per offset
     with _jit.launch():
-        _conv_tiles(xs.reshape(-1), weight, bias, offsets, layout, out.reshape(out.shape[0], out.shape[1], -1))
+        _jit.sized(_conv_tiles, work)(xs.reshape(-1), weight, bias, offsets, layout,
+                                      out.reshape(out.shape[0], out.shape[1], -1))
 
 
 # --------------------------------------------------------------------------- public
@@ -679,7 +681,7 @@ def conv2d(x, weight, bias, geom, out):
             d1 = min(per_group, d0 + plan.width)
             xs = buffer[: (n1 - n0) * G * (d1 - d0) * plan.channel_len].reshape(n1 - n0, -1, plan.channel_len)
             with _jit.launch():
-                _pack_phases(x[n0:n1], d0, G, layout, plan.phase_h, plan.phase_w, xs)
+                _jit.sized(_pack_phases, xs.size)(x[n0:n1], d0, G, layout, plan.phase_h, plan.phase_w, xs)
             w = (weight if d1 - d0 == per_group else np.ascontiguousarray(weight[:, d0:d1])).reshape(C_out, -1)
             offsets = plan.offsets[: (d1 - d0) * kH * kW]
             if d0 == 0:
@@ -763,6 +765,44 @@ from ._adaptive_kernels import (  # noqa: E402
 
 
 
+def _bind_conv(geom, dtype):
+    """:func:`conv2d` on a small problem it runs on :func:`_conv_tiles` in place (stride 1, no padding,
+    no register-tiled kernel) as a function of the arrays (``Strategy.bind``), on the kernel's serial
+    twin where the work is small (:func:`fastconv._jit.pick`); None for any other problem."""
+    if _simd_direct.planar_supports(geom) or _uses_rows_kernel(geom):
+        return None
+    plan = _tiles_plan(geom, dtype.itemsize, get_workspace_limit())
+    if plan.packed:
+        return None
+    N, C_in, H, W = geom.input_shape
+    C_out, G = geom.out_channels, geom.groups
+    oH, oW = geom.out_size
+    layout = _tiles_layout(C_in, H * W, G, plan.plane_w, plan.n_positions, plan.tile_len, oH, oW)
+    kernel = _jit.pick(_conv_tiles, geom.flops // 2)
+    no_bias, offsets = _NO_BIAS[dtype.char], plan.offsets
+    padded = (C_out // G) % CO_BLOCK > CO_BLOCK // 2  # as _run_tiles: the last block reads 8 weight rows
+
+    def run(x, weight, bias, out):
+        w = weight.reshape(C_out, -1)
+        if padded:
+            w = np.concatenate([w, np.zeros((CO_BLOCK, w.shape[1]), dtype=w.dtype)])
+        kernel(x.reshape(-1), w, no_bias if bias is None else bias, offsets, layout, out.reshape(N, C_out, -1))
+    return run
+
+
+def _bind(op, geom, dtype):
+    """``Strategy.bind``: rank-2 channels-first problems' forward ops with their plans looked up once."""
+    if geom.rank != 2 or geom.layout != "channels_first":
+        return None
+    if op == "max_pool":
+        return _pool_kernels.bind_max_pool2d(geom, dtype)
+    if op == "avg_pool":
+        return _pool_kernels.bind_avg_pool2d(geom, dtype)
+    if op == "conv":
+        return _bind_conv(geom, dtype)
+    return None
+
+
 def _workspace(op, geom, itemsize):
     if geom.rank == 3 and op.startswith("conv"):
         return _depth.workspace_bytes(geom, itemsize, lambda plane: _workspace(op, plane, itemsize))
@@ -786,4 +826,5 @@ STRATEGY = Strategy(
          "adaptive_avg_pool": adaptive_avg_pool, "adaptive_avg_pool_backward": adaptive_avg_pool_backward},
     workspace_bytes=_workspace,
     channels_last=True,
+    bind=_bind,
 )
