@@ -303,6 +303,13 @@ def tap_output_range(n: int, tap: int, stride: int, dilation: int, lo: int, firs
     return start, max(start, stop)
 
 
+def phase_plane_len(out_len: int, k: int, stride: int, dilation: int) -> int:
+    """Positions of one phase plane along an axis (see :func:`phase_split`): what ``out_len`` outputs
+    read, ``(out_len - 1)*stride + (k - 1)*dilation + 1`` padded positions, split into ``stride``
+    planes of ``ceil(that / stride)``."""
+    return -(-((out_len - 1) * stride + (k - 1) * dilation + 1) // stride)
+
+
 def phase_split(k: int, stride: int, dilation: int):
     """Each tap's phase and stride-1 offset along one axis: ``(phases, offsets)``.
 

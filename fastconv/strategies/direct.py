@@ -67,7 +67,7 @@ from numba import prange
 
 from .. import _jit
 from .._jit import kernel, output_span
-from ..geometry import phase_split
+from ..geometry import phase_plane_len, phase_split
 from ..workspace import get_workspace_limit
 from . import Strategy, _depth
 
@@ -531,8 +531,7 @@ def _phase_layout(geom):
     sH, sW = geom.stride
     dH, dW = geom.dilation
     oH, oW = geom.out_size
-    plane_h = -(-((oH - 1) * sH + (kH - 1) * dH + 1) // sH)
-    plane_w = -(-((oW - 1) * sW + (kW - 1) * dW + 1) // sW)
+    plane_h, plane_w = phase_plane_len(oH, kH, sH, dH), phase_plane_len(oW, kW, sW, dW)
     phase_a, offset_a = phase_split(kH, sH, dH)
     phase_b, offset_b = phase_split(kW, sW, dW)
     phases = [(rh, rw) for rh in sorted(set(phase_a)) for rw in sorted(set(phase_b))]

@@ -416,8 +416,8 @@ def workspace_bytes(geom, itemsize, op="conv2d"):
 
     ``op`` is 'conv2d', 'conv2d_backward', 'max_pool2d' or 'avg_pool2d'. An upper
     bound: it counts the row of ones a bias may add and, for the backward, the
-    copy of dY a multi-image weight-gradient GEMM needs; buffers of the weights'
-    size are left out.
+    copy of dY with a chunk's images side by side (its one-GEMM products); buffers of the
+    weights' size are left out.
     """
     oH, oW = geom.out_size
     taps = geom.kernel[0] * geom.kernel[1]
@@ -429,8 +429,7 @@ def workspace_bytes(geom, itemsize, op="conv2d"):
         if _is_pointwise(geom):
             return 0
         chunks = _Chunks(geom.batch, oH, oW, rows, itemsize)
-        one_gemm = (geom.out_channels // geom.groups) * (rows // geom.groups) >= DW_ONE_GEMM_MIN_OUTPUT
-        dy_copy = geom.out_channels * chunks.capacity if one_gemm and chunks.max_images > 1 else 0
+        dy_copy = geom.out_channels * chunks.capacity if chunks.max_images > 1 else 0  # images side by side
         return (rows * chunks.capacity + dy_copy) * itemsize
     if _is_pointwise(geom) and not (geom.groups == 1 and geom.in_channels < geom.out_channels):
         return 0
@@ -516,18 +515,26 @@ def conv2d_backward(grad_out, x, weight, geom, grad_x, grad_w, grad_b):
     dy = grad_out.reshape(N, G, out_per_group, P)
     one_gemm = out_per_group * K >= DW_ONE_GEMM_MIN_OUTPUT
     if gw is not None:
-        dw_work = _DwWork(chunks, C_out, out_per_group, K, one_gemm, x.dtype)
+        dw_work = _DwWork(chunks, out_per_group, K, one_gemm, x.dtype)
+    # dY with a chunk's images side by side, (G, C_out/G, B, width): one GEMM per group over all
+    # of them (dX̂ always; dW when one_gemm) instead of B thin ones (dcgan_up's dX̂: 7.2 -> 5.8 ms)
+    sides = np.empty(C_out * chunks.capacity, dtype=x.dtype) if chunks.max_images > 1 else None
     for index, (n0, B, r0, r1) in enumerate(chunks):
         width = (r1 - r0) * oW
         cols = _columns(buffer, G * K, B, width)
         dy_chunk = dy[n0 : n0 + B, :, :, r0 * oW : r1 * oW]  # (B, G, C_out/G, width)
+        if B == 1:
+            dy_side = dy_chunk[0]  # (G, C_out/G, width)
+        else:
+            dy_side = sides[: G * out_per_group * B * width].reshape(G, out_per_group, B * width)
+            np.copyto(dy_side.reshape(G, out_per_group, B, width), dy_chunk.transpose(1, 2, 0, 3))
         if gw is not None:
             with _jit.launch():
                 _im2col(x, n0, r0, 0.0, layout, False, cols)
-            dw_work.accumulate(index == 0, dy_chunk, cols, gw)
+            dw_work.accumulate(index == 0, dy_chunk, dy_side, cols, gw)
         if grad_x is not None:
             for g in range(G):
-                np.matmul(w[g].T, dy_chunk[:, g], out=cols[g * K : (g + 1) * K].transpose(1, 0, 2))
+                np.matmul(w[g].T, dy_side[g], out=cols[g * K : (g + 1) * K].reshape(K, B * width))
             with _jit.launch():
                 _col2im(cols, n0, r0, r0 > 0, layout, False, grad_x)
 
@@ -540,28 +547,24 @@ class _DwWork:
     are then summed in order.
     """
 
-    def __init__(self, chunks, C_out, out_per_group, K, one_gemm, dtype):
+    def __init__(self, chunks, out_per_group, K, one_gemm, dtype):
         self.one_gemm = one_gemm or chunks.max_images == 1
         self.out_per_group, self.K = out_per_group, K
         if self.one_gemm:
-            self.dy_buffer = np.empty(C_out * chunks.capacity, dtype=dtype) if chunks.max_images > 1 else None
             self.partial = np.empty((1, out_per_group, K), dtype=dtype)
         else:
             self.partial = np.empty((chunks.max_images, out_per_group, K), dtype=dtype)
         self.partial_sum = np.empty((out_per_group, K), dtype=dtype)
 
-    def accumulate(self, first, dy_chunk, cols, gw):
+    def accumulate(self, first, dy_chunk, dy_side, cols, gw):
+        """Add the chunk's part; ``dy_side`` is ``dy_chunk`` with its images side by side, (G, C_out/G, B*width)."""
         B, G, out_per_group, width = dy_chunk.shape
         K = self.K
-        if self.one_gemm and B > 1:
-            dy_side = self.dy_buffer[: G * out_per_group * B * width].reshape(G, out_per_group, B, width)
-            np.copyto(dy_side, dy_chunk.transpose(1, 2, 0, 3))
         for g in range(G):
             cols_g = cols[g * K : (g + 1) * K]  # (K, B, width)
             if self.one_gemm:
-                dy_g = dy_chunk[0, g] if B == 1 else dy_side[g].reshape(out_per_group, B * width)
                 product = gw[g] if first else self.partial[0]
-                np.matmul(dy_g, cols_g.reshape(K, B * width).T, out=product)
+                np.matmul(dy_side[g], cols_g.reshape(K, B * width).T, out=product)
                 if not first:
                     gw[g] += product
             else:
