@@ -31,6 +31,7 @@ from .dispatch import choose_method, methods
 from .explain import Explanation, explain
 from .geometry import AdaptivePoolGeometry, ConvGeometry, PoolGeometry, conv_output_size, pool_output_size, resolve_padding, same_padding
 from .info import show_config
+from .precision import get_precision, precision, set_precision
 from .pool import (
     avg_pool1d,
     avg_pool1d_backward,
@@ -108,6 +109,7 @@ __all__ = [
     "conv_transpose3d_backward",
     "explain",
     "get_num_threads",
+    "get_precision",
     "get_workspace_limit",
     "im2col",
     "max_pool1d",
@@ -120,9 +122,11 @@ __all__ = [
     "nn",
     "num_threads",
     "pool_output_size",
+    "precision",
     "resolve_padding",
     "same_padding",
     "set_num_threads",
+    "set_precision",
     "set_workspace_limit",
     "share_cores",
     "show_config",

@@ -40,8 +40,8 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic, models, register_model
 
-__all__ = ["AVAILABLE", "ISA", "LANES", "REASON", "Vec", "vbroadcast", "vfma", "vlane", "vload", "vload_masked",
-           "vsplat", "vstore", "vstore_lanes", "vstore_masked", "vsum", "vzero"]
+__all__ = ["AVAILABLE", "ISA", "LANES", "REASON", "Vec", "vadd", "vbroadcast", "vfma", "vlane", "vload", "vload_masked",
+           "vmul", "vsplat", "vstore", "vstore_lanes", "vstore_masked", "vsub", "vsum", "vzero"]
 
 
 class Vec(types.Type):
@@ -199,6 +199,27 @@ def vfma(typingctx, a, b, c):
         return builder.call(fn, list(args))
 
     return a(a, b, c), codegen
+
+
+def _lanewise(op: str, doc: str):
+    """An intrinsic ``f(a, b)`` doing ``op`` (an IR builder method: fadd, fsub, fmul) lane by lane."""
+
+    def typer(typingctx, a, b):
+        if not (isinstance(a, Vec) and a == b):
+            return None
+
+        def codegen(context, builder, signature, args):
+            return getattr(builder, op)(args[0], args[1])
+
+        return a(a, b), codegen
+
+    typer.__doc__ = doc
+    return intrinsic(typer)
+
+
+vadd = _lanewise("fadd", "``a + b`` lane by lane.")
+vsub = _lanewise("fsub", "``a - b`` lane by lane.")
+vmul = _lanewise("fmul", "``a * b`` lane by lane.")
 
 
 def _lane_mask(builder, count, width):

@@ -27,6 +27,7 @@ import os
 import numpy as np
 
 from . import strategies
+from .precision import allows, get_precision
 
 #: Where and when the rule constants below were measured.
 TUNED_ON = ("2026-11-25, 2 cores of an Intel Xeon (AVX-512); re-checked and amended 2026-12-02 on 2 cores "
@@ -49,10 +50,16 @@ def methods() -> tuple:
     return ("auto", "measure") + strategies.names()
 
 
-def candidates(op: str, geom) -> tuple:
-    """The strategies ``auto`` and ``measure`` may choose for ``op`` on ``geom`` (registry order)."""
-    return tuple(name for name in strategies.names()
-                 if strategies.strategy(name).automatic and strategies.strategy(name).can_run(op, geom))
+def candidates(op: str, geom, level: str | None = None) -> tuple:
+    """The strategies ``auto`` and ``measure`` may choose for ``op`` on ``geom`` (registry order) under
+    the precision setting ``level`` (default: the current one, :mod:`fastconv.precision`)."""
+    level = level or get_precision()
+    found = []
+    for name in strategies.names():
+        record = strategies.strategy(name)
+        if record.automatic and record.can_run(op, geom) and allows(record.error_bound, geom.dtype, level):
+            found.append(name)
+    return tuple(found)
 
 
 def check_method(method, fn: str) -> str:
@@ -144,8 +151,27 @@ def _register_tiled(geom) -> bool:
     return _simd_direct.planar_supports(geom)
 
 
+#: Winograd (float32 F(4x4, 3x3)) from this many output tiles (4x4) over the batch, and channel
+#: counts: measured on Zen 4 (2026-12-05, fastconv bench --repeat 3, against direct / PyTorch):
+#: resnet_3x3_56 (196 tiles, 64 channels) 0.60 ms vs 1.19 / 1.10; resnet_3x3_28 (49 tiles, 128)
+#: 0.69 vs 1.23 / 1.07; batch8_3x3_56 4.7 vs 9.2 / 8.7; but resnet_3x3_14 (16 tiles, 256) 1.72 vs
+#: 1.22 / 1.04: 14-tile register tiles on 16 tiles waste half their work, and the weight
+#: transform (36 values per 9 weights) grows with the channels while the tiles do not.
+WINOGRAD_MIN_TILES = 49
+WINOGRAD_MIN_CHANNELS = 16
+
+
+def _winograd_pays(geom, dtype) -> bool:
+    """Whether the float32 Winograd kernel is measured faster than direct on ``geom`` (see above)."""
+    if np.dtype(dtype) != np.float32 or not strategies.strategy("winograd").can_run("conv", geom):
+        return False
+    tiles = geom.batch * math.prod(-(-n // 4) for n in geom.out_size)
+    return (tiles >= WINOGRAD_MIN_TILES and geom.in_channels >= WINOGRAD_MIN_CHANNELS
+            and geom.out_channels >= WINOGRAD_MIN_CHANNELS)
+
+
 @functools.lru_cache(maxsize=1024)
-def _rules(op: str, geom, dtype, threads: int):
+def _rules(op: str, geom, dtype, threads: int, level: str):
     """``(method, reason)`` for ``op`` on ``geom``: the measured rules (see :data:`TUNED_ON`).
 
     Cached: geometries are frozen dataclasses, and a 30 us pooling call should not spend
@@ -165,6 +191,12 @@ def _rules(op: str, geom, dtype, threads: int):
     if geom.rank == 3:
         return "direct", ("3D: the depth taps' 2D problems run fastest on the direct kernels (measured on "
                           "unet3d_3x3x3, c3d_video and ct_stem_3d: 1.1-1.8x img2col, 1.6-3.4x vectorized)")
+    if op == "conv" and _winograd_pays(geom, dtype) and "winograd" in candidates(op, geom, level):
+        bound = strategies.strategy("winograd").error_bound[np.dtype(dtype).name]
+        return "winograd", (f"3x3, stride 1, {geom.batch * math.prod(-(-n // 4) for n in geom.out_size)} output tiles "
+                            f"of 4x4: Winograd F(4x4, 3x3) does 4x fewer multiplications (measured 1.6-1.8x "
+                            f"PyTorch on resnet_3x3_56/_28 and batch8_3x3_56, Zen 4); error bound {bound:.0e} of the "
+                            f"output's scale, allowed by precision '{level}'")
     per_group_out = geom.out_channels // geom.groups
     per_group_in = geom.in_channels // geom.groups
     reduction = per_group_in * math.prod(geom.kernel)
@@ -200,11 +232,11 @@ def _threads(threads):
     return int(threads)
 
 
-def _runnable(op: str, geom, method: str, reason: str):
+def _runnable(op: str, geom, level: str, method: str, reason: str):
     """``(method, reason)``, or the first automatic strategy that can run the problem if ``method`` cannot."""
     if strategies.strategy(method).can_run(op, geom):
         return method, reason
-    for name in candidates(op, geom):
+    for name in candidates(op, geom, level):
         return name, f"{reason}; but {method} does not compute this problem, so {name}"
     raise ValueError(f"no registered strategy computes {op} for this problem (rank {geom.rank})")
 
@@ -218,7 +250,8 @@ def decide(op: str, geom, dtype, threads=None):
     forced = _env_method()
     if forced is not None and forced not in ("auto", "measure"):
         return forced, f"forced by FASTCONV_METHOD={forced}", "environment"
-    method, reason = _runnable(op, geom, *_rules(op, geom, dtype, threads))
+    level = get_precision()
+    method, reason = _runnable(op, geom, level, *_rules(op, geom, dtype, threads, level))
     if forced == "measure":
         return method, "FASTCONV_METHOD=measure: timed on first call; until then: " + reason, "environment"
     return method, reason, "rules"
@@ -281,7 +314,7 @@ def resolve(method: str, op: str, geom, dtype, fn: str, args=None):
     call :func:`run` with the arrays then.
     """
     env = _method_env()
-    key = (method, op, geom, dtype, env, strategies.version)
+    key = (method, op, geom, dtype, env, strategies.version, get_precision())
     hit = _resolved.get(key)
     if hit is not None:
         return hit
@@ -317,9 +350,10 @@ def bound(method: str, op: str, geom, dtype, fn: str):
 
 
 def repeat_key(*parts):
-    """``parts`` plus what else a bound call depends on (``FASTCONV_METHOD``, the registry's version):
+    """``parts`` plus what else a bound call depends on (``FASTCONV_METHOD``, the registry's version, the
+    precision setting):
     the key of a public function's repeated-call cache (:class:`Calls`)."""
-    return parts + (_method_env(), strategies.version)
+    return parts + (_method_env(), strategies.version, get_precision())
 
 
 def plain(ints, bools=()) -> bool:

@@ -7,7 +7,8 @@ import math
 
 import numpy as np
 
-from . import dispatch
+from . import dispatch, strategies
+from .precision import get_precision
 from ._validate import as_array, result_dtype
 from .geometry import conv_problem, pool_problem
 from .workspace import get_workspace_limit
@@ -52,6 +53,11 @@ class Explanation:
     threads : int
     source : str
         'rules' or 'environment' (FASTCONV_METHOD).
+    precision : str
+        The precision setting the choice was made under (:mod:`fastconv.precision`).
+    error_bound : float or None
+        The chosen algorithm's measured error bound relative to the output's scale, None for an
+        exact-order algorithm (a plain sum of products).
     """
 
     op: str
@@ -64,6 +70,8 @@ class Explanation:
     dtype: str
     threads: int
     source: str = "rules"
+    precision: str = "high"
+    error_bound: float | None = None
 
     def __str__(self) -> str:
         g = self.geometry
@@ -87,6 +95,9 @@ class Explanation:
             lines.append(f"  problem: N={g.batch} C={g.channels} {sizes(g.in_size)} -> {sizes(g.out_size)}, "
                          "adaptive windows")
         lines.append(f"  dtype {self.dtype}, {self.threads} thread(s), {self.flops / 1e9:.3g} GFLOP")
+        bound = ("exact order (a plain sum of products)" if self.error_bound is None
+                 else f"<= {self.error_bound:.0e} of the output's scale (measured)")
+        lines.append(f"  algorithm error: {bound}; precision setting {self.precision!r}")
         lines.append(f"  threads: {_threads_line()}")
         lines.append(f"  vector kernels: {_simd_line()}")
         if getattr(g, "layout", "channels_first") == "channels_last":
@@ -141,8 +152,10 @@ def explain_problem(op: str, geom, dtype, threads=None, public_op: str | None = 
     work = flops(op, geom)
     if public_op and public_op.startswith("conv_transpose"):  # forward: one input-gradient; backward: dx + dW
         work = geom.flops * (2 if public_op.endswith("_backward") else 1)
+    bound = strategies.strategy(method).error_bound
     return Explanation(public_op or op, method, reason, work, workspace, names, geom, str(dtype),
-                       dispatch._threads(threads), source)
+                       dispatch._threads(threads), source, get_precision(),
+                       None if bound is None else bound.get(dtype.name))
 
 
 def explain(op: str, x, weight=None, *, dtype=None, threads=None, **params) -> Explanation:

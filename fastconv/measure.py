@@ -21,6 +21,7 @@ import warnings
 import numpy as np
 
 from . import strategies
+from .precision import get_precision
 from .dispatch import _threads, candidates, padded_bytes, workspace_bytes
 from .workspace import get_workspace_limit
 
@@ -55,10 +56,12 @@ def cache_path() -> str:
     return os.path.join(_cache_dir(), f"measured-{digest}.json")
 
 
-def problem_key(op: str, geom, dtype, threads: int) -> str:
-    """The key a measurement is remembered under: op, full geometry, dtype and thread count."""
+def problem_key(op: str, geom, dtype, threads: int, level: str | None = None) -> str:
+    """The key a measurement is remembered under: op, full geometry, dtype, thread count and the
+    precision setting (``level``, default the current one: it decides which strategies compete)."""
     fields = dataclasses.asdict(geom)
-    return json.dumps([op, fields, str(np.dtype(dtype)), int(threads)], sort_keys=True, default=list)
+    return json.dumps([op, fields, str(np.dtype(dtype)), int(threads), level or get_precision()], sort_keys=True,
+                      default=list)
 
 
 def _read_disk(path: str) -> dict:

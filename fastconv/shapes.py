@@ -163,6 +163,7 @@ _ALL = [
     _conv2d("resnet_3x3_14", 1, 256, 14, 14, 256, 3, 3, 1, 1, description="ResNet stage 3"),
     _conv2d("resnet_3x3_7", 1, 512, 7, 7, 512, 3, 3, 1, 1, description="ResNet stage 4"),
     _conv2d("batch8_3x3_56", 8, 64, 56, 56, 64, 3, 3, 1, 1, description="training-size batch"),
+    _conv2d("vgg_3x3_224", 1, 64, 224, 224, 64, 3, 3, 1, 1, description="VGG stage 1, large map"),
     _conv2d("pointwise_expand", 1, 64, 56, 56, 256, 1, 1, 1, 0, description="1x1 expand"),
     _conv2d("pointwise_stride2", 1, 256, 56, 56, 128, 1, 1, 2, 0, description="strided 1x1"),
     _conv2d("depthwise_112", 1, 32, 112, 112, 32, 3, 3, 1, 1, groups=32, description="MobileNet depthwise"),

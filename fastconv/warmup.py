@@ -44,14 +44,19 @@ def warmup(dtypes: Sequence = ("float32",), methods: Sequence[str] | None = None
     if methods is None:
         methods = [n for n in strategies.names() if strategies.strategy(n).automatic]
     start = time.perf_counter()
+    general = [m for m in methods if _general(strategies.strategy(m))]
     for dtype in dtypes:
+        for method in methods:
+            if method not in general:  # a strategy of some problems only: its convolution, if it runs one here
+                _warm_partial(method, dtype)
+        methods_here = general
         # Big enough that every call's work reaches _jit.SERIAL_WORK: the parallel kernels are the
         # ones to compile ahead (tiny problems run serial twins, compiled on their first use).
         x = np.ones((2, 4, 64, 64), dtype)
         # direct's in-place row kernel (_conv_rows) runs only for < 4 output channels per group and
         # output rows of at least direct.ROWS_MIN_WIDTH (96) columns: one 2x128 plane reaches it.
         wide = np.ones((1, 1, 2, 128), dtype)
-        for method in methods:
+        for method in methods_here:
             for kw in (dict(padding=1), dict(padding="same", stride=2, dilation=2), dict(groups=4)):
                 w = np.ones((4, 4 // kw.get("groups", 1), 3, 3), dtype)
                 y = _conv.conv2d(x, w, np.ones(4, dtype), **kw, method=method)
@@ -90,3 +95,22 @@ def warmup(dtypes: Sequence = ("float32",), methods: Sequence[str] | None = None
                 a = _adaptive.adaptive_avg_pool2d(x, (4, 5), method=method)
                 _adaptive.adaptive_avg_pool2d_backward(a, x.shape, method=method)
     return time.perf_counter() - start
+
+
+_BASIC_OPS = {"conv", "conv_backward", "max_pool", "max_pool_backward", "avg_pool", "avg_pool_backward"}
+
+
+def _general(record) -> bool:
+    """Whether a strategy computes every problem of the six basic ops (warmup runs all of them)."""
+    return _BASIC_OPS <= set(record.ops) and record.supports is strategies.Strategy.supports
+
+
+def _warm_partial(method, dtype):
+    """Warm a strategy that computes only some problems (e.g. 3x3 stride-1 convolutions): a 3x3 layer."""
+    from .geometry import conv_problem
+
+    x = np.ones((2, 16, 20, 20), dtype)
+    w = np.ones((32, 16, 3, 3), dtype)
+    geom, _ = conv_problem("warmup", 2, x.shape, w.shape, None, 1, 1, 1, 1, np.dtype(dtype).name)
+    if strategies.strategy(method).can_run("conv", geom):
+        _conv.conv2d(x, w, np.ones(32, dtype), padding=1, method=method)

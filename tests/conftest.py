@@ -26,8 +26,15 @@ settings.load_profile(os.environ.get("FASTCONV_HYPOTHESIS_PROFILE", "default"))
 
 #: The reference strategy (the readable loop), which the others are tested against.
 ORACLE = next(m for m in strategies.names() if strategies.strategy(m).reference)
-#: The strategies other than the oracle.
-FAST_METHODS = tuple(m for m in strategies.names() if m != ORACLE)
+#: The general strategies other than the oracle: each implements the six basic ops for every
+#: problem of ranks 2 and 3, so the shared tests run them on any geometry they draw.
+_BASIC_OPS = {"conv", "conv_backward", "max_pool", "max_pool_backward", "avg_pool", "avg_pool_backward"}
+FAST_METHODS = tuple(m for m in strategies.names() if m != ORACLE and _BASIC_OPS <= set(strategies.strategy(m).ops)
+                     and set(strategies.strategy(m).ranks) == {2, 3}
+                     and strategies.strategy(m).supports is strategies.Strategy.supports)
+#: Strategies that compute only some problems (``Strategy.supports``, a few ops or ranks): tested on
+#: the problems they accept (tests/test_conv.py, and a test file of their own).
+PARTIAL_METHODS = tuple(m for m in strategies.names() if m != ORACLE and m not in FAST_METHODS)
 #: The strategies ``auto`` may choose (the Numba kernels and the NumPy one).
 AUTO_METHODS = tuple(m for m in strategies.names() if strategies.strategy(m).automatic)
 #: The Numba strategies (their modules compile kernels).

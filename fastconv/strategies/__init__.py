@@ -9,7 +9,8 @@ reads this registry, so adding one is a module and one :func:`register` call.
 
 The built-in ones, registered below and imported on first use so that ``import fastconv``
 stays cheap: ``loop`` (pure Python, the oracle), ``vectorized`` (NumPy only), ``direct``
-(Numba sliding-window kernels) and ``img2col`` (Numba im2col + BLAS GEMM).
+(Numba sliding-window kernels), ``img2col`` (Numba im2col + BLAS GEMM) and ``winograd``
+(3x3 stride-1 convolutions with fewer multiplications; the ``conv`` op only).
 
 Operations (rank-free: every problem record carries its rank) and their arguments::
 
@@ -95,6 +96,11 @@ class Strategy:
         strategies get C-contiguous copies (see :mod:`fastconv.conv` and :mod:`fastconv.pool`).
         The pooling ops get such arrays with a problem whose ``layout`` is ``"channels_last"``,
         and C-contiguous ones with a ``"channels_first"`` problem.
+    error_bound : mapping of dtype name to float, optional
+        For algorithms that round differently from a plain sum of products (Winograd): the
+        measured bound of ``max |y - y64| / max |y64|`` per dtype. None (the default): an
+        exact-order algorithm. ``auto`` and ``measure`` consider a strategy with a bound only
+        where the precision setting allows it (:mod:`fastconv.precision`).
     bind : callable ``(op, problem, dtype) -> callable or None``, optional
         A forward op (``conv``, ``max_pool``, ``avg_pool``) with the problem fixed, for the
         public functions' repeated-call path (:meth:`bound`): it takes the op's arrays without
@@ -115,6 +121,7 @@ class Strategy:
     workspace_bytes: Callable = _no_workspace
     tolerance: Mapping[str, tuple] = dataclasses.field(default_factory=lambda: dict(DEFAULT_TOLERANCE))
     channels_last: bool = False
+    error_bound: Mapping[str, float] | None = None
     bind: Callable | None = None
 
     def __post_init__(self):
@@ -223,5 +230,5 @@ def get(name: str):
     return importlib.import_module(f"{__name__}.{name}")
 
 
-for _module in ("loop", "vectorized", "direct", "img2col"):
+for _module in ("loop", "vectorized", "direct", "img2col", "winograd"):
     register(f"{__name__}.{_module}")

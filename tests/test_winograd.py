@@ -1,0 +1,398 @@
+"""The winograd strategy (F(4x4, 3x3) float32, F(2x2, 3x3) float64) and the precision setting."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+import threading
+from fractions import Fraction
+
+import numpy as np
+import pytest
+from conftest import host_has
+from hypothesis import assume, given
+from hypothesis import strategies as st
+
+import fastconv
+from fastconv import _simd, dispatch, strategies
+from fastconv.precision import allows
+from fastconv.strategies import winograd
+
+pytestmark = pytest.mark.skipif(not _simd.AVAILABLE, reason="the Winograd kernels need the explicit-SIMD layer")
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _generator():
+    sys.path.insert(0, os.path.join(ROOT, "tools"))
+    try:
+        import gen_winograd
+    finally:
+        sys.path.pop(0)
+    return gen_winograd
+
+
+def test_generated_kernels_are_current():
+    """fastconv/strategies/_winograd_kernels.py is what tools/gen_winograd.py writes."""
+    with open(os.path.join(ROOT, "fastconv", "strategies", "_winograd_kernels.py")) as f:
+        assert f.read() == _generator().generate(), "run: python tools/gen_winograd.py"
+
+
+@pytest.mark.parametrize("m", [2, 4])
+def test_the_transforms_compute_a_correlation_and_match_the_generators_table(m):
+    """Y = A^T [(G g G^T) o (B^T d B)] A is the 3x3 correlation of d, exactly (fractions)."""
+    T = _generator().TRANSFORMS[m]
+    assert np.array(winograd._G[m]) == pytest.approx(np.array([[float(v) for v in row] for row in T["G"]]), abs=0)
+    rng = np.random.default_rng(m)
+    a = m + 2
+    d = [[Fraction(int(v)) for v in row] for row in rng.integers(-9, 10, (a, a))]
+    g = [[Fraction(int(v)) for v in row] for row in rng.integers(-9, 10, (3, 3))]
+
+    def mul(A, B):
+        return [[sum(A[i][k] * B[k][j] for k in range(len(B))) for j in range(len(B[0]))] for i in range(len(A))]
+
+    def t(A):
+        return [list(r) for r in zip(*A)]
+
+    BT, G, AT = ([[Fraction(v) for v in row] for row in T[k]] for k in ("BT", "G", "AT"))
+    U, V = mul(mul(G, g), t(G)), mul(mul(BT, d), t(BT))
+    Y = mul(mul(AT, [[U[i][j] * V[i][j] for j in range(a)] for i in range(a)]), t(AT))
+    direct = [[sum(d[i + p][j + q] * g[p][q] for p in range(3) for q in range(3)) for j in range(m)] for i in range(m)]
+    assert Y == direct
+
+
+def _reference(x, w, b, padding):
+    return fastconv.conv2d(x.astype(np.float64), w.astype(np.float64), None if b is None else b.astype(np.float64),
+                           padding=padding, method="direct")
+
+
+def _relative_error(y, ref):
+    scale = np.abs(ref).max()
+    return np.abs(y - ref).max() / scale if scale else np.abs(y).max()
+
+
+@given(n=st.integers(1, 2), c_in=st.integers(1, 40), c_out=st.integers(1, 70), h=st.integers(1, 19),
+       w=st.integers(1, 19), padding=st.sampled_from([0, 1, 2, "same", "valid", ((2, 0), (1, 3))]),
+       dtype=st.sampled_from([np.float32, np.float64]), with_bias=st.booleans(), seed=st.integers(0, 2**16))
+def test_winograd_matches_a_float64_reference_within_its_bound(n, c_in, c_out, h, w, padding, dtype, with_bias, seed):
+    (top, bottom), (left, right) = fastconv.resolve_padding(padding, (h, w), (3, 3), (1, 1), (1, 1))
+    assume(h + top + bottom >= 3 and w + left + right >= 3)
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, c_in, h, w)).astype(dtype)
+    wt = rng.standard_normal((c_out, c_in, 3, 3)).astype(dtype)
+    b = rng.standard_normal(c_out).astype(dtype) if with_bias else None
+    x0, w0 = x.copy(), wt.copy()
+    y = fastconv.conv2d(x, wt, b, padding=padding, method="winograd")
+    assert y.dtype == dtype
+    np.testing.assert_array_equal(x, x0)  # inputs never modified
+    np.testing.assert_array_equal(wt, w0)
+    ref = _reference(x, wt, b, padding)
+    assert y.shape == ref.shape
+    assert _relative_error(y, ref) <= winograd.ERROR_BOUND[np.dtype(dtype).name]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(1, 64, 56, 56, 64), (2, 128, 28, 28, 128), (1, 256, 14, 14, 256),
+                                   (1, 3, 60, 33, 5), (3, 17, 9, 30, 40)])
+def test_error_bound_holds_on_network_sized_layers(shape, dtype):
+    """The bound the dispatcher trusts, on the layers it picks Winograd for and around them, with
+    normal, uniform and offset data (offset data cancels most)."""
+    n, c_in, h, w, c_out = shape
+    rng = np.random.default_rng(sum(shape))
+    for x, wt in ((rng.standard_normal((n, c_in, h, w)), rng.standard_normal((c_out, c_in, 3, 3))),
+                  (rng.random((n, c_in, h, w)), rng.random((c_out, c_in, 3, 3))),
+                  (rng.standard_normal((n, c_in, h, w)) * 10 + 5, rng.standard_normal((c_out, c_in, 3, 3)) * 0.1)):
+        x, wt = x.astype(dtype), wt.astype(dtype)
+        y = fastconv.conv2d(x, wt, padding=1, method="winograd")
+        assert _relative_error(y, _reference(x, wt, None, 1)) <= winograd.ERROR_BOUND[np.dtype(dtype).name]
+
+
+def test_against_pytorch(torch):
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 32, 23, 17)).astype(np.float32)
+    w = rng.standard_normal((48, 32, 3, 3)).astype(np.float32)
+    b = rng.standard_normal(48).astype(np.float32)
+    ours = fastconv.conv2d(x, w, b, padding=1, method="winograd")
+    theirs = torch.nn.functional.conv2d(*map(torch.from_numpy, (x, w, b)), padding=1).numpy()
+    assert _relative_error(ours, theirs.astype(np.float64)) <= 2 * winograd.ERROR_BOUND["float32"]
+
+
+def test_unbatched_channels_last_and_out_arguments():
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((16, 12, 12)).astype(np.float32)
+    w = rng.standard_normal((20, 16, 3, 3)).astype(np.float32)
+    ref = _reference(x[None], w, None, 1)[0]
+    assert _relative_error(fastconv.conv2d(x, w, padding=1, method="winograd"), ref) <= 5e-5
+    last = np.ascontiguousarray(x.transpose(1, 2, 0)).transpose(2, 0, 1)  # channels-last memory: a copy in
+    y = fastconv.conv2d(last, w, padding=1, method="winograd")
+    assert _relative_error(y, ref) <= 5e-5
+    out = np.empty_like(ref, dtype=np.float32)
+    assert fastconv.conv2d(x, w, padding=1, method="winograd", out=out) is out
+
+
+def test_results_do_not_depend_on_the_thread_count_or_the_workspace_cap():
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((3, 24, 21, 22)).astype(np.float32)
+    w = rng.standard_normal((40, 24, 3, 3)).astype(np.float32)
+    results = []
+    for n in (1, 2):
+        with fastconv.num_threads(n):
+            results.append(fastconv.conv2d(x, w, padding=1, method="winograd"))
+    limit = fastconv.get_workspace_limit()
+    try:
+        fastconv.set_workspace_limit(64 * 1024)  # one image per chunk
+        results.append(fastconv.conv2d(x, w, padding=1, method="winograd"))
+    finally:
+        fastconv.set_workspace_limit(limit)
+    for r in results[1:]:
+        np.testing.assert_array_equal(r, results[0])
+
+
+def test_concurrent_python_threads():
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((2, 16, 20, 20)).astype(np.float32)
+    w = rng.standard_normal((32, 16, 3, 3)).astype(np.float32)
+    expected = fastconv.conv2d(x, w, padding=1, method="winograd")
+    errors = []
+
+    def work():
+        try:
+            for _ in range(5):
+                np.testing.assert_array_equal(fastconv.conv2d(x, w, padding=1, method="winograd"), expected)
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[0]
+
+
+def test_non_finite_inputs_reach_the_outputs_that_read_them():
+    x = np.ones((1, 16, 12, 12), np.float32)
+    x[0, 3, 5, 6] = np.nan
+    w = np.ones((16, 16, 3, 3), np.float32)
+    y = fastconv.conv2d(x, w, padding=1, method="winograd")
+    assert np.isnan(y[:, :, 4:7, 5:8]).all()  # every window holding the NaN
+    # (the transforms may spread it further inside its tiles: documented, and "highest" avoids it)
+
+
+@pytest.mark.parametrize("kw, weight", [
+    (dict(stride=2, padding=1), (8, 8, 3, 3)),
+    (dict(dilation=2, padding=2), (8, 8, 3, 3)),
+    (dict(padding=2), (8, 8, 5, 5)),
+    (dict(padding=1, groups=2), (8, 4, 3, 3)),
+])
+def test_problems_it_does_not_compute_are_refused_clearly(kw, weight):
+    x = np.ones((1, 8, 10, 10), np.float32)
+    with pytest.raises(ValueError, match="conv2d: method='winograd' does not compute this problem"):
+        fastconv.conv2d(x, np.ones(weight, np.float32), **kw, method="winograd")
+    with pytest.raises(ValueError, match="does not compute this problem"):
+        fastconv.conv1d(np.ones((1, 8, 10), np.float32), np.ones((8, 8, 3), np.float32), method="winograd")
+
+
+# ---------------------------------------------------------------------------------------------- precision
+
+
+@pytest.fixture
+def clean_precision(monkeypatch):
+    monkeypatch.delenv("FASTCONV_METHOD", raising=False)
+    before = fastconv.get_precision()
+    yield
+    fastconv.set_precision(before)
+
+
+LAYER = ((1, 64, 56, 56), (64, 64, 3, 3))
+
+
+def test_high_lets_auto_pick_winograd_and_highest_never(clean_precision):
+    fastconv.set_precision("high")
+    assert fastconv.explain("conv2d", *LAYER, padding=1).method == "winograd"
+    explained = fastconv.explain("conv2d", *LAYER, padding=1)
+    assert explained.error_bound == winograd.ERROR_BOUND["float32"] and "5e-05" in str(explained)
+    fastconv.set_precision("highest")
+    explained = fastconv.explain("conv2d", *LAYER, padding=1)
+    assert explained.method != "winograd" and "winograd" not in explained.candidates
+    assert explained.error_bound is None and "exact order" in str(explained)
+    # and a real call runs an exact-order strategy (the repeated-call path too)
+    x = np.random.default_rng(0).standard_normal(LAYER[0]).astype(np.float32)
+    w = np.random.default_rng(1).standard_normal(LAYER[1]).astype(np.float32)
+    exact = fastconv.conv2d(x, w, padding=1, method="direct")
+    for _ in range(2):
+        np.testing.assert_array_equal(fastconv.conv2d(x, w, padding=1), exact)
+    # a forced method is always honoured
+    fast = fastconv.conv2d(x, w, padding=1, method="winograd")
+    assert not np.array_equal(fast, exact) and _relative_error(fast, exact.astype(np.float64)) <= 5e-5
+
+
+def test_highest_keeps_measure_mode_on_exact_algorithms(clean_precision, tmp_path, monkeypatch):
+    from fastconv import measure
+
+    monkeypatch.setenv("FASTCONV_CACHE_DIR", str(tmp_path))
+    measure.clear_memory()
+    geom = fastconv.explain("conv2d", (1, 16, 12, 12), (16, 16, 3, 3), padding=1).geometry
+    with fastconv.precision("highest"):
+        assert "winograd" not in dispatch.candidates("conv", geom)
+        x = np.ones((1, 16, 12, 12), np.float32)
+        fastconv.conv2d(x, np.ones((16, 16, 3, 3), np.float32), padding=1, method="measure")
+        assert measure.remembered("conv", geom, np.float32) != "winograd"
+    assert "winograd" in dispatch.candidates("conv", geom)
+    measure.clear_memory()
+
+
+def test_the_context_manager_is_per_thread_and_restores(clean_precision):
+    fastconv.set_precision("high")
+    seen = {}
+    inside = threading.Event()
+    release = threading.Event()
+
+    def other():
+        inside.wait()
+        seen["other"] = fastconv.get_precision()
+        release.set()
+
+    t = threading.Thread(target=other)
+    t.start()
+    with fastconv.precision("highest"):
+        seen["inside"] = fastconv.get_precision()
+        inside.set()
+        release.wait()
+        with fastconv.precision("high"):
+            seen["nested"] = fastconv.get_precision()
+        seen["after nested"] = fastconv.get_precision()
+    t.join()
+    assert seen == {"inside": "highest", "other": "high", "nested": "high", "after nested": "highest"}
+    assert fastconv.get_precision() == "high"
+    with pytest.raises(RuntimeError):
+        with fastconv.precision("highest"):
+            raise RuntimeError("boom")
+    assert fastconv.get_precision() == "high"
+
+
+@pytest.mark.parametrize("bad", ["medium", "HIGH", None, 1])
+def test_bad_settings_are_refused(bad, clean_precision):
+    with pytest.raises(ValueError, match="set_precision: level must be one of 'highest', 'high'"):
+        fastconv.set_precision(bad)
+    with pytest.raises(ValueError, match="precision: level must be one of"):
+        with fastconv.precision(bad):
+            pass
+
+
+def test_the_environment_variable_sets_the_default():
+    code = "import fastconv; print(fastconv.get_precision())"
+    env = {**os.environ, "FASTCONV_PRECISION": "highest"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "highest"
+    env["FASTCONV_PRECISION"] = "fast"
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert done.returncode != 0 and "FASTCONV_PRECISION must be one of 'highest', 'high', got 'fast'" in done.stderr
+
+
+def test_registry_records_the_bound():
+    record = strategies.strategy("winograd")
+    assert record.error_bound == winograd.ERROR_BOUND
+    assert all(strategies.strategy(n).error_bound is None for n in ("loop", "vectorized", "direct", "img2col"))
+    assert allows(record.error_bound, "float32", "high")
+    assert not allows(record.error_bound, "float32", "highest")
+    assert allows(None, "float32", "highest")
+
+
+# ---------------------------------------------------------------------------------------------- the compiled code
+
+ASM_PROBE = """
+import json
+import numpy as np
+import fastconv
+from fastconv import _simd
+from fastconv.strategies import winograd
+x = np.ones((1, 16, 20, 20), np.float32); w = np.ones((32, 16, 3, 3), np.float32)
+fastconv.conv2d(x, w, padding=1, method="winograd")
+fused, lanes, m, rows = winograd._variant(np.float32)
+print(json.dumps(dict(isa=_simd.ISA, rows=rows, asm="\\\\n".join(fused.inspect_asm().values()))))
+"""
+
+
+def _gemm_block(env):
+    """The fused kernel's product loop as compiled in a fresh process: the basic block with the most FMAs
+    among those that broadcast (the transforms have more FMAs, by constants, and no broadcasts)."""
+    from test_simd import _basic_blocks, _run
+
+    done = _run(ASM_PROBE, env, timeout=600)
+    assert done.returncode == 0, done.stderr
+    found = json.loads(done.stdout.strip().splitlines()[-1])
+    blocks = [b for b in _basic_blocks(found["asm"]) if "vbroadcastss" in b or "{1to" in b]
+    block = max(blocks, key=lambda b: b.count("vfmadd"))
+    return found, block, [line for line in block.splitlines() if "vfmadd" in line]
+
+
+def _check_gemm_block(found, block, fmas, register):
+    tile = found["rows"] * 2
+    assert fmas and len(fmas) % tile == 0, f"{len(fmas)} FMAs, not a multiple of the {tile}-vector tile:\n{block}"
+    assert all(f"%{register}" in line for line in fmas), block
+    accumulators = {re.search(r"%([xyz]mm\d+)\s*$", line).group(1) for line in fmas}
+    assert len(accumulators) == tile, f"accumulators {sorted(accumulators)}:\n{block}"
+    stack = [line.strip() for line in block.splitlines() if "rsp" in line]
+    assert not stack, f"stack access in the product loop: {stack}\n{block}"
+
+
+production_build = pytest.mark.skipif(os.environ.get("NUMBA_BOUNDSCHECK") == "1"
+                                      or os.environ.get("NUMBA_DISABLE_JIT") == "1",
+                                      reason="inspects the production (unchecked, parallel) build")
+
+
+@production_build
+def test_product_loop_is_one_block_of_register_fmas():
+    """This CPU's float32 build: R tiles x 2 vectors of FMAs per step, on zmm (AVX-512) or ymm, no stack access."""
+    from test_simd import _env
+
+    found, block, fmas = _gemm_block(_env(FASTCONV_JIT_CACHE="0"))
+    assert found["isa"] == _simd.ISA
+    _check_gemm_block(found, block, fmas, "zmm" if _simd.ISA == "avx512" else "ymm")
+
+
+@pytest.mark.skipif(not host_has("avx2", "fma"), reason="needs a CPU with AVX2 and FMA")
+@production_build
+def test_product_loop_fits_sixteen_ymm_registers_on_haswell():
+    """The AVX2 build (compiled for Haswell in a subprocess): ymm0-15 only, no stack access."""
+    from test_simd import _env
+
+    found, block, fmas = _gemm_block(_env(FASTCONV_JIT_CACHE="0", NUMBA_CPU_NAME="haswell", NUMBA_CPU_FEATURES="",
+                                          FASTCONV_SIMD=None))
+    assert found["isa"] == "avx2"
+    _check_gemm_block(found, block, fmas, "ymm")
+    registers = {int(r) for r in re.findall(r"%[xyz]mm(\d+)", block)}
+    assert max(registers) < 16, f"registers beyond AVX2's 16: {sorted(registers)}\n{block}"
+
+
+AVX2_PROBE = """
+import numpy as np
+import fastconv
+from fastconv import _simd
+from fastconv.strategies import winograd
+assert _simd.ISA == "avx2", _simd.ISA
+rng = np.random.default_rng(0)
+worst = 0.0
+for dtype in (np.float32, np.float64):
+    for n, c, h, w, co in ((2, 5, 9, 14, 7), (1, 24, 17, 17, 40)):
+        x = rng.standard_normal((n, c, h, w)).astype(dtype)
+        k = rng.standard_normal((co, c, 3, 3)).astype(dtype)
+        b = rng.standard_normal(co).astype(dtype)
+        y = fastconv.conv2d(x, k, b, padding=1, method="winograd")
+        ref = fastconv.conv2d(x.astype(np.float64), k.astype(np.float64), b.astype(np.float64), padding=1,
+                              method="direct")
+        err = np.abs(y - ref).max() / np.abs(ref).max()
+        assert err <= winograd.ERROR_BOUND[np.dtype(dtype).name], (dtype, err)
+print("ok")
+"""
+
+
+@pytest.mark.skipif(not host_has("avx2", "fma"), reason="needs a CPU with AVX2 and FMA")
+def test_the_avx2_kernels_are_right_too():
+    """FASTCONV_SIMD=avx2 selects the 8/4-lane kernels (run here even on an AVX-512 machine)."""
+    from test_simd import _env, _run
+
+    done = _run(AVX2_PROBE, _env(FASTCONV_SIMD="avx2"), timeout=600)
+    assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stdout + done.stderr
