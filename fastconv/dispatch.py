@@ -151,23 +151,44 @@ def _register_tiled(geom) -> bool:
     return _simd_direct.planar_supports(geom)
 
 
-#: Winograd (float32 F(4x4, 3x3)) from this many output tiles (4x4) over the batch, and channel
-#: counts: measured on Zen 4 (2026-12-05, fastconv bench --repeat 3, against direct / PyTorch):
-#: resnet_3x3_56 (196 tiles, 64 channels) 0.60 ms vs 1.19 / 1.10; resnet_3x3_28 (49 tiles, 128)
-#: 0.69 vs 1.23 / 1.07; batch8_3x3_56 4.7 vs 9.2 / 8.7; but resnet_3x3_14 (16 tiles, 256) 1.72 vs
-#: 1.22 / 1.04: 14-tile register tiles on 16 tiles waste half their work, and the weight
-#: transform (36 values per 9 weights) grows with the channels while the tiles do not.
+#: Winograd (float32) from this many output tiles over the batch, and channel counts: F(4x4, 3x3)
+#: where there are 49 tiles of 4x4, else F(2x2, 3x3) where there are 49 of 2x2 (the strategy's own
+#: choice, strategies/winograd.py). Measured on Zen 4 (2026-12-05, fastconv bench --repeat 3,
+#: against direct / PyTorch): resnet_3x3_56 (196 tiles of 4x4, 64 channels) 0.60 ms vs 1.19 / 1.10;
+#: resnet_3x3_28 (49, 128) 0.69 vs 1.23 / 1.07; batch8_3x3_56 4.7 vs 9.2 / 8.7; resnet_3x3_14
+#: (49 tiles of 2x2, 256 channels) 0.98 vs 1.23 / 1.05 (with F(4x4): 1.72, 16 tiles half-fill the
+#: 14-tile register tiles); resnet_3x3_7 (16 tiles of 2x2) 3.16 vs 1.43 / 1.36: too few tiles
+#: for the transformed weights (16 values per 9) to pay.
 WINOGRAD_MIN_TILES = 49
 WINOGRAD_MIN_CHANNELS = 16
 
 
-def _winograd_pays(geom, dtype) -> bool:
+#: The same rule decides the backward pass (dL/dx through Winograd, dL/dW exact-order; Zen 4,
+#: 2026-12-05, winograd / direct / PyTorch ms: resnet_3x3_28 2.42 / 2.78 / 3.59, batch8_3x3_56
+#: 16.6 / 20.7 / 36.2, resnet_3x3_56 1.99 / 2.57 / 3.71) and 3D layers whose in-plane kernel is
+#: 3x3 (their depth taps become channels of one 2D problem, strategies/_depth.py: c3d_video 50 /
+#: 116 / 94 ms, unet3d_3x3x3 88 / 105 / 101).
+
+
+def _winograd_tiles(geom, m=4) -> int:
+    """``m x m`` output tiles of ``geom``'s planes over the batch (and the output depth, in 3D)."""
+    *depth, oH, oW = geom.out_size
+    return geom.batch * math.prod(depth) * -(-oH // m) * -(-oW // m)
+
+
+def _winograd_tile(geom) -> int:
+    """The output tile the Winograd strategy uses for float32 ``geom`` (its ``tile``, over every plane)."""
+    return 4 if _winograd_tiles(geom, 4) >= strategies.get("winograd").F4_MIN_TILES else 2
+
+
+def _winograd_pays(op, geom, dtype) -> bool:
     """Whether the float32 Winograd kernel is measured faster than direct on ``geom`` (see above)."""
-    if np.dtype(dtype) != np.float32 or not strategies.strategy("winograd").can_run("conv", geom):
+    if np.dtype(dtype) != np.float32 or not strategies.strategy("winograd").can_run(op, geom):
         return False
-    tiles = geom.batch * math.prod(-(-n // 4) for n in geom.out_size)
-    return (tiles >= WINOGRAD_MIN_TILES and geom.in_channels >= WINOGRAD_MIN_CHANNELS
-            and geom.out_channels >= WINOGRAD_MIN_CHANNELS)
+    if op == "conv_backward" and geom.rank != 2:
+        return False  # not measured
+    return (_winograd_tiles(geom, _winograd_tile(geom)) >= WINOGRAD_MIN_TILES
+            and geom.in_channels >= WINOGRAD_MIN_CHANNELS and geom.out_channels >= WINOGRAD_MIN_CHANNELS)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -188,15 +209,18 @@ def _rules(op: str, geom, dtype, threads: int, level: str):
     if op.startswith("adaptive_"):
         return "direct", ("adaptive pooling: the direct Numba kernels read each window row as one contiguous run; "
                           "no other automatic strategy implements it (not measured against anything)")
+    if op in ("conv", "conv_backward") and _winograd_pays(op, geom, dtype) and "winograd" in candidates(op, geom, level):
+        bound = strategies.strategy("winograd").error_bound[np.dtype(dtype).name]
+        what = "dL/dx through " if op == "conv_backward" else ""
+        m = _winograd_tile(geom)
+        return "winograd", (f"3x3 in-plane kernel, stride 1, {_winograd_tiles(geom, m)} output tiles of {m}x{m}: {what}"
+                            f"Winograd F({m}x{m}, 3x3) does {'4x' if m == 4 else '2.25x'} fewer multiplications "
+                            f"(measured 1.1-1.9x PyTorch on resnet_3x3_56/_28/_14, batch8_3x3_56, vgg_3x3_224, "
+                            f"c3d_video, Zen 4); error bound {bound:.0e} of the output's scale, allowed by precision "
+                            f"'{level}'")
     if geom.rank == 3:
         return "direct", ("3D: the depth taps' 2D problems run fastest on the direct kernels (measured on "
                           "unet3d_3x3x3, c3d_video and ct_stem_3d: 1.1-1.8x img2col, 1.6-3.4x vectorized)")
-    if op == "conv" and _winograd_pays(geom, dtype) and "winograd" in candidates(op, geom, level):
-        bound = strategies.strategy("winograd").error_bound[np.dtype(dtype).name]
-        return "winograd", (f"3x3, stride 1, {geom.batch * math.prod(-(-n // 4) for n in geom.out_size)} output tiles "
-                            f"of 4x4: Winograd F(4x4, 3x3) does 4x fewer multiplications (measured 1.6-1.8x "
-                            f"PyTorch on resnet_3x3_56/_28 and batch8_3x3_56, Zen 4); error bound {bound:.0e} of the "
-                            f"output's scale, allowed by precision '{level}'")
     per_group_out = geom.out_channels // geom.groups
     per_group_in = geom.in_channels // geom.groups
     reduction = per_group_in * math.prod(geom.kernel)

@@ -109,8 +109,9 @@ def _warm_partial(method, dtype):
     """Warm a strategy that computes only some problems (e.g. 3x3 stride-1 convolutions): a 3x3 layer."""
     from .geometry import conv_problem
 
-    x = np.ones((2, 16, 20, 20), dtype)
     w = np.ones((32, 16, 3, 3), dtype)
-    geom, _ = conv_problem("warmup", 2, x.shape, w.shape, None, 1, 1, 1, 1, np.dtype(dtype).name)
-    if strategies.strategy(method).can_run("conv", geom):
-        _conv.conv2d(x, w, np.ones(32, dtype), padding=1, method=method)
+    for size in (28, 8):  # Winograd: 49 tiles of 4x4 (its float32 F(4x4) kernel) and 4 (F(2x2))
+        x = np.ones((1, 16, size, size), dtype)
+        geom, _ = conv_problem("warmup", 2, x.shape, w.shape, None, 1, 1, 1, 1, np.dtype(dtype).name)
+        if strategies.strategy(method).can_run("conv", geom):
+            _conv.conv2d(x, w, np.ones(32, dtype), padding=1, method=method)

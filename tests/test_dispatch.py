@@ -203,24 +203,27 @@ def test_pinned_choices(op, x, w, kw, method, monkeypatch):
 #: go to Winograd F(4x4, 3x3) (dispatch.WINOGRAD_MIN_TILES); the others keep the pins above.
 _WINOGRAD = "winograd" if fastconv._simd.AVAILABLE else None
 PINNED_HIGH = [
-    ((1, 64, 56, 56), (64, 64, 3, 3), dict(padding=1), _WINOGRAD or "direct"),        # resnet_3x3_56
-    ((1, 128, 28, 28), (128, 128, 3, 3), dict(padding=1), _WINOGRAD or "img2col"),    # resnet_3x3_28
-    ((8, 64, 56, 56), (64, 64, 3, 3), dict(padding=1), _WINOGRAD or "direct"),        # batch8_3x3_56
-    ((1, 256, 14, 14), (256, 256, 3, 3), dict(padding=1), _TILED),                    # resnet_3x3_14: 16 tiles
-    ((1, 512, 7, 7), (512, 512, 3, 3), dict(padding=1), _TILED),                      # resnet_3x3_7: 4 tiles
-    ((1, 64, 56, 56), (64, 64, 3, 3), dict(padding=1, stride=2), _TILED),             # stride 2
-    ((1, 1, 512, 512), (1, 1, 3, 3), dict(padding=1), "direct"),                      # image_filter: 1 channel
+    ("conv2d", (1, 64, 56, 56), (64, 64, 3, 3), dict(padding=1), _WINOGRAD or "direct"),        # resnet_3x3_56
+    ("conv2d", (1, 128, 28, 28), (128, 128, 3, 3), dict(padding=1), _WINOGRAD or "img2col"),    # resnet_3x3_28
+    ("conv2d", (8, 64, 56, 56), (64, 64, 3, 3), dict(padding=1), _WINOGRAD or "direct"),        # batch8_3x3_56
+    ("conv2d", (1, 256, 14, 14), (256, 256, 3, 3), dict(padding=1), _WINOGRAD or _TILED),       # resnet_3x3_14
+    ("conv2d", (1, 512, 7, 7), (512, 512, 3, 3), dict(padding=1), _TILED),                      # resnet_3x3_7
+    ("conv2d", (1, 64, 56, 56), (64, 64, 3, 3), dict(padding=1, stride=2), _TILED),             # stride 2
+    ("conv2d", (1, 1, 512, 512), (1, 1, 3, 3), dict(padding=1), "direct"),                      # image_filter
+    ("conv2d_backward", (1, 128, 28, 28), (128, 128, 3, 3), dict(padding=1), _WINOGRAD or _TILED),
+    ("conv3d", (1, 64, 16, 56, 56), (128, 64, 3, 3, 3), dict(padding=1), _WINOGRAD or "direct"),  # c3d_video
+    ("conv3d_backward", (1, 64, 16, 56, 56), (128, 64, 3, 3, 3), dict(padding=1), "direct"),    # not measured
 ]
 
 
-@pytest.mark.parametrize("x, w, kw, method", PINNED_HIGH)
-def test_pinned_choices_under_high_precision(x, w, kw, method, monkeypatch):
+@pytest.mark.parametrize("op, x, w, kw, method", PINNED_HIGH)
+def test_pinned_choices_under_high_precision(op, x, w, kw, method, monkeypatch):
     monkeypatch.delenv("FASTCONV_METHOD", raising=False)
     with fastconv.precision("high"):
-        e = fastconv.explain("conv2d", x, w, dtype=np.float32, threads=2, **kw)
+        e = fastconv.explain(op, x, w, dtype=np.float32, threads=2, **kw)
     assert (e.method, e.source) == (method, "rules"), e.reason
     with fastconv.precision("high"):
-        assert fastconv.explain("conv2d", x, w, dtype=np.float64, threads=2, **kw).method != "winograd"
+        assert fastconv.explain(op, x, w, dtype=np.float64, threads=2, **kw).method != "winograd"
 
 
 def test_environment_forces_a_method(monkeypatch, spy, cache_dir):

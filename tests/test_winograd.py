@@ -308,9 +308,9 @@ import numpy as np
 import fastconv
 from fastconv import _simd
 from fastconv.strategies import winograd
-x = np.ones((1, 16, 20, 20), np.float32); w = np.ones((32, 16, 3, 3), np.float32)
+x = np.ones((1, 16, 28, 28), np.float32); w = np.ones((32, 16, 3, 3), np.float32)  # 49 tiles: F(4x4)
 fastconv.conv2d(x, w, padding=1, method="winograd")
-fused, lanes, m, rows = winograd._variant(np.float32)
+name, fused, lanes, rows = winograd._variant(np.float32, 4)
 print(json.dumps(dict(isa=_simd.ISA, rows=rows, asm="\\\\n".join(fused.inspect_asm().values()))))
 """
 
@@ -396,3 +396,61 @@ def test_the_avx2_kernels_are_right_too():
 
     done = _run(AVX2_PROBE, _env(FASTCONV_SIMD="avx2"), timeout=600)
     assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stdout + done.stderr
+
+
+# ---------------------------------------------------------------------------------------------- backward, 3D
+
+@given(n=st.integers(1, 2), c_in=st.integers(1, 24), c_out=st.integers(1, 40), h=st.integers(1, 14),
+       w=st.integers(1, 14), padding=st.sampled_from([0, 1, 2, 3, "same", ((2, 0), (1, 2))]),
+       dtype=st.sampled_from([np.float32, np.float64]), seed=st.integers(0, 2**16))
+def test_backward_matches_the_float64_direct_backward(n, c_in, c_out, h, w, padding, dtype, seed):
+    """dL/dx through Winograd (within its bound; padding above 2 falls back to direct), dL/dW and dL/db exact-order."""
+    (top, bottom), (left, right) = fastconv.resolve_padding(padding, (h, w), (3, 3), (1, 1), (1, 1))
+    assume(h + top + bottom >= 3 and w + left + right >= 3)
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, c_in, h, w)).astype(dtype)
+    wt = rng.standard_normal((c_out, c_in, 3, 3)).astype(dtype)
+    g = rng.standard_normal(fastconv.conv2d(x, wt, padding=padding, method="direct").shape).astype(dtype)
+    ours = fastconv.conv2d_backward(g, x, wt, padding=padding, method="winograd")
+    ref = fastconv.conv2d_backward(g.astype(np.float64), x.astype(np.float64), wt.astype(np.float64), padding=padding,
+                                   method="direct")
+    bound = winograd.ERROR_BOUND[np.dtype(dtype).name]
+    for got, want in zip(ours, ref):
+        assert got.dtype == dtype and got.shape == want.shape
+        assert _relative_error(got, want) <= bound
+    only_dx = fastconv.conv2d_backward(g, x, wt, padding=padding, method="winograd", output_mask=(True, False, False))
+    np.testing.assert_array_equal(only_dx[0], ours[0])
+    assert only_dx[1] is None and only_dx[2] is None
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_three_dimensional_layers_by_depth(dtype):
+    """3x3x3 (and 2x3x3) layers: the depth taps become channels of one 2D problem (strategies/_depth.py)."""
+    rng = np.random.default_rng(8)
+    bound = winograd.ERROR_BOUND[np.dtype(dtype).name]
+    for kd, padding in ((3, 1), (2, (1, 1, 0))):
+        x = rng.standard_normal((2, 5, 7, 9, 8)).astype(dtype)
+        wt = rng.standard_normal((6, 5, kd, 3, 3)).astype(dtype)
+        b = rng.standard_normal(6).astype(dtype)
+        y = fastconv.conv3d(x, wt, b, padding=padding, method="winograd")
+        x64, w64 = x.astype(np.float64), wt.astype(np.float64)
+        ref = fastconv.conv3d(x64, w64, b.astype(np.float64), padding=padding, method="direct")
+        assert _relative_error(y, ref) <= bound
+        g = rng.standard_normal(y.shape).astype(dtype)
+        for got, want in zip(fastconv.conv3d_backward(g, x, wt, padding=padding, method="winograd"),
+                             fastconv.conv3d_backward(g.astype(np.float64), x64, w64, padding=padding,
+                                                      method="direct")):
+            assert _relative_error(got, want) <= bound
+    with pytest.raises(ValueError, match="does not compute this problem"):
+        fastconv.conv3d(np.ones((1, 2, 5, 5, 5), dtype), np.ones((2, 2, 3, 3, 3), dtype), stride=(1, 2, 1),
+                        method="winograd")
+
+
+def test_the_transposed_convolution_runs_on_it():
+    """conv_transpose2d with a 3x3 kernel, stride 1 is a backward dL/dx: Winograd computes it too."""
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((2, 12, 10, 11)).astype(np.float32)
+    wt = rng.standard_normal((12, 20, 3, 3)).astype(np.float32)
+    y = fastconv.conv_transpose2d(x, wt, padding=1, method="winograd")
+    ref = fastconv.conv_transpose2d(x.astype(np.float64), wt.astype(np.float64), padding=1, method="direct")
+    assert _relative_error(y, ref) <= winograd.ERROR_BOUND["float32"]

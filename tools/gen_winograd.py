@@ -47,13 +47,16 @@ TRANSFORMS = {
 #: (name, dtype, vector lanes, output tile m, tile rows R) per kernel; the register tile is R
 #: tiles x 2 vectors of output channels: AVX-512 14 x 2 = 28 zmm + 2 weight vectors + 1 broadcast,
 #: AVX2 6 x 2 = 12 ymm + 3 (the direct kernels' tiles, tools/gen_simd_tiles.py). float32 uses
-#: F(4x4, 3x3) (4x fewer multiplications than direct, error ~1e-5 of the output's scale), float64
-#: F(2x2, 3x3) (2.25x fewer, error near direct's).
+#: F(4x4, 3x3) (4x fewer multiplications than direct, error ~1e-5 of the output's scale) where a
+#: call has enough 4x4 tiles, F(2x2, 3x3) (2.25x fewer, error near direct's) on smaller maps;
+#: float64 F(2x2, 3x3).
 VARIANTS = (
-    ("_winograd_f32_avx512", "float32", 16, 4, 14),
-    ("_winograd_f64_avx512", "float64", 8, 2, 14),
-    ("_winograd_f32_avx2", "float32", 8, 4, 6),
-    ("_winograd_f64_avx2", "float64", 4, 2, 6),
+    ("_winograd_f32_4x4_avx512", "float32", 16, 4, 14),
+    ("_winograd_f32_2x2_avx512", "float32", 16, 2, 14),
+    ("_winograd_f64_2x2_avx512", "float64", 8, 2, 14),
+    ("_winograd_f32_4x4_avx2", "float32", 8, 4, 6),
+    ("_winograd_f32_2x2_avx2", "float32", 8, 2, 6),
+    ("_winograd_f64_2x2_avx2", "float64", 4, 2, 6),
 )
 
 HEADER = '''"""Fused Winograd F(m x m, 3x3) convolution kernels, one per (dtype, instruction set).

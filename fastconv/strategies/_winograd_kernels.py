@@ -11,15 +11,17 @@ from .._simd import vadd, vbroadcast, vfma, vload, vmul, vsplat, vstore, vsub, v
 
 #: name -> (dtype, lanes, output tile m, tile rows R) of each kernel below.
 KERNELS = {
-    "_winograd_f32_avx512": ("float32", 16, 4, 14),
-    "_winograd_f64_avx512": ("float64", 8, 2, 14),
-    "_winograd_f32_avx2": ("float32", 8, 4, 6),
-    "_winograd_f64_avx2": ("float64", 4, 2, 6),
+    "_winograd_f32_4x4_avx512": ("float32", 16, 4, 14),
+    "_winograd_f32_2x2_avx512": ("float32", 16, 2, 14),
+    "_winograd_f64_2x2_avx512": ("float64", 8, 2, 14),
+    "_winograd_f32_4x4_avx2": ("float32", 8, 4, 6),
+    "_winograd_f32_2x2_avx2": ("float32", 8, 2, 6),
+    "_winograd_f64_2x2_avx2": ("float64", 4, 2, 6),
 }
 
 
 @kernel
-def _winograd_f32_avx512(xp, u, bias, layout, out, work):
+def _winograd_f32_4x4_avx512(xp, u, bias, layout, out, work):
     """F(4x4, 3x3) over the padded channels-last input ``xp``: 14 tiles x 2 vectors of 16 output channels per register tile.
 
     ``work`` holds ``layout.work_len`` elements per thread (the item's V, M and output tile):
@@ -420,7 +422,7 @@ def _winograd_f32_avx512(xp, u, bias, layout, out, work):
 
 
 @kernel
-def _winograd_f32_avx512_weights(weight, channels, u):
+def _winograd_f32_4x4_avx512_weights(weight, channels, u):
     """``u[cb, xi, c, k] = (G g G^T)[xi]`` for F(4x4, 3x3): output channel ``cb*32 + k``, input channel ``c`` of
     ``weight`` (C_out, C_in, 3, 3), zero past them; vectors over the block's output channels."""
     out_channels, in_channels = weight.shape[0], weight.shape[1]
@@ -511,7 +513,323 @@ def _winograd_f32_avx512_weights(weight, channels, u):
 
 
 @kernel
-def _winograd_f64_avx512(xp, u, bias, layout, out, work):
+def _winograd_f32_2x2_avx512(xp, u, bias, layout, out, work):
+    """F(2x2, 3x3) over the padded channels-last input ``xp``: 14 tiles x 2 vectors of 16 output channels per register tile.
+
+    ``work`` holds ``layout.work_len`` elements per thread (the item's V, M and output tile):
+    buffers allocated inside the loop would be mapped and faulted in anew per item.
+    """
+    channels, in_h, in_w = layout.channels, layout.in_h, layout.in_w
+    tiles_w, tiles = layout.tiles_w, layout.tiles_h * layout.tiles_w
+    co_blocks, per_chunk, chunks = layout.co_blocks, layout.chunk_blocks, layout.co_chunks
+    out_channels, out_h, out_w = layout.out_channels, layout.out_h, layout.out_w
+    groups = (tiles + 14 - 1) // 14
+
+    for item in prange(layout.images * groups * chunks):
+        chunk = item % chunks
+        tg = (item // chunks) % groups
+        n = item // (chunks * groups)
+        at = get_thread_id() * layout.work_len
+        v = work[at:at + 16 * 14 * channels]
+        at += 16 * 14 * channels
+        m = work[at:at + 16 * 14 * 32]
+        at += 16 * 14 * 32
+        y = work[at:at + 4 * 16]
+        # the tiles' input transforms, V[xi, r, c] = (B^T d B)[xi] (past the last tile: the last again)
+        for r in range(14):
+            t = min(tg * 14 + r, tiles - 1)
+            ti = t // tiles_w
+            at = ((n * in_h + ti * 2) * in_w + (t - ti * tiles_w) * 2) * channels
+            for c in range(0, channels, 16):
+                d0_0 = vload(xp, at + (0 * in_w + 0) * channels + c, 16)
+                d0_1 = vload(xp, at + (0 * in_w + 1) * channels + c, 16)
+                d0_2 = vload(xp, at + (0 * in_w + 2) * channels + c, 16)
+                d0_3 = vload(xp, at + (0 * in_w + 3) * channels + c, 16)
+                d1_0 = vload(xp, at + (1 * in_w + 0) * channels + c, 16)
+                d1_1 = vload(xp, at + (1 * in_w + 1) * channels + c, 16)
+                d1_2 = vload(xp, at + (1 * in_w + 2) * channels + c, 16)
+                d1_3 = vload(xp, at + (1 * in_w + 3) * channels + c, 16)
+                d2_0 = vload(xp, at + (2 * in_w + 0) * channels + c, 16)
+                d2_1 = vload(xp, at + (2 * in_w + 1) * channels + c, 16)
+                d2_2 = vload(xp, at + (2 * in_w + 2) * channels + c, 16)
+                d2_3 = vload(xp, at + (2 * in_w + 3) * channels + c, 16)
+                d3_0 = vload(xp, at + (3 * in_w + 0) * channels + c, 16)
+                d3_1 = vload(xp, at + (3 * in_w + 1) * channels + c, 16)
+                d3_2 = vload(xp, at + (3 * in_w + 2) * channels + c, 16)
+                d3_3 = vload(xp, at + (3 * in_w + 3) * channels + c, 16)
+                s0_0 = vsub(d0_0, d2_0)
+                s0_1 = vsub(d0_1, d2_1)
+                s0_2 = vsub(d0_2, d2_2)
+                s0_3 = vsub(d0_3, d2_3)
+                s1_0 = vadd(d1_0, d2_0)
+                s1_1 = vadd(d1_1, d2_1)
+                s1_2 = vadd(d1_2, d2_2)
+                s1_3 = vadd(d1_3, d2_3)
+                s2_0 = vsub(d2_0, d1_0)
+                s2_1 = vsub(d2_1, d1_1)
+                s2_2 = vsub(d2_2, d1_2)
+                s2_3 = vsub(d2_3, d1_3)
+                s3_0 = vsub(d1_0, d3_0)
+                s3_1 = vsub(d1_1, d3_1)
+                s3_2 = vsub(d1_2, d3_2)
+                s3_3 = vsub(d1_3, d3_3)
+                e0_0 = vsub(s0_0, s0_2)
+                e0_1 = vadd(s0_1, s0_2)
+                e0_2 = vsub(s0_2, s0_1)
+                e0_3 = vsub(s0_1, s0_3)
+                e1_0 = vsub(s1_0, s1_2)
+                e1_1 = vadd(s1_1, s1_2)
+                e1_2 = vsub(s1_2, s1_1)
+                e1_3 = vsub(s1_1, s1_3)
+                e2_0 = vsub(s2_0, s2_2)
+                e2_1 = vadd(s2_1, s2_2)
+                e2_2 = vsub(s2_2, s2_1)
+                e2_3 = vsub(s2_1, s2_3)
+                e3_0 = vsub(s3_0, s3_2)
+                e3_1 = vadd(s3_1, s3_2)
+                e3_2 = vsub(s3_2, s3_1)
+                e3_3 = vsub(s3_1, s3_3)
+                vstore(v, (0 * 14 + r) * channels + c, e0_0)
+                vstore(v, (1 * 14 + r) * channels + c, e0_1)
+                vstore(v, (2 * 14 + r) * channels + c, e0_2)
+                vstore(v, (3 * 14 + r) * channels + c, e0_3)
+                vstore(v, (4 * 14 + r) * channels + c, e1_0)
+                vstore(v, (5 * 14 + r) * channels + c, e1_1)
+                vstore(v, (6 * 14 + r) * channels + c, e1_2)
+                vstore(v, (7 * 14 + r) * channels + c, e1_3)
+                vstore(v, (8 * 14 + r) * channels + c, e2_0)
+                vstore(v, (9 * 14 + r) * channels + c, e2_1)
+                vstore(v, (10 * 14 + r) * channels + c, e2_2)
+                vstore(v, (11 * 14 + r) * channels + c, e2_3)
+                vstore(v, (12 * 14 + r) * channels + c, e3_0)
+                vstore(v, (13 * 14 + r) * channels + c, e3_1)
+                vstore(v, (14 * 14 + r) * channels + c, e3_2)
+                vstore(v, (15 * 14 + r) * channels + c, e3_3)
+        for cb in range(chunk * per_chunk, min(co_blocks, (chunk + 1) * per_chunk)):
+            # the 16 products M[xi] (tiles x channels of the block) = V[xi] U[xi]
+            for xi in range(16):
+                ub = (cb * 16 + xi) * channels * 32
+                vb = xi * 14 * channels
+                a0_0 = vzero(v, 16)
+                a0_1 = vzero(v, 16)
+                a1_0 = vzero(v, 16)
+                a1_1 = vzero(v, 16)
+                a2_0 = vzero(v, 16)
+                a2_1 = vzero(v, 16)
+                a3_0 = vzero(v, 16)
+                a3_1 = vzero(v, 16)
+                a4_0 = vzero(v, 16)
+                a4_1 = vzero(v, 16)
+                a5_0 = vzero(v, 16)
+                a5_1 = vzero(v, 16)
+                a6_0 = vzero(v, 16)
+                a6_1 = vzero(v, 16)
+                a7_0 = vzero(v, 16)
+                a7_1 = vzero(v, 16)
+                a8_0 = vzero(v, 16)
+                a8_1 = vzero(v, 16)
+                a9_0 = vzero(v, 16)
+                a9_1 = vzero(v, 16)
+                a10_0 = vzero(v, 16)
+                a10_1 = vzero(v, 16)
+                a11_0 = vzero(v, 16)
+                a11_1 = vzero(v, 16)
+                a12_0 = vzero(v, 16)
+                a12_1 = vzero(v, 16)
+                a13_0 = vzero(v, 16)
+                a13_1 = vzero(v, 16)
+                for c in range(channels):
+                    w0 = vload(u, ub + c * 32, 16)
+                    w1 = vload(u, ub + c * 32 + 16, 16)
+                    x = vbroadcast(v, vb + 0 * channels + c, 16)
+                    a0_0 = vfma(x, w0, a0_0)
+                    a0_1 = vfma(x, w1, a0_1)
+                    x = vbroadcast(v, vb + 1 * channels + c, 16)
+                    a1_0 = vfma(x, w0, a1_0)
+                    a1_1 = vfma(x, w1, a1_1)
+                    x = vbroadcast(v, vb + 2 * channels + c, 16)
+                    a2_0 = vfma(x, w0, a2_0)
+                    a2_1 = vfma(x, w1, a2_1)
+                    x = vbroadcast(v, vb + 3 * channels + c, 16)
+                    a3_0 = vfma(x, w0, a3_0)
+                    a3_1 = vfma(x, w1, a3_1)
+                    x = vbroadcast(v, vb + 4 * channels + c, 16)
+                    a4_0 = vfma(x, w0, a4_0)
+                    a4_1 = vfma(x, w1, a4_1)
+                    x = vbroadcast(v, vb + 5 * channels + c, 16)
+                    a5_0 = vfma(x, w0, a5_0)
+                    a5_1 = vfma(x, w1, a5_1)
+                    x = vbroadcast(v, vb + 6 * channels + c, 16)
+                    a6_0 = vfma(x, w0, a6_0)
+                    a6_1 = vfma(x, w1, a6_1)
+                    x = vbroadcast(v, vb + 7 * channels + c, 16)
+                    a7_0 = vfma(x, w0, a7_0)
+                    a7_1 = vfma(x, w1, a7_1)
+                    x = vbroadcast(v, vb + 8 * channels + c, 16)
+                    a8_0 = vfma(x, w0, a8_0)
+                    a8_1 = vfma(x, w1, a8_1)
+                    x = vbroadcast(v, vb + 9 * channels + c, 16)
+                    a9_0 = vfma(x, w0, a9_0)
+                    a9_1 = vfma(x, w1, a9_1)
+                    x = vbroadcast(v, vb + 10 * channels + c, 16)
+                    a10_0 = vfma(x, w0, a10_0)
+                    a10_1 = vfma(x, w1, a10_1)
+                    x = vbroadcast(v, vb + 11 * channels + c, 16)
+                    a11_0 = vfma(x, w0, a11_0)
+                    a11_1 = vfma(x, w1, a11_1)
+                    x = vbroadcast(v, vb + 12 * channels + c, 16)
+                    a12_0 = vfma(x, w0, a12_0)
+                    a12_1 = vfma(x, w1, a12_1)
+                    x = vbroadcast(v, vb + 13 * channels + c, 16)
+                    a13_0 = vfma(x, w0, a13_0)
+                    a13_1 = vfma(x, w1, a13_1)
+                vstore(m, (xi * 14 + 0) * 32 + 0, a0_0)
+                vstore(m, (xi * 14 + 0) * 32 + 16, a0_1)
+                vstore(m, (xi * 14 + 1) * 32 + 0, a1_0)
+                vstore(m, (xi * 14 + 1) * 32 + 16, a1_1)
+                vstore(m, (xi * 14 + 2) * 32 + 0, a2_0)
+                vstore(m, (xi * 14 + 2) * 32 + 16, a2_1)
+                vstore(m, (xi * 14 + 3) * 32 + 0, a3_0)
+                vstore(m, (xi * 14 + 3) * 32 + 16, a3_1)
+                vstore(m, (xi * 14 + 4) * 32 + 0, a4_0)
+                vstore(m, (xi * 14 + 4) * 32 + 16, a4_1)
+                vstore(m, (xi * 14 + 5) * 32 + 0, a5_0)
+                vstore(m, (xi * 14 + 5) * 32 + 16, a5_1)
+                vstore(m, (xi * 14 + 6) * 32 + 0, a6_0)
+                vstore(m, (xi * 14 + 6) * 32 + 16, a6_1)
+                vstore(m, (xi * 14 + 7) * 32 + 0, a7_0)
+                vstore(m, (xi * 14 + 7) * 32 + 16, a7_1)
+                vstore(m, (xi * 14 + 8) * 32 + 0, a8_0)
+                vstore(m, (xi * 14 + 8) * 32 + 16, a8_1)
+                vstore(m, (xi * 14 + 9) * 32 + 0, a9_0)
+                vstore(m, (xi * 14 + 9) * 32 + 16, a9_1)
+                vstore(m, (xi * 14 + 10) * 32 + 0, a10_0)
+                vstore(m, (xi * 14 + 10) * 32 + 16, a10_1)
+                vstore(m, (xi * 14 + 11) * 32 + 0, a11_0)
+                vstore(m, (xi * 14 + 11) * 32 + 16, a11_1)
+                vstore(m, (xi * 14 + 12) * 32 + 0, a12_0)
+                vstore(m, (xi * 14 + 12) * 32 + 16, a12_1)
+                vstore(m, (xi * 14 + 13) * 32 + 0, a13_0)
+                vstore(m, (xi * 14 + 13) * 32 + 16, a13_1)
+            # output transforms: Y = A^T M A + bias, into the NCHW result
+            for r in range(14):
+                t = tg * 14 + r
+                if t >= tiles:
+                    break
+                ti = t // tiles_w
+                oi = ti * 2
+                oj = (t - ti * tiles_w) * 2
+                for half in range(2):
+                    co0 = cb * 32 + half * 16
+                    if co0 >= out_channels:
+                        break
+                    mb = r * 32 + half * 16
+                    q0_0 = vload(m, 0 * 14 * 32 + mb, 16)
+                    q0_1 = vload(m, 1 * 14 * 32 + mb, 16)
+                    q0_2 = vload(m, 2 * 14 * 32 + mb, 16)
+                    q0_3 = vload(m, 3 * 14 * 32 + mb, 16)
+                    q1_0 = vload(m, 4 * 14 * 32 + mb, 16)
+                    q1_1 = vload(m, 5 * 14 * 32 + mb, 16)
+                    q1_2 = vload(m, 6 * 14 * 32 + mb, 16)
+                    q1_3 = vload(m, 7 * 14 * 32 + mb, 16)
+                    q2_0 = vload(m, 8 * 14 * 32 + mb, 16)
+                    q2_1 = vload(m, 9 * 14 * 32 + mb, 16)
+                    q2_2 = vload(m, 10 * 14 * 32 + mb, 16)
+                    q2_3 = vload(m, 11 * 14 * 32 + mb, 16)
+                    q3_0 = vload(m, 12 * 14 * 32 + mb, 16)
+                    q3_1 = vload(m, 13 * 14 * 32 + mb, 16)
+                    q3_2 = vload(m, 14 * 14 * 32 + mb, 16)
+                    q3_3 = vload(m, 15 * 14 * 32 + mb, 16)
+                    s0_0 = vadd(vadd(q0_0, q1_0), q2_0)
+                    s0_1 = vadd(vadd(q0_1, q1_1), q2_1)
+                    s0_2 = vadd(vadd(q0_2, q1_2), q2_2)
+                    s0_3 = vadd(vadd(q0_3, q1_3), q2_3)
+                    s1_0 = vsub(vsub(q1_0, q2_0), q3_0)
+                    s1_1 = vsub(vsub(q1_1, q2_1), q3_1)
+                    s1_2 = vsub(vsub(q1_2, q2_2), q3_2)
+                    s1_3 = vsub(vsub(q1_3, q2_3), q3_3)
+                    o0_0 = vadd(vadd(s0_0, s0_1), s0_2)
+                    o0_1 = vsub(vsub(s0_1, s0_2), s0_3)
+                    o1_0 = vadd(vadd(s1_0, s1_1), s1_2)
+                    o1_1 = vsub(vsub(s1_1, s1_2), s1_3)
+                    b = vload(bias, co0, 16)
+                    vstore(y, 0, vadd(o0_0, b))
+                    vstore(y, 16, vadd(o0_1, b))
+                    vstore(y, 32, vadd(o1_0, b))
+                    vstore(y, 48, vadd(o1_1, b))
+                    lanes = min(16, out_channels - co0)
+                    rows = min(2, out_h - oi)
+                    cols = min(2, out_w - oj)
+                    for k in range(lanes):
+                        plane = ((n * out_channels + co0 + k) * out_h + oi) * out_w + oj
+                        for i in range(rows):
+                            for j in range(cols):
+                                out[plane + i * out_w + j] = y[(i * 2 + j) * 16 + k]
+
+
+@kernel
+def _winograd_f32_2x2_avx512_weights(weight, channels, u):
+    """``u[cb, xi, c, k] = (G g G^T)[xi]`` for F(2x2, 3x3): output channel ``cb*32 + k``, input channel ``c`` of
+    ``weight`` (C_out, C_in, 3, 3), zero past them; vectors over the block's output channels."""
+    out_channels, in_channels = weight.shape[0], weight.shape[1]
+    co_blocks = u.shape[0] // (16 * channels * 32)
+    k_m1_2 = vsplat(np.float32(-0.5), 16)
+    k_1_2 = vsplat(np.float32(0.5), 16)
+    spans = (channels + 7) // 8
+    for item in prange(co_blocks * spans):
+        cb = item // spans
+        c0 = (item - cb * spans) * 8
+        valid = min(32, out_channels - cb * 32)
+        g = np.zeros(9 * 32, dtype=np.float32)  # one input channel's kernels, output channel innermost
+        for c in range(c0, min(channels, c0 + 8)):
+            if c < in_channels:
+                for k in range(valid):
+                    for r in range(9):
+                        g[r * 32 + k] = weight[cb * 32 + k, c, r // 3, r % 3]
+            else:
+                g[:] = 0
+            for half in range(2):
+                g0_0 = vload(g, 0 + half * 16, 16)
+                g0_1 = vload(g, 32 + half * 16, 16)
+                g0_2 = vload(g, 64 + half * 16, 16)
+                g1_0 = vload(g, 96 + half * 16, 16)
+                g1_1 = vload(g, 128 + half * 16, 16)
+                g1_2 = vload(g, 160 + half * 16, 16)
+                g2_0 = vload(g, 192 + half * 16, 16)
+                g2_1 = vload(g, 224 + half * 16, 16)
+                g2_2 = vload(g, 256 + half * 16, 16)
+                h0_0 = g0_0
+                h0_1 = g0_1
+                h0_2 = g0_2
+                h1_0 = vfma(k_1_2, g2_0, vfma(k_1_2, g1_0, vmul(k_1_2, g0_0)))
+                h1_1 = vfma(k_1_2, g2_1, vfma(k_1_2, g1_1, vmul(k_1_2, g0_1)))
+                h1_2 = vfma(k_1_2, g2_2, vfma(k_1_2, g1_2, vmul(k_1_2, g0_2)))
+                h2_0 = vfma(k_1_2, g2_0, vfma(k_m1_2, g1_0, vmul(k_1_2, g0_0)))
+                h2_1 = vfma(k_1_2, g2_1, vfma(k_m1_2, g1_1, vmul(k_1_2, g0_1)))
+                h2_2 = vfma(k_1_2, g2_2, vfma(k_m1_2, g1_2, vmul(k_1_2, g0_2)))
+                h3_0 = g2_0
+                h3_1 = g2_1
+                h3_2 = g2_2
+                vstore(u, ((cb * 16 + 0) * channels + c) * 32 + half * 16, h0_0)
+                vstore(u, ((cb * 16 + 1) * channels + c) * 32 + half * 16, vfma(k_1_2, h0_2, vfma(k_1_2, h0_1, vmul(k_1_2, h0_0))))
+                vstore(u, ((cb * 16 + 2) * channels + c) * 32 + half * 16, vfma(k_1_2, h0_2, vfma(k_m1_2, h0_1, vmul(k_1_2, h0_0))))
+                vstore(u, ((cb * 16 + 3) * channels + c) * 32 + half * 16, h0_2)
+                vstore(u, ((cb * 16 + 4) * channels + c) * 32 + half * 16, h1_0)
+                vstore(u, ((cb * 16 + 5) * channels + c) * 32 + half * 16, vfma(k_1_2, h1_2, vfma(k_1_2, h1_1, vmul(k_1_2, h1_0))))
+                vstore(u, ((cb * 16 + 6) * channels + c) * 32 + half * 16, vfma(k_1_2, h1_2, vfma(k_m1_2, h1_1, vmul(k_1_2, h1_0))))
+                vstore(u, ((cb * 16 + 7) * channels + c) * 32 + half * 16, h1_2)
+                vstore(u, ((cb * 16 + 8) * channels + c) * 32 + half * 16, h2_0)
+                vstore(u, ((cb * 16 + 9) * channels + c) * 32 + half * 16, vfma(k_1_2, h2_2, vfma(k_1_2, h2_1, vmul(k_1_2, h2_0))))
+                vstore(u, ((cb * 16 + 10) * channels + c) * 32 + half * 16, vfma(k_1_2, h2_2, vfma(k_m1_2, h2_1, vmul(k_1_2, h2_0))))
+                vstore(u, ((cb * 16 + 11) * channels + c) * 32 + half * 16, h2_2)
+                vstore(u, ((cb * 16 + 12) * channels + c) * 32 + half * 16, h3_0)
+                vstore(u, ((cb * 16 + 13) * channels + c) * 32 + half * 16, vfma(k_1_2, h3_2, vfma(k_1_2, h3_1, vmul(k_1_2, h3_0))))
+                vstore(u, ((cb * 16 + 14) * channels + c) * 32 + half * 16, vfma(k_1_2, h3_2, vfma(k_m1_2, h3_1, vmul(k_1_2, h3_0))))
+                vstore(u, ((cb * 16 + 15) * channels + c) * 32 + half * 16, h3_2)
+
+
+@kernel
+def _winograd_f64_2x2_avx512(xp, u, bias, layout, out, work):
     """F(2x2, 3x3) over the padded channels-last input ``xp``: 14 tiles x 2 vectors of 8 output channels per register tile.
 
     ``work`` holds ``layout.work_len`` elements per thread (the item's V, M and output tile):
@@ -766,7 +1084,7 @@ def _winograd_f64_avx512(xp, u, bias, layout, out, work):
 
 
 @kernel
-def _winograd_f64_avx512_weights(weight, channels, u):
+def _winograd_f64_2x2_avx512_weights(weight, channels, u):
     """``u[cb, xi, c, k] = (G g G^T)[xi]`` for F(2x2, 3x3): output channel ``cb*16 + k``, input channel ``c`` of
     ``weight`` (C_out, C_in, 3, 3), zero past them; vectors over the block's output channels."""
     out_channels, in_channels = weight.shape[0], weight.shape[1]
@@ -827,7 +1145,7 @@ def _winograd_f64_avx512_weights(weight, channels, u):
 
 
 @kernel
-def _winograd_f32_avx2(xp, u, bias, layout, out, work):
+def _winograd_f32_4x4_avx2(xp, u, bias, layout, out, work):
     """F(4x4, 3x3) over the padded channels-last input ``xp``: 6 tiles x 2 vectors of 8 output channels per register tile.
 
     ``work`` holds ``layout.work_len`` elements per thread (the item's V, M and output tile):
@@ -1172,7 +1490,7 @@ def _winograd_f32_avx2(xp, u, bias, layout, out, work):
 
 
 @kernel
-def _winograd_f32_avx2_weights(weight, channels, u):
+def _winograd_f32_4x4_avx2_weights(weight, channels, u):
     """``u[cb, xi, c, k] = (G g G^T)[xi]`` for F(4x4, 3x3): output channel ``cb*16 + k``, input channel ``c`` of
     ``weight`` (C_out, C_in, 3, 3), zero past them; vectors over the block's output channels."""
     out_channels, in_channels = weight.shape[0], weight.shape[1]
@@ -1263,7 +1581,267 @@ def _winograd_f32_avx2_weights(weight, channels, u):
 
 
 @kernel
-def _winograd_f64_avx2(xp, u, bias, layout, out, work):
+def _winograd_f32_2x2_avx2(xp, u, bias, layout, out, work):
+    """F(2x2, 3x3) over the padded channels-last input ``xp``: 6 tiles x 2 vectors of 8 output channels per register tile.
+
+    ``work`` holds ``layout.work_len`` elements per thread (the item's V, M and output tile):
+    buffers allocated inside the loop would be mapped and faulted in anew per item.
+    """
+    channels, in_h, in_w = layout.channels, layout.in_h, layout.in_w
+    tiles_w, tiles = layout.tiles_w, layout.tiles_h * layout.tiles_w
+    co_blocks, per_chunk, chunks = layout.co_blocks, layout.chunk_blocks, layout.co_chunks
+    out_channels, out_h, out_w = layout.out_channels, layout.out_h, layout.out_w
+    groups = (tiles + 6 - 1) // 6
+
+    for item in prange(layout.images * groups * chunks):
+        chunk = item % chunks
+        tg = (item // chunks) % groups
+        n = item // (chunks * groups)
+        at = get_thread_id() * layout.work_len
+        v = work[at:at + 16 * 6 * channels]
+        at += 16 * 6 * channels
+        m = work[at:at + 16 * 6 * 16]
+        at += 16 * 6 * 16
+        y = work[at:at + 4 * 8]
+        # the tiles' input transforms, V[xi, r, c] = (B^T d B)[xi] (past the last tile: the last again)
+        for r in range(6):
+            t = min(tg * 6 + r, tiles - 1)
+            ti = t // tiles_w
+            at = ((n * in_h + ti * 2) * in_w + (t - ti * tiles_w) * 2) * channels
+            for c in range(0, channels, 8):
+                d0_0 = vload(xp, at + (0 * in_w + 0) * channels + c, 8)
+                d0_1 = vload(xp, at + (0 * in_w + 1) * channels + c, 8)
+                d0_2 = vload(xp, at + (0 * in_w + 2) * channels + c, 8)
+                d0_3 = vload(xp, at + (0 * in_w + 3) * channels + c, 8)
+                d1_0 = vload(xp, at + (1 * in_w + 0) * channels + c, 8)
+                d1_1 = vload(xp, at + (1 * in_w + 1) * channels + c, 8)
+                d1_2 = vload(xp, at + (1 * in_w + 2) * channels + c, 8)
+                d1_3 = vload(xp, at + (1 * in_w + 3) * channels + c, 8)
+                d2_0 = vload(xp, at + (2 * in_w + 0) * channels + c, 8)
+                d2_1 = vload(xp, at + (2 * in_w + 1) * channels + c, 8)
+                d2_2 = vload(xp, at + (2 * in_w + 2) * channels + c, 8)
+                d2_3 = vload(xp, at + (2 * in_w + 3) * channels + c, 8)
+                d3_0 = vload(xp, at + (3 * in_w + 0) * channels + c, 8)
+                d3_1 = vload(xp, at + (3 * in_w + 1) * channels + c, 8)
+                d3_2 = vload(xp, at + (3 * in_w + 2) * channels + c, 8)
+                d3_3 = vload(xp, at + (3 * in_w + 3) * channels + c, 8)
+                s0_0 = vsub(d0_0, d2_0)
+                s0_1 = vsub(d0_1, d2_1)
+                s0_2 = vsub(d0_2, d2_2)
+                s0_3 = vsub(d0_3, d2_3)
+                s1_0 = vadd(d1_0, d2_0)
+                s1_1 = vadd(d1_1, d2_1)
+                s1_2 = vadd(d1_2, d2_2)
+                s1_3 = vadd(d1_3, d2_3)
+                s2_0 = vsub(d2_0, d1_0)
+                s2_1 = vsub(d2_1, d1_1)
+                s2_2 = vsub(d2_2, d1_2)
+                s2_3 = vsub(d2_3, d1_3)
+                s3_0 = vsub(d1_0, d3_0)
+                s3_1 = vsub(d1_1, d3_1)
+                s3_2 = vsub(d1_2, d3_2)
+                s3_3 = vsub(d1_3, d3_3)
+                e0_0 = vsub(s0_0, s0_2)
+                e0_1 = vadd(s0_1, s0_2)
+                e0_2 = vsub(s0_2, s0_1)
+                e0_3 = vsub(s0_1, s0_3)
+                e1_0 = vsub(s1_0, s1_2)
+                e1_1 = vadd(s1_1, s1_2)
+                e1_2 = vsub(s1_2, s1_1)
+                e1_3 = vsub(s1_1, s1_3)
+                e2_0 = vsub(s2_0, s2_2)
+                e2_1 = vadd(s2_1, s2_2)
+                e2_2 = vsub(s2_2, s2_1)
+                e2_3 = vsub(s2_1, s2_3)
+                e3_0 = vsub(s3_0, s3_2)
+                e3_1 = vadd(s3_1, s3_2)
+                e3_2 = vsub(s3_2, s3_1)
+                e3_3 = vsub(s3_1, s3_3)
+                vstore(v, (0 * 6 + r) * channels + c, e0_0)
+                vstore(v, (1 * 6 + r) * channels + c, e0_1)
+                vstore(v, (2 * 6 + r) * channels + c, e0_2)
+                vstore(v, (3 * 6 + r) * channels + c, e0_3)
+                vstore(v, (4 * 6 + r) * channels + c, e1_0)
+                vstore(v, (5 * 6 + r) * channels + c, e1_1)
+                vstore(v, (6 * 6 + r) * channels + c, e1_2)
+                vstore(v, (7 * 6 + r) * channels + c, e1_3)
+                vstore(v, (8 * 6 + r) * channels + c, e2_0)
+                vstore(v, (9 * 6 + r) * channels + c, e2_1)
+                vstore(v, (10 * 6 + r) * channels + c, e2_2)
+                vstore(v, (11 * 6 + r) * channels + c, e2_3)
+                vstore(v, (12 * 6 + r) * channels + c, e3_0)
+                vstore(v, (13 * 6 + r) * channels + c, e3_1)
+                vstore(v, (14 * 6 + r) * channels + c, e3_2)
+                vstore(v, (15 * 6 + r) * channels + c, e3_3)
+        for cb in range(chunk * per_chunk, min(co_blocks, (chunk + 1) * per_chunk)):
+            # the 16 products M[xi] (tiles x channels of the block) = V[xi] U[xi]
+            for xi in range(16):
+                ub = (cb * 16 + xi) * channels * 16
+                vb = xi * 6 * channels
+                a0_0 = vzero(v, 8)
+                a0_1 = vzero(v, 8)
+                a1_0 = vzero(v, 8)
+                a1_1 = vzero(v, 8)
+                a2_0 = vzero(v, 8)
+                a2_1 = vzero(v, 8)
+                a3_0 = vzero(v, 8)
+                a3_1 = vzero(v, 8)
+                a4_0 = vzero(v, 8)
+                a4_1 = vzero(v, 8)
+                a5_0 = vzero(v, 8)
+                a5_1 = vzero(v, 8)
+                for c in range(channels):
+                    w0 = vload(u, ub + c * 16, 8)
+                    w1 = vload(u, ub + c * 16 + 8, 8)
+                    x = vbroadcast(v, vb + 0 * channels + c, 8)
+                    a0_0 = vfma(x, w0, a0_0)
+                    a0_1 = vfma(x, w1, a0_1)
+                    x = vbroadcast(v, vb + 1 * channels + c, 8)
+                    a1_0 = vfma(x, w0, a1_0)
+                    a1_1 = vfma(x, w1, a1_1)
+                    x = vbroadcast(v, vb + 2 * channels + c, 8)
+                    a2_0 = vfma(x, w0, a2_0)
+                    a2_1 = vfma(x, w1, a2_1)
+                    x = vbroadcast(v, vb + 3 * channels + c, 8)
+                    a3_0 = vfma(x, w0, a3_0)
+                    a3_1 = vfma(x, w1, a3_1)
+                    x = vbroadcast(v, vb + 4 * channels + c, 8)
+                    a4_0 = vfma(x, w0, a4_0)
+                    a4_1 = vfma(x, w1, a4_1)
+                    x = vbroadcast(v, vb + 5 * channels + c, 8)
+                    a5_0 = vfma(x, w0, a5_0)
+                    a5_1 = vfma(x, w1, a5_1)
+                vstore(m, (xi * 6 + 0) * 16 + 0, a0_0)
+                vstore(m, (xi * 6 + 0) * 16 + 8, a0_1)
+                vstore(m, (xi * 6 + 1) * 16 + 0, a1_0)
+                vstore(m, (xi * 6 + 1) * 16 + 8, a1_1)
+                vstore(m, (xi * 6 + 2) * 16 + 0, a2_0)
+                vstore(m, (xi * 6 + 2) * 16 + 8, a2_1)
+                vstore(m, (xi * 6 + 3) * 16 + 0, a3_0)
+                vstore(m, (xi * 6 + 3) * 16 + 8, a3_1)
+                vstore(m, (xi * 6 + 4) * 16 + 0, a4_0)
+                vstore(m, (xi * 6 + 4) * 16 + 8, a4_1)
+                vstore(m, (xi * 6 + 5) * 16 + 0, a5_0)
+                vstore(m, (xi * 6 + 5) * 16 + 8, a5_1)
+            # output transforms: Y = A^T M A + bias, into the NCHW result
+            for r in range(6):
+                t = tg * 6 + r
+                if t >= tiles:
+                    break
+                ti = t // tiles_w
+                oi = ti * 2
+                oj = (t - ti * tiles_w) * 2
+                for half in range(2):
+                    co0 = cb * 16 + half * 8
+                    if co0 >= out_channels:
+                        break
+                    mb = r * 16 + half * 8
+                    q0_0 = vload(m, 0 * 6 * 16 + mb, 8)
+                    q0_1 = vload(m, 1 * 6 * 16 + mb, 8)
+                    q0_2 = vload(m, 2 * 6 * 16 + mb, 8)
+                    q0_3 = vload(m, 3 * 6 * 16 + mb, 8)
+                    q1_0 = vload(m, 4 * 6 * 16 + mb, 8)
+                    q1_1 = vload(m, 5 * 6 * 16 + mb, 8)
+                    q1_2 = vload(m, 6 * 6 * 16 + mb, 8)
+                    q1_3 = vload(m, 7 * 6 * 16 + mb, 8)
+                    q2_0 = vload(m, 8 * 6 * 16 + mb, 8)
+                    q2_1 = vload(m, 9 * 6 * 16 + mb, 8)
+                    q2_2 = vload(m, 10 * 6 * 16 + mb, 8)
+                    q2_3 = vload(m, 11 * 6 * 16 + mb, 8)
+                    q3_0 = vload(m, 12 * 6 * 16 + mb, 8)
+                    q3_1 = vload(m, 13 * 6 * 16 + mb, 8)
+                    q3_2 = vload(m, 14 * 6 * 16 + mb, 8)
+                    q3_3 = vload(m, 15 * 6 * 16 + mb, 8)
+                    s0_0 = vadd(vadd(q0_0, q1_0), q2_0)
+                    s0_1 = vadd(vadd(q0_1, q1_1), q2_1)
+                    s0_2 = vadd(vadd(q0_2, q1_2), q2_2)
+                    s0_3 = vadd(vadd(q0_3, q1_3), q2_3)
+                    s1_0 = vsub(vsub(q1_0, q2_0), q3_0)
+                    s1_1 = vsub(vsub(q1_1, q2_1), q3_1)
+                    s1_2 = vsub(vsub(q1_2, q2_2), q3_2)
+                    s1_3 = vsub(vsub(q1_3, q2_3), q3_3)
+                    o0_0 = vadd(vadd(s0_0, s0_1), s0_2)
+                    o0_1 = vsub(vsub(s0_1, s0_2), s0_3)
+                    o1_0 = vadd(vadd(s1_0, s1_1), s1_2)
+                    o1_1 = vsub(vsub(s1_1, s1_2), s1_3)
+                    b = vload(bias, co0, 8)
+                    vstore(y, 0, vadd(o0_0, b))
+                    vstore(y, 8, vadd(o0_1, b))
+                    vstore(y, 16, vadd(o1_0, b))
+                    vstore(y, 24, vadd(o1_1, b))
+                    lanes = min(8, out_channels - co0)
+                    rows = min(2, out_h - oi)
+                    cols = min(2, out_w - oj)
+                    for k in range(lanes):
+                        plane = ((n * out_channels + co0 + k) * out_h + oi) * out_w + oj
+                        for i in range(rows):
+                            for j in range(cols):
+                                out[plane + i * out_w + j] = y[(i * 2 + j) * 8 + k]
+
+
+@kernel
+def _winograd_f32_2x2_avx2_weights(weight, channels, u):
+    """``u[cb, xi, c, k] = (G g G^T)[xi]`` for F(2x2, 3x3): output channel ``cb*16 + k``, input channel ``c`` of
+    ``weight`` (C_out, C_in, 3, 3), zero past them; vectors over the block's output channels."""
+    out_channels, in_channels = weight.shape[0], weight.shape[1]
+    co_blocks = u.shape[0] // (16 * channels * 16)
+    k_m1_2 = vsplat(np.float32(-0.5), 8)
+    k_1_2 = vsplat(np.float32(0.5), 8)
+    spans = (channels + 7) // 8
+    for item in prange(co_blocks * spans):
+        cb = item // spans
+        c0 = (item - cb * spans) * 8
+        valid = min(16, out_channels - cb * 16)
+        g = np.zeros(9 * 16, dtype=np.float32)  # one input channel's kernels, output channel innermost
+        for c in range(c0, min(channels, c0 + 8)):
+            if c < in_channels:
+                for k in range(valid):
+                    for r in range(9):
+                        g[r * 16 + k] = weight[cb * 16 + k, c, r // 3, r % 3]
+            else:
+                g[:] = 0
+            for half in range(2):
+                g0_0 = vload(g, 0 + half * 8, 8)
+                g0_1 = vload(g, 16 + half * 8, 8)
+                g0_2 = vload(g, 32 + half * 8, 8)
+                g1_0 = vload(g, 48 + half * 8, 8)
+                g1_1 = vload(g, 64 + half * 8, 8)
+                g1_2 = vload(g, 80 + half * 8, 8)
+                g2_0 = vload(g, 96 + half * 8, 8)
+                g2_1 = vload(g, 112 + half * 8, 8)
+                g2_2 = vload(g, 128 + half * 8, 8)
+                h0_0 = g0_0
+                h0_1 = g0_1
+                h0_2 = g0_2
+                h1_0 = vfma(k_1_2, g2_0, vfma(k_1_2, g1_0, vmul(k_1_2, g0_0)))
+                h1_1 = vfma(k_1_2, g2_1, vfma(k_1_2, g1_1, vmul(k_1_2, g0_1)))
+                h1_2 = vfma(k_1_2, g2_2, vfma(k_1_2, g1_2, vmul(k_1_2, g0_2)))
+                h2_0 = vfma(k_1_2, g2_0, vfma(k_m1_2, g1_0, vmul(k_1_2, g0_0)))
+                h2_1 = vfma(k_1_2, g2_1, vfma(k_m1_2, g1_1, vmul(k_1_2, g0_1)))
+                h2_2 = vfma(k_1_2, g2_2, vfma(k_m1_2, g1_2, vmul(k_1_2, g0_2)))
+                h3_0 = g2_0
+                h3_1 = g2_1
+                h3_2 = g2_2
+                vstore(u, ((cb * 16 + 0) * channels + c) * 16 + half * 8, h0_0)
+                vstore(u, ((cb * 16 + 1) * channels + c) * 16 + half * 8, vfma(k_1_2, h0_2, vfma(k_1_2, h0_1, vmul(k_1_2, h0_0))))
+                vstore(u, ((cb * 16 + 2) * channels + c) * 16 + half * 8, vfma(k_1_2, h0_2, vfma(k_m1_2, h0_1, vmul(k_1_2, h0_0))))
+                vstore(u, ((cb * 16 + 3) * channels + c) * 16 + half * 8, h0_2)
+                vstore(u, ((cb * 16 + 4) * channels + c) * 16 + half * 8, h1_0)
+                vstore(u, ((cb * 16 + 5) * channels + c) * 16 + half * 8, vfma(k_1_2, h1_2, vfma(k_1_2, h1_1, vmul(k_1_2, h1_0))))
+                vstore(u, ((cb * 16 + 6) * channels + c) * 16 + half * 8, vfma(k_1_2, h1_2, vfma(k_m1_2, h1_1, vmul(k_1_2, h1_0))))
+                vstore(u, ((cb * 16 + 7) * channels + c) * 16 + half * 8, h1_2)
+                vstore(u, ((cb * 16 + 8) * channels + c) * 16 + half * 8, h2_0)
+                vstore(u, ((cb * 16 + 9) * channels + c) * 16 + half * 8, vfma(k_1_2, h2_2, vfma(k_1_2, h2_1, vmul(k_1_2, h2_0))))
+                vstore(u, ((cb * 16 + 10) * channels + c) * 16 + half * 8, vfma(k_1_2, h2_2, vfma(k_m1_2, h2_1, vmul(k_1_2, h2_0))))
+                vstore(u, ((cb * 16 + 11) * channels + c) * 16 + half * 8, h2_2)
+                vstore(u, ((cb * 16 + 12) * channels + c) * 16 + half * 8, h3_0)
+                vstore(u, ((cb * 16 + 13) * channels + c) * 16 + half * 8, vfma(k_1_2, h3_2, vfma(k_1_2, h3_1, vmul(k_1_2, h3_0))))
+                vstore(u, ((cb * 16 + 14) * channels + c) * 16 + half * 8, vfma(k_1_2, h3_2, vfma(k_m1_2, h3_1, vmul(k_1_2, h3_0))))
+                vstore(u, ((cb * 16 + 15) * channels + c) * 16 + half * 8, h3_2)
+
+
+@kernel
+def _winograd_f64_2x2_avx2(xp, u, bias, layout, out, work):
     """F(2x2, 3x3) over the padded channels-last input ``xp``: 6 tiles x 2 vectors of 4 output channels per register tile.
 
     ``work`` holds ``layout.work_len`` elements per thread (the item's V, M and output tile):
@@ -1462,7 +2040,7 @@ def _winograd_f64_avx2(xp, u, bias, layout, out, work):
 
 
 @kernel
-def _winograd_f64_avx2_weights(weight, channels, u):
+def _winograd_f64_2x2_avx2_weights(weight, channels, u):
     """``u[cb, xi, c, k] = (G g G^T)[xi]`` for F(2x2, 3x3): output channel ``cb*8 + k``, input channel ``c`` of
     ``weight`` (C_out, C_in, 3, 3), zero past them; vectors over the block's output channels."""
     out_channels, in_channels = weight.shape[0], weight.shape[1]

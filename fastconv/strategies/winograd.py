@@ -4,8 +4,9 @@ Winograd's minimal filtering (Lavin & Gray, 2016): an ``m x m`` tile of outputs 
 correlation is ``A^T [(G g G^T) o (B^T d B)] A`` for the ``(m+2) x (m+2)`` input tile ``d``;
 summed over input channels in the transformed domain, a layer becomes ``(m+2)^2`` independent
 matrix products of (tiles x C_in) by (C_in x C_out). F(4x4, 3x3) does 36 multiplications where a
-direct convolution does 144 (4x fewer); F(2x2, 3x3) 16 for 36 (2.25x). float32 uses F(4x4),
-float64 F(2x2) (F(4x4)'s transforms cost float64 more digits than its speed is worth there).
+direct convolution does 144 (4x fewer); F(2x2, 3x3) 16 for 36 (2.25x). float32 uses F(4x4) where a
+call has enough 4x4 tiles (:data:`F4_MIN_TILES`) and F(2x2) on smaller maps; float64 F(2x2)
+(F(4x4)'s transforms cost float64 more digits than its speed is worth there).
 
 The price is rounding: the transforms mix values of different sizes. Measured against a
 float64 reference (``ERROR_BOUND``), float32 F(4x4) errs by up to ~1.5e-5 of the output's scale
@@ -34,7 +35,8 @@ from numba import prange
 from .. import _jit, _simd
 from .._jit import kernel
 from ..workspace import get_workspace_limit, scratch
-from . import Strategy, _winograd_kernels
+from ..geometry import ConvGeometry
+from . import Strategy, _depth, _winograd_kernels
 
 #: Measured error bound, max |y - y64| / max |y64| (y64: the float64 direct result on the same
 #: rounded inputs), per dtype: 60 random layers (1-512 input and 1-128 output channels, 3x3 to
@@ -43,8 +45,10 @@ from . import Strategy, _winograd_kernels
 #: tests/test_winograd.py holds the kernels to them.
 ERROR_BOUND = {"float32": 5e-5, "float64": 2e-14}
 
-#: Output tile per dtype (F(m x m, 3x3)).
-TILE = {"float32": 4, "float64": 2}
+#: float32 uses F(4x4, 3x3) from this many 4x4 output tiles per call (over the batch), F(2x2, 3x3)
+#: below (16 tiles fill a 14-tile register tile badly: resnet_3x3_14 ran 0.6x PyTorch with F(4x4));
+#: float64 always F(2x2, 3x3).
+F4_MIN_TILES = 49
 
 #: Items per thread the kernel aims at (an item is an image x a group of tiles x a chunk of
 #: output-channel blocks; chunks are split only as far as this needs).
@@ -69,29 +73,34 @@ class WinogradLayout(NamedTuple):
     work_len: int        # scratch elements per thread: V (a^2 x R x channels), M (a^2 x R x block), a tile
 
 
-def _variant_name(dtype):
-    return f"_winograd_{'f32' if np.dtype(dtype) == np.float32 else 'f64'}_{_simd.ISA}"
+def tile(geom) -> int:
+    """The output tile ``m`` of F(m x m, 3x3) for the rank-2 problem ``geom`` (see :data:`F4_MIN_TILES`)."""
+    if geom.dtype != "float32":
+        return 2
+    oH, oW = geom.out_size[-2:]
+    return 4 if geom.batch * -(-oH // 4) * -(-oW // 4) >= F4_MIN_TILES else 2
 
 
-def _variant(dtype):
-    """``(kernel, lanes, m, rows)`` of the generated kernel for ``dtype`` on this CPU, or None."""
-    if not _simd.AVAILABLE:
-        return None
-    name = _variant_name(dtype)
-    _, lanes, m, rows = _winograd_kernels.KERNELS[name]
-    return getattr(_winograd_kernels, name), lanes, m, rows
+def _variant(dtype, m):
+    """``(name, kernel, lanes, rows)`` of the generated F(m x m, 3x3) kernel for ``dtype`` on this CPU."""
+    name = f"_winograd_{'f32' if np.dtype(dtype) == np.float32 else 'f64'}_{m}x{m}_{_simd.ISA}"
+    _, lanes, _, rows = _winograd_kernels.KERNELS[name]
+    return name, getattr(_winograd_kernels, name), lanes, rows
 
 
 def supports(op, geom) -> bool:
-    """3x3 kernels, stride 1, dilation 1, one group, float32/float64, rank 2, the SIMD layer on."""
-    return (op == "conv" and geom.rank == 2 and tuple(geom.kernel) == (3, 3) and tuple(geom.stride) == (1, 1)
-            and tuple(geom.dilation) == (1, 1) and geom.groups == 1 and geom.dtype in ("float32", "float64")
-            and _variant(geom.dtype) is not None)
+    """``conv`` and ``conv_backward`` with 3x3 kernels (3x3 in the last two axes for rank 3: the depth
+    taps become channels, :mod:`._depth`), stride 1 and dilation 1 there, one group, float32/float64,
+    with the SIMD layer on."""
+    plane = slice(-2, None)
+    return (op in ("conv", "conv_backward") and tuple(geom.kernel[plane]) == (3, 3)
+            and tuple(geom.stride[plane]) == (1, 1) and tuple(geom.dilation[plane]) == (1, 1) and geom.groups == 1
+            and geom.dtype in ("float32", "float64") and _simd.AVAILABLE)
 
 
 @functools.lru_cache(maxsize=64)
-def _layout(geom, threads):
-    _, lanes, m, rows = _variant(geom.dtype)
+def _layout(geom, threads, m):
+    _, _, lanes, rows = _variant(geom.dtype, m)
     oH, oW = geom.out_size
     tiles_h, tiles_w = -(-oH // m), -(-oW // m)
     block = 2 * lanes
@@ -117,15 +126,15 @@ _G = {
 }
 
 
-def transform_weights(weight, dtype):
-    """``u[cb, xi, c, k]``: ``G g G^T`` of every (output, input) channel pair, in the kernel's blocks.
+def transform_weights(weight, dtype, m):
+    """``u[cb, xi, c, k]``: ``G g G^T`` of F(m x m, 3x3) for every (output, input) channel pair, in the
+    kernel's blocks.
 
     ``weight`` is ``(C_out, C_in, 3, 3)`` in ``dtype``; output channels padded with zeros to whole
     blocks of 2 vectors, input channels to whole vectors. A per-thread scratch buffer: use it
     before the thread's next call.
     """
-    name = _variant_name(dtype)
-    _, lanes, m, _ = _winograd_kernels.KERNELS[name]
+    name, _, lanes, _ = _variant(dtype, m)
     block = 2 * lanes
     C_out, C_in = weight.shape[:2]
     channels = -(-C_in // lanes) * lanes
@@ -162,8 +171,9 @@ def _pack_input(x, top, left, xp):
 def _chunk_images(geom, itemsize, limit, threads) -> int:
     """Images per chunk of the packed copy so that it, the transformed weights and the threads'
     buffers stay within ``limit`` (at least one image)."""
-    layout = _layout(geom, threads)
-    _, lanes, m, _ = _variant(geom.dtype)
+    m = tile(geom)
+    layout = _layout(geom, threads, m)
+    _, _, lanes, _ = _variant(geom.dtype, m)
     fixed = (layout.co_blocks * 2 * lanes * layout.channels * (m + 2) ** 2 + threads * layout.work_len) * itemsize
     per_image = layout.in_h * layout.in_w * layout.channels * itemsize
     return max(1, min(geom.batch, (limit - fixed) // per_image))
@@ -174,8 +184,9 @@ def workspace_bytes(op, geom, itemsize) -> int:
     if not supports(op, geom):
         return 0
     threads = numba.get_num_threads()
-    layout = _layout(geom, threads)
-    _, lanes, m, _ = _variant(geom.dtype)
+    m = tile(geom)
+    layout = _layout(geom, threads, m)
+    _, _, lanes, _ = _variant(geom.dtype, m)
     images = _chunk_images(geom, itemsize, get_workspace_limit(), threads)
     packed = images * layout.in_h * layout.in_w * layout.channels
     weights = layout.co_blocks * 2 * lanes * layout.channels * (m + 2) ** 2
@@ -188,37 +199,74 @@ def conv2d(x, weight, bias, geom, out):
     Images go through in chunks whose packed copy fits the workspace cap with the transformed
     weights (transformed once per call).
     """
-    fused, lanes, _, _ = _variant(x.dtype)
+    m = tile(geom)
+    _, fused, lanes, _ = _variant(x.dtype, m)
     threads = numba.get_num_threads()
     images = _chunk_images(geom, x.itemsize, get_workspace_limit(), threads)
     (top, _), (left, _) = geom.padding
-    u = transform_weights(weight, x.dtype)
-    layout = _layout(geom, threads)
+    u = transform_weights(weight, x.dtype, m)
+    layout = _layout(geom, threads, m)
     padded_bias = np.zeros(layout.co_blocks * 2 * lanes, dtype=x.dtype)
     if bias is not None:
         padded_bias[: geom.out_channels] = bias
     work = scratch(threads * layout.work_len, x.dtype, "winograd-work")
     for n0 in range(0, geom.batch, images):
         n1 = min(geom.batch, n0 + images)
-        chunk = layout if n1 - n0 == geom.batch else _layout(dataclasses.replace(geom, batch=n1 - n0), threads)
+        chunk = layout if n1 - n0 == geom.batch else _layout(dataclasses.replace(geom, batch=n1 - n0), threads, m)
         xp = scratch(chunk.images * chunk.in_h * chunk.in_w * chunk.channels, x.dtype, "winograd-input")
         with _jit.launch():
             _pack_input(x[n0:n1], int(top), int(left), xp.reshape(chunk.images, chunk.in_h, chunk.in_w, chunk.channels))
             fused(xp, u, padded_bias, chunk, out[n0:n1].reshape(-1), work)
 
 
-def conv_op(x, weight, bias, geom, out):
-    """The registry's ``conv``: rank 2 only (1D problems arrive lifted to rank 2 and are never 3x3)."""
-    conv2d(x, weight, bias, geom, out)
+def _input_gradient_problem(geom):
+    """dL/dx of the stride-1 3x3 convolution ``geom`` as a convolution of ``dy`` with the flipped,
+    transposed kernel: padding ``2 - lo`` and ``2 - hi`` per axis; None if a padding exceeds 2 (that
+    would crop ``dy``)."""
+    pads = tuple((2 - lo, 2 - hi) for lo, hi in geom.padding)
+    if any(p < 0 for pair in pads for p in pair):
+        return None
+    return ConvGeometry(batch=geom.batch, in_channels=geom.out_channels, out_channels=geom.in_channels, groups=1,
+                        in_size=geom.out_size, kernel=(3, 3), stride=(1, 1), dilation=(1, 1), padding=pads,
+                        out_size=geom.in_size, dtype=geom.dtype)
+
+
+def conv2d_backward(grad_out, x, weight, geom, grad_x, grad_w, grad_b):
+    """dL/dx through Winograd (the forward kernel on ``dy`` with the flipped, transposed weights);
+    dL/dW and dL/db by the exact-order direct kernels (a reduction over positions, where Winograd saves
+    nothing at these sizes)."""
+    if grad_w is not None or grad_b is not None:
+        from . import direct
+
+        direct.conv2d_backward(grad_out, x, weight, geom, None, grad_w, grad_b)
+    if grad_x is None:
+        return
+    problem = _input_gradient_problem(geom)
+    if problem is None:  # padding above 2: the exact kernels
+        from . import direct
+
+        direct.conv2d_backward(grad_out, x, weight, geom, grad_x, None, None)
+        return
+    flipped = np.ascontiguousarray(weight[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
+    conv2d(grad_out, flipped, None, problem, grad_x)
+
+
+def _workspace(op, geom, itemsize):
+    if geom.rank == 3:
+        return _depth.workspace_bytes(geom, itemsize, lambda plane: _workspace(op, plane, itemsize))
+    if op == "conv_backward":
+        problem = _input_gradient_problem(geom)
+        return 0 if problem is None else workspace_bytes("conv", problem, itemsize)
+    return workspace_bytes(op, geom, itemsize)
 
 
 STRATEGY = Strategy(
     name="winograd",
     summary="Winograd F(4x4, 3x3) (float32) / F(2x2, 3x3) (float64): 3x3 stride-1 layers, fewer multiplications",
-    ranks=(2,),
-    ops={"conv": conv_op},
+    ranks=(2, 3),
+    ops={"conv": _depth.conv(conv2d), "conv_backward": _depth.conv_backward(conv2d_backward)},
     supports=supports,
-    workspace_bytes=workspace_bytes,
+    workspace_bytes=_workspace,
     tolerance={"float32": (2e-3, 2e-3), "float64": (1e-9, 1e-9)},
     error_bound=ERROR_BOUND,
 )
