@@ -170,6 +170,29 @@ WINOGRAD_MIN_CHANNELS = 16
 #: 116 / 94 ms, unet3d_3x3x3 88 / 105 / 101).
 
 
+#: FFT convolution (strategies/fft.py) for large 2D/3D kernels: from this many taps per output,
+#: or from FFT_MIN_TAPS_CHANNELS with at least FFT_MIN_CHANNELS input (per group) and output
+#: channels. Measured on Zen 4 (2026-12-05, fastconv bench --repeat 3, fft / direct ms):
+#: filter_31x31 (961 taps, 1 channel) 12.8 / 22.8; multichannel_15x15 (225 taps, 16 -> 16) 31.7 /
+#: 35.6; but long1d_k511 (511 taps, 1D, 1 channel) 5.4 / 2.3 and image_filter (9 taps) 2.1 / 0.09:
+#: the transforms cost the same whatever the kernel, the direct kernels' work grows with it.
+FFT_MIN_TAPS = 625
+FFT_MIN_TAPS_CHANNELS = 225
+FFT_MIN_CHANNELS = 8
+
+
+def _fft_pays(geom, dtype) -> bool:
+    """Whether the FFT strategy is measured faster than direct on ``geom`` (see above; not for 1D)."""
+    if np.dtype(dtype) not in (np.float32, np.float64) or not strategies.strategy("fft").can_run("conv", geom):
+        return False
+    plane = [k for k in geom.kernel if k > 1]
+    if len(plane) < 2:  # 1D (lifted to 2D with height 1): the direct kernels won the long filter
+        return False
+    taps = math.prod(geom.kernel)
+    many = geom.in_channels // geom.groups >= FFT_MIN_CHANNELS and geom.out_channels >= FFT_MIN_CHANNELS
+    return taps >= FFT_MIN_TAPS or (many and taps >= FFT_MIN_TAPS_CHANNELS)
+
+
 def _winograd_tiles(geom, m=4) -> int:
     """``m x m`` output tiles of ``geom``'s planes over the batch (and the output depth, in 3D)."""
     *depth, oH, oW = geom.out_size
@@ -209,6 +232,12 @@ def _rules(op: str, geom, dtype, threads: int, level: str):
     if op.startswith("adaptive_"):
         return "direct", ("adaptive pooling: the direct Numba kernels read each window row as one contiguous run; "
                           "no other automatic strategy implements it (not measured against anything)")
+    if op == "conv" and _fft_pays(geom, dtype) and "fft" in candidates(op, geom, level):
+        bound = strategies.strategy("fft").error_bound[np.dtype(dtype).name]
+        return "fft", (f"{'x'.join(map(str, geom.kernel))} kernel ({math.prod(geom.kernel)} taps): FFT convolution's "
+                       f"cost does not grow with the kernel (measured 1.8x direct on filter_31x31, 1.1x on "
+                       f"multichannel_15x15, Zen 4); error bound {bound:.0e} of the output's scale, allowed by "
+                       f"precision '{level}'")
     if op in ("conv", "conv_backward") and _winograd_pays(op, geom, dtype) and "winograd" in candidates(op, geom, level):
         bound = strategies.strategy("winograd").error_bound[np.dtype(dtype).name]
         what = "dL/dx through " if op == "conv_backward" else ""

@@ -51,7 +51,7 @@ def test_backward_report(capsys):
     "argv, message",
     [
         (["bench", "--shapes", "resnet_9000"], "unknown shape 'resnet_9000'; known shapes: resnet_conv1"),
-        (["bench", "--methods", "fft"], "unknown method 'fft'"),
+        (["bench", "--methods", "fourier"], "unknown method 'fourier'"),
         (["bench", "--shape", "conv3d:1,2,3"], "op must be one of conv2d"),
         (["bench", "--shape", "conv2d:1,2,3"], "conv2d takes 9 or 10 numbers, got 3"),
         (["bench", "--shape", "conv2d:a,b"], "expected op:int,int"),

@@ -873,7 +873,7 @@ BAD = [
     ("conv2d", (np.ones((2, 2, 9, 9)),), {}),  # window larger than the input
     ("conv2d", (np.ones((2, 2, 3, 3)),), dict(stride=0)),
     ("conv2d", (np.ones((2, 2, 3, 3)),), dict(stride=1.5)),
-    ("conv2d", (np.ones((2, 2, 3, 3)),), dict(method="fft")),
+    ("conv2d", (np.ones((2, 2, 3, 3)),), dict(method="fourier")),
     ("conv3d", (np.ones((2, 2, 3, 3, 3)),), {}),  # unbatched (C, D, H, W): depth 2 < kernel 3
     ("conv_transpose2d", (np.ones((2, 2, 3, 3)),), dict(stride=2, output_padding=2)),
     ("conv_transpose2d", (np.ones((2, 2, 3, 3)),), dict(padding="same")),

@@ -135,7 +135,8 @@ for info in pkgutil.walk_packages(fastconv.__path__, "fastconv."):
             kernels[obj] = obj.py_func.__module__ + "." + obj.__name__
 report = {
     name: {
-        "float32": any("float32" in str(arg) for signature in k.signatures for arg in signature),
+        "float32": any(t in str(arg) for signature in k.signatures for arg in signature
+                       for t in ("float32", "complex64")),  # complex64: float32's spectra (the fft strategy)
         "calls": sorted(kernels[c] for c in (k.py_func.__globals__.get(n) for n in k.py_func.__code__.co_names)
                         if isinstance(c, numba.core.registry.CPUDispatcher) and c in kernels),
     }

@@ -115,7 +115,7 @@ def test_output_mask_and_empty_batch():
     (dict(groups=3), ValueError, "groups=3 does not divide the 4 input channels"),
     (dict(stride=0), ValueError, "stride must be >= 1"),
     (dict(stride=1.5), TypeError, "stride must be an integer"),
-    (dict(method="fft"), ValueError, "method must be one of"),
+    (dict(method="fourier"), ValueError, "method must be one of"),
 ])
 def test_bad_arguments_are_named(kwargs, error, message):
     x, w = np.ones((1, 4, 3, 3)), np.ones((4, 2, 3, 3))

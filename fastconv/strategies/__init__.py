@@ -230,5 +230,5 @@ def get(name: str):
     return importlib.import_module(f"{__name__}.{name}")
 
 
-for _module in ("loop", "vectorized", "direct", "img2col", "winograd"):
+for _module in ("loop", "vectorized", "direct", "img2col", "winograd", "fft"):
     register(f"{__name__}.{_module}")

@@ -1,0 +1,132 @@
+"""The fft strategy: convolution through real FFTs (scipy.fft, or numpy.fft without SciPy)."""
+
+import numpy as np
+import pytest
+from hypothesis import assume, given
+from hypothesis import strategies as st
+
+import fastconv
+from fastconv.strategies import fft
+
+CONV = {1: fastconv.conv1d, 2: fastconv.conv2d, 3: fastconv.conv3d}
+
+
+def _relative_error(y, ref):
+    scale = np.abs(ref).max()
+    return np.abs(y - ref).max() / scale if scale else np.abs(y).max()
+
+
+def _reference(nd, x, w, b, **kw):
+    return CONV[nd](x.astype(np.float64), w.astype(np.float64), None if b is None else b.astype(np.float64),
+                    method="direct", **kw)
+
+
+@given(nd=st.integers(1, 3), n=st.integers(1, 2), groups=st.integers(1, 2), c_per=st.integers(1, 3),
+       c_out_per=st.integers(1, 3), size=st.integers(1, 12), k=st.integers(1, 6), stride=st.integers(1, 3),
+       dilation=st.integers(1, 2), lo=st.integers(0, 3), hi=st.integers(0, 3),
+       dtype=st.sampled_from([np.float32, np.float64]), with_bias=st.booleans(), seed=st.integers(0, 2**16))
+def test_fft_matches_a_float64_reference_within_its_bound(nd, n, groups, c_per, c_out_per, size, k, stride, dilation,
+                                                           lo, hi, dtype, with_bias, seed):
+    assume(size + lo + hi >= dilation * (k - 1) + 1)
+    rng = np.random.default_rng(seed)
+    spatial = tuple(size + a for a in range(nd))  # unequal axes
+    x = rng.standard_normal((n, groups * c_per) + spatial).astype(dtype)
+    w = rng.standard_normal((groups * c_out_per, c_per) + (k,) * nd).astype(dtype)
+    b = rng.standard_normal(groups * c_out_per).astype(dtype) if with_bias else None
+    kw = dict(stride=stride, dilation=dilation, padding=[(lo, hi)] * nd, groups=groups)
+    x0 = x.copy()
+    y = CONV[nd](x, w, b, method="fft", **kw)
+    np.testing.assert_array_equal(x, x0)  # inputs never modified
+    ref = _reference(nd, x, w, b, **kw)
+    assert y.dtype == dtype and y.shape == ref.shape
+    assert _relative_error(y, ref) <= fft.ERROR_BOUND[np.dtype(dtype).name]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("x_shape, w_shape, padding", [
+    ((1, 1, 512, 512), (1, 1, 31, 31), 15),          # filter_31x31, smaller
+    ((1, 8, 96, 96), (8, 8, 15, 15), 7),             # multichannel_15x15, smaller
+    ((1, 1, 50000), (1, 1, 511), 255),               # long1d_k511, shorter
+    ((2, 4, 40, 48), (6, 4, 21, 21), 10),
+])
+def test_error_bound_holds_on_large_kernels(x_shape, w_shape, padding, dtype):
+    """The bound the dispatcher trusts, with normal, uniform and offset data."""
+    rng = np.random.default_rng(len(x_shape) + w_shape[-1])
+    nd = len(x_shape) - 2
+    for x, w in ((rng.standard_normal(x_shape), rng.standard_normal(w_shape)),
+                 (rng.random(x_shape), rng.random(w_shape)),
+                 (rng.standard_normal(x_shape) * 10 + 5, rng.standard_normal(w_shape) * 0.1)):
+        x, w = x.astype(dtype), w.astype(dtype)
+        y = CONV[nd](x, w, padding=padding, method="fft")
+        assert _relative_error(y, _reference(nd, x, w, None, padding=padding)) <= fft.ERROR_BOUND[np.dtype(dtype).name]
+
+
+def test_numpy_fft_without_scipy(monkeypatch):
+    """Without SciPy the strategy uses numpy.fft (float64 transforms): same results within the bound."""
+    monkeypatch.setattr(fft, "_backend", lambda: (np.fft, False))
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((2, 3, 30, 26)).astype(np.float32)
+    w = rng.standard_normal((4, 3, 9, 7)).astype(np.float32)
+    y = fastconv.conv2d(x, w, padding=(4, 3), method="fft")
+    assert y.dtype == np.float32
+    assert _relative_error(y, _reference(2, x, w, None, padding=(4, 3))) <= fft.ERROR_BOUND["float32"]
+
+
+def test_long_kernels_take_the_placed_grid_path():
+    """More than DFT_MAX_TAPS taps along an axis: the kernel is placed on the grid and transformed."""
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((1, 2, 3000)).astype(np.float64)
+    w = rng.standard_normal((3, 2, fft.DFT_MAX_TAPS + 37)).astype(np.float64)
+    y = fastconv.conv1d(x, w, padding=50, dilation=2, method="fft")
+    assert _relative_error(y, _reference(1, x, w, None, padding=50, dilation=2)) <= fft.ERROR_BOUND["float64"]
+
+
+def test_workspace_chunks_and_thread_counts_give_the_same_result():
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((4, 3, 40, 40)).astype(np.float32)
+    w = rng.standard_normal((5, 3, 11, 11)).astype(np.float32)
+    expected = fastconv.conv2d(x, w, padding=5, method="fft")
+    limit = fastconv.get_workspace_limit()
+    try:
+        fastconv.set_workspace_limit(64 * 1024)  # one image per chunk
+        np.testing.assert_array_equal(fastconv.conv2d(x, w, padding=5, method="fft"), expected)
+    finally:
+        fastconv.set_workspace_limit(limit)
+    with fastconv.num_threads(1):
+        assert _relative_error(fastconv.conv2d(x, w, padding=5, method="fft"), expected.astype(np.float64)) < 1e-6
+
+
+def test_auto_chooses_it_for_large_kernels_only_under_high_precision(monkeypatch):
+    monkeypatch.delenv("FASTCONV_METHOD", raising=False)
+    with fastconv.precision("high"):
+        assert fastconv.explain("conv2d", (1, 1, 1024, 1024), (1, 1, 31, 31), padding=15).method == "fft"
+        assert fastconv.explain("conv2d", (1, 16, 256, 256), (16, 16, 15, 15), padding=7).method == "fft"
+        assert fastconv.explain("conv2d", (1, 1, 512, 512), (1, 1, 15, 15), padding=7).method != "fft"
+        assert fastconv.explain("conv1d", (1, 1, 200000), (1, 1, 511), padding=255).method != "fft"
+    with fastconv.precision("highest"):
+        explained = fastconv.explain("conv2d", (1, 1, 1024, 1024), (1, 1, 31, 31), padding=15)
+        assert explained.method != "fft" and "fft" not in explained.candidates
+
+
+def test_pooling_is_not_an_fft_op():
+    with pytest.raises(ValueError, match="max_pool2d: method='fft' does not compute this problem"):
+        fastconv.max_pool2d(np.ones((1, 1, 4, 4), np.float32), 2, method="fft")
+
+
+def test_next_fast_len():
+    for n in list(range(1, 200)) + [1025, 200510]:
+        m = fft.next_fast_len(n)
+        assert m >= n
+        rest = m
+        for p in (2, 3, 5):
+            while rest % p == 0:
+                rest //= p
+        assert rest == 1
+        assert all(not _smooth(v) for v in range(n, m)), (n, m)
+
+
+def _smooth(v):
+    for p in (2, 3, 5):
+        while v % p == 0:
+            v //= p
+    return v == 1
