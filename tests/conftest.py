@@ -9,6 +9,7 @@ registry record (``fastconv.strategies.Strategy.tolerance``; the default table,
 from __future__ import annotations
 
 import os
+import threading
 
 import numpy as np
 import pytest
@@ -75,6 +76,28 @@ def central_difference(loss, x, eps=1e-6):
         x.flat[i] = old
         grad.flat[i] = (up - down) / (2 * eps)
     return grad
+
+
+def in_threads(work, count=8, rounds=5):
+    """Run ``work()`` ``rounds`` times in each of ``count`` Python threads started together; re-raise the
+    first failure (the concurrency tests: kernels launched from several threads at once)."""
+    errors, barrier = [], threading.Barrier(count)
+
+    def run():
+        try:
+            barrier.wait()
+            for _ in range(rounds):
+                work()
+        except Exception as exc:  # noqa: BLE001 - re-raised below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
 
 
 def assert_close(actual, expected, dtype=None, method=None):

@@ -6,13 +6,12 @@ import os
 import pathlib
 import subprocess
 import sys
-import threading
 
 import numpy as np
 import pytest
 
 import fastconv
-from conftest import JIT_METHODS, host_has
+from conftest import JIT_METHODS, host_has, in_threads
 
 PACKAGE = pathlib.Path(fastconv.__file__).parent
 
@@ -52,23 +51,12 @@ def test_concurrent_calls_from_eight_threads(method, rng):
     x, w, b = _problems(rng)
     expected_conv = fastconv.conv2d(x, w, b, padding=1, groups=2, method=method)
     expected_pool = fastconv.max_pool2d(x, 2, method=method)
-    errors, barrier = [], threading.Barrier(8)
 
     def work():
-        try:
-            barrier.wait()
-            for _ in range(5):
-                np.testing.assert_array_equal(fastconv.conv2d(x, w, b, padding=1, groups=2, method=method), expected_conv)
-                np.testing.assert_array_equal(fastconv.max_pool2d(x, 2, method=method), expected_pool)
-        except Exception as exc:  # noqa: BLE001 - reported below
-            errors.append(exc)
+        np.testing.assert_array_equal(fastconv.conv2d(x, w, b, padding=1, groups=2, method=method), expected_conv)
+        np.testing.assert_array_equal(fastconv.max_pool2d(x, 2, method=method), expected_pool)
 
-    threads = [threading.Thread(target=work) for _ in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors, errors[0]
+    in_threads(work)
 
 
 def test_no_kernel_sets_its_own_jit_options():

@@ -10,7 +10,7 @@ from fractions import Fraction
 
 import numpy as np
 import pytest
-from conftest import host_has
+from conftest import host_has, in_threads
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
@@ -154,21 +154,7 @@ def test_concurrent_python_threads():
     x = rng.standard_normal((2, 16, 20, 20)).astype(np.float32)
     w = rng.standard_normal((32, 16, 3, 3)).astype(np.float32)
     expected = fastconv.conv2d(x, w, padding=1, method="winograd")
-    errors = []
-
-    def work():
-        try:
-            for _ in range(5):
-                np.testing.assert_array_equal(fastconv.conv2d(x, w, padding=1, method="winograd"), expected)
-        except Exception as exc:  # noqa: BLE001 - reported below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=work) for _ in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors, errors[0]
+    in_threads(lambda: np.testing.assert_array_equal(fastconv.conv2d(x, w, padding=1, method="winograd"), expected))
 
 
 def test_non_finite_inputs_reach_the_outputs_that_read_them():
@@ -329,13 +315,10 @@ def _gemm_block(env):
 
 
 def _check_gemm_block(found, block, fmas, register):
-    tile = found["rows"] * 2
-    assert fmas and len(fmas) % tile == 0, f"{len(fmas)} FMAs, not a multiple of the {tile}-vector tile:\n{block}"
-    assert all(f"%{register}" in line for line in fmas), block
-    accumulators = {re.search(r"%([xyz]mm\d+)\s*$", line).group(1) for line in fmas}
-    assert len(accumulators) == tile, f"accumulators {sorted(accumulators)}:\n{block}"
-    stack = [line.strip() for line in block.splitlines() if "rsp" in line]
-    assert not stack, f"stack access in the product loop: {stack}\n{block}"
+    """test_simd's micro-kernel checks (R x 2 accumulators, the right registers, no vector spills)."""
+    from test_simd import _check_micro_kernel
+
+    _check_micro_kernel(dict(found, vectors=2), block, fmas, register)
 
 
 production_build = pytest.mark.skipif(os.environ.get("NUMBA_BOUNDSCHECK") == "1"
