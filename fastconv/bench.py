@@ -263,13 +263,25 @@ class Row:
         return dataclasses.asdict(self)
 
 
-def implements(method: str, op: str) -> bool:
-    """Whether ``method`` (a strategy, or auto / measure) computes the public function ``op`` (registry ops)."""
+def implements(method: str, op: str, problem: Problem | None = None, dtype=np.float32) -> bool:
+    """Whether ``method`` (a strategy, or auto / measure) computes the public function ``op`` (registry
+    ops) and, given the benchmark ``problem``, that problem (``Strategy.can_run``: a strategy of some
+    problems only, such as winograd, gets no row elsewhere)."""
     if method in ("auto", "measure"):
         return True
     from .explain import PUBLIC_OPS
 
-    return PUBLIC_OPS[op][0] in strategies.strategy(method).ops
+    record = strategies.strategy(method)
+    if PUBLIC_OPS[op][0] not in record.ops:
+        return False
+    if problem is None:
+        return True
+    from .explain import explain
+
+    kw = problem.kwargs()
+    shapes = (problem.input_shape, problem.weight_shape) if problem.is_conv else (problem.input_shape,)
+    geom = explain(op, *shapes, dtype=dtype, **kw).geometry
+    return record.can_run(PUBLIC_OPS[op][0], geom)
 
 
 def measure(problem: Problem, methods=None, threads: int = 2, dtype=np.float32, backward: bool = False,
@@ -299,11 +311,11 @@ def measure(problem: Problem, methods=None, threads: int = 2, dtype=np.float32, 
                 call = (make_torch_call if method == "torch" else make_scipy_call)(problem, dtype, backward)
                 if call is not None:
                     timers[method] = (call, nbytes, 1.0)
-            elif _is_reference(method) and implements(method, op):
+            elif _is_reference(method) and implements(method, op, problem, dtype):
                 small = shrink(problem)
                 small_flops = small.flops() * (2 if backward and small.is_conv else 1)
                 timers[method] = (make_call(small, method, dtype, backward), nbytes, flops / small_flops)
-            elif implements(method, op):
+            elif implements(method, op, problem, dtype):
                 timers[method] = (make_call(problem, method, dtype, backward), nbytes, 1.0)
         best = {}
         for round_ in range(max(1, int(repeats))):

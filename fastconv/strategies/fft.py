@@ -101,8 +101,12 @@ def plan(geom) -> FftPlan:
 
 
 def supports(op, geom) -> bool:
-    """Convolutions (forward) of any geometry in float32 or float64."""
-    return op == "conv" and geom.dtype in ("float32", "float64")
+    """Convolutions (forward) of any geometry in float32 or float64 whose kernel spectra (computed once
+    per call, ``C_out x C_in/groups x`` the transform's size) fit the workspace cap."""
+    if op != "conv" or geom.dtype not in ("float32", "float64"):
+        return False
+    spectra = geom.out_channels * (geom.in_channels // geom.groups) * math.prod(plan(geom).spectrum)
+    return spectra * 2 * np.dtype(geom.dtype).itemsize <= get_workspace_limit()
 
 
 @kernel
