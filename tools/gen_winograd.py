@@ -99,6 +99,8 @@ def {name}(xp, u, bias, layout, out, work):
         m = work[at:at + {xi} * {rows} * {block}]
         at += {xi} * {rows} * {block}
         y = work[at:at + {mm} * {lanes}]
+        at += {mm} * {lanes}
+        tb = work[at:at + {xi} * {lanes}]
         # the tiles' input transforms, V[xi, r, c] = (B^T d B)[xi] (past the last tile: the last again)
         for r in range({rows}):
             t = min(tg * {rows} + r, tiles - 1)
@@ -236,18 +238,29 @@ def render(name, dtype, lanes, m, rows):
     xi = a * a
     block = 2 * lanes
     consts: set = set()
+    # The 2D transforms run as two 1D passes through a small per-thread buffer ``tb`` (a x a vectors,
+    # L1-resident): loops over the columns, then the rows, each body one 1D transform of a vectors.
+    # Fully unrolled, a 2D transform is ~200 vector operations LLVM cannot keep in registers anyway,
+    # and compiling it took twice as long.
     ind_in = " " * 16
-    input_lines = [f"{ind_in}d{i}_{j} = vload(xp, at + ({i} * in_w + {j}) * channels + c, {lanes})"
-                   for i in range(a) for j in range(a)]
-    input_lines += _transform_2d(T["BT"], "d", "e", consts, ind_in)
-    input_lines += [f"{ind_in}vstore(v, ({k * a + l} * {rows} + r) * channels + c, e{k}_{l})"
-                    for k in range(a) for l in range(a)]
+    input_lines = [f"{ind_in}for j in range({a}):  # columns: s[k][j] = sum_i BT[k][i] d[i][j]"]
+    input_lines += [f"{ind_in}    d{i} = vload(xp, at + ({i} * in_w + j) * channels + c, {lanes})" for i in range(a)]
+    input_lines += [f"{ind_in}    vstore(tb, ({k} * {a} + j) * {lanes}, "
+                    + _lincomb(T["BT"][k], [f"d{i}" for i in range(a)], consts) + ")" for k in range(a)]
+    input_lines.append(f"{ind_in}for k in range({a}):  # rows: V[k*a + l] = sum_j s[k][j] BT[l][j]")
+    input_lines += [f"{ind_in}    s{j} = vload(tb, (k * {a} + {j}) * {lanes}, {lanes})" for j in range(a)]
+    input_lines += [f"{ind_in}    vstore(v, ((k * {a} + {l}) * {rows} + r) * channels + c, "
+                    + _lincomb(T["BT"][l], [f"s{j}" for j in range(a)], consts) + ")" for l in range(a)]
     ind_out = " " * 20
-    output_lines = [f"{ind_out}q{k}_{l} = vload(m, {k * a + l} * {rows} * {block} + mb, {lanes})"
-                    for k in range(a) for l in range(a)]
-    output_lines += _transform_2d(T["AT"], "q", "o", consts, ind_out)
+    output_lines = [f"{ind_out}for l in range({a}):  # columns: s[p][l] = sum_k AT[p][k] M[k*a + l]"]
+    output_lines += [f"{ind_out}    q{k} = vload(m, ({k} * {a} + l) * {rows} * {block} + mb, {lanes})" for k in range(a)]
+    output_lines += [f"{ind_out}    vstore(tb, ({p} * {a} + l) * {lanes}, "
+                     + _lincomb(T["AT"][p], [f"q{k}" for k in range(a)], consts) + ")" for p in range(m)]
     output_lines.append(f"{ind_out}b = vload(bias, co0, {lanes})")
-    output_lines += [f"{ind_out}vstore(y, {(i * m + j) * lanes}, vadd(o{i}_{j}, b))" for i in range(m) for j in range(m)]
+    output_lines.append(f"{ind_out}for p in range({m}):  # rows: y[p][q] = sum_l s[p][l] AT[q][l] + bias")
+    output_lines += [f"{ind_out}    s{l} = vload(tb, (p * {a} + {l}) * {lanes}, {lanes})" for l in range(a)]
+    output_lines += [f"{ind_out}    vstore(y, (p * {m} + {q}) * {lanes}, vadd("
+                     + _lincomb(T["AT"][q], [f"s{l}" for l in range(a)], consts) + ", b))" for q in range(m)]
     ind_acc = " " * 16
     zero = [f"{ind_acc}a{r}_{b} = vzero(v, {lanes})" for r in range(rows) for b in range(2)]
     steps = []

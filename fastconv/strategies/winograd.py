@@ -70,7 +70,7 @@ class WinogradLayout(NamedTuple):
     out_channels: int
     out_h: int
     out_w: int
-    work_len: int        # scratch elements per thread: V (a^2 x R x channels), M (a^2 x R x block), a tile
+    work_len: int        # scratch per thread: V (a^2 x R x channels), M (a^2 x R x block), a tile, a transform
 
 
 def tile(geom) -> int:
@@ -115,7 +115,7 @@ def _layout(geom, threads, m):
                           in_h=tiles_h * m + 2, in_w=tiles_w * m + 2, tiles_h=tiles_h, tiles_w=tiles_w,
                           co_blocks=co_blocks, chunk_blocks=chunk_blocks, co_chunks=-(-co_blocks // chunk_blocks),
                           out_channels=geom.out_channels, out_h=oH, out_w=oW,
-                          work_len=a2 * rows * (channels + block) + m * m * lanes)
+                          work_len=a2 * rows * (channels + block) + m * m * lanes + a2 * lanes)
 
 
 #: G of F(2x2, 3x3) and F(4x4, 3x3) (tools/gen_winograd.py holds them as exact fractions; a test checks these equal them).
