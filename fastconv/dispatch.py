@@ -221,8 +221,25 @@ def _rules(op: str, geom, dtype, threads: int, level: str):
     Cached: geometries are frozen dataclasses, and a 30 us pooling call should not spend
     microseconds re-deciding.
     """
+    last = geom.layout == "channels_last"  # a strategy must read that memory in place to be picked here
+    if op == "conv" and not last and _fft_pays(geom, dtype) and "fft" in candidates(op, geom, level):
+        bound = strategies.strategy("fft").error_bound[np.dtype(dtype).name]
+        return "fft", (f"{'x'.join(map(str, geom.kernel))} kernel ({math.prod(geom.kernel)} taps): FFT convolution's "
+                       f"cost does not grow with the kernel (measured 1.8x direct on filter_31x31, 1.1x on "
+                       f"multichannel_15x15, Zen 4); error bound {bound:.0e} of the output's scale, allowed by "
+                       f"precision '{level}'")
+    if (op in ("conv", "conv_backward") and _winograd_pays(op, geom, dtype) and "winograd" in candidates(op, geom, level)
+            and (not last or strategies.strategy("winograd").channels_last)):
+        bound = strategies.strategy("winograd").error_bound[np.dtype(dtype).name]
+        what = "dL/dx through " if op == "conv_backward" else ""
+        m = _winograd_tile(geom)
+        return "winograd", (f"3x3 in-plane kernel, stride 1, {_winograd_tiles(geom, m)} output tiles of {m}x{m}: {what}"
+                            f"Winograd F({m}x{m}, 3x3) does {'4x' if m == 4 else '2.25x'} fewer multiplications "
+                            f"(measured 1.1-1.9x PyTorch on resnet_3x3_56/_28/_14, batch8_3x3_56, vgg_3x3_224, "
+                            f"c3d_video, Zen 4); error bound {bound:.0e} of the output's scale, allowed by precision "
+                            f"'{level}'")
     if geom.layout == "channels_last":  # channels-last convolution and pooling
-        for name in candidates(op, geom):
+        for name in candidates(op, geom, level):
             if strategies.strategy(name).channels_last:
                 return name, (f"channels-last memory: {name} reads it in place (the others would need "
                               "an NCHW copy of the input and of the result)")
@@ -232,21 +249,6 @@ def _rules(op: str, geom, dtype, threads: int, level: str):
     if op.startswith("adaptive_"):
         return "direct", ("adaptive pooling: the direct Numba kernels read each window row as one contiguous run; "
                           "no other automatic strategy implements it (not measured against anything)")
-    if op == "conv" and _fft_pays(geom, dtype) and "fft" in candidates(op, geom, level):
-        bound = strategies.strategy("fft").error_bound[np.dtype(dtype).name]
-        return "fft", (f"{'x'.join(map(str, geom.kernel))} kernel ({math.prod(geom.kernel)} taps): FFT convolution's "
-                       f"cost does not grow with the kernel (measured 1.8x direct on filter_31x31, 1.1x on "
-                       f"multichannel_15x15, Zen 4); error bound {bound:.0e} of the output's scale, allowed by "
-                       f"precision '{level}'")
-    if op in ("conv", "conv_backward") and _winograd_pays(op, geom, dtype) and "winograd" in candidates(op, geom, level):
-        bound = strategies.strategy("winograd").error_bound[np.dtype(dtype).name]
-        what = "dL/dx through " if op == "conv_backward" else ""
-        m = _winograd_tile(geom)
-        return "winograd", (f"3x3 in-plane kernel, stride 1, {_winograd_tiles(geom, m)} output tiles of {m}x{m}: {what}"
-                            f"Winograd F({m}x{m}, 3x3) does {'4x' if m == 4 else '2.25x'} fewer multiplications "
-                            f"(measured 1.1-1.9x PyTorch on resnet_3x3_56/_28/_14, batch8_3x3_56, vgg_3x3_224, "
-                            f"c3d_video, Zen 4); error bound {bound:.0e} of the output's scale, allowed by precision "
-                            f"'{level}'")
     if geom.rank == 3:
         return "direct", ("3D: the depth taps' 2D problems run fastest on the direct kernels (measured on "
                           "unet3d_3x3x3, c3d_video and ct_stem_3d: 1.1-1.8x img2col, 1.6-3.4x vectorized)")

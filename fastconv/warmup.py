@@ -113,5 +113,9 @@ def _warm_partial(method, dtype):
     for size in (28, 8):  # Winograd: 49 tiles of 4x4 (its float32 F(4x4) kernel) and 4 (F(2x2))
         x = np.ones((1, 16, size, size), dtype)
         geom, _ = conv_problem("warmup", 2, x.shape, w.shape, None, 1, 1, 1, 1, np.dtype(dtype).name)
-        if strategies.strategy(method).can_run("conv", geom):
+        record = strategies.strategy(method)
+        if record.can_run("conv", geom):
             _conv.conv2d(x, w, np.ones(32, dtype), padding=1, method=method)
+            if record.channels_last and size == 28:  # and its reading of channels-last memory
+                x_last = np.ones((1, size, size, 16), dtype).transpose(0, 3, 1, 2)
+                _conv.conv2d(x_last, w, np.ones(32, dtype), padding=1, method=method)

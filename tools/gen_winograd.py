@@ -68,7 +68,7 @@ import numpy as np
 from numba import get_thread_id, prange
 
 from .._jit import kernel
-from .._simd import vadd, vbroadcast, vfma, vload, vmul, vsplat, vstore, vsub, vzero
+from .._simd import vadd, vbroadcast, vfma, vload, vmul, vsplat, vstore, vstore_lanes, vsub, vzero
 
 #: name -> (dtype, lanes, output tile m, tile rows R) of each kernel below.
 KERNELS = {
@@ -79,6 +79,8 @@ TEMPLATE = '''
 @kernel
 def {name}(xp, u, bias, layout, out, work):
     """F({m}x{m}, 3x3) over the padded channels-last input ``xp``: {rows} tiles x 2 vectors of {lanes} output channels per register tile.
+
+    ``out`` is the flat ``(N, C_out, oH, oW)`` result, or ``(N, oH, oW, C_out)`` with ``layout.out_last``.
 
     ``work`` holds ``layout.work_len`` elements per thread (the item's V, M and output tile):
     buffers allocated inside the loop would be mapped and faulted in anew per item.
@@ -136,11 +138,17 @@ def {name}(xp, u, bias, layout, out, work):
                     lanes = min({lanes}, out_channels - co0)
                     rows = min({m}, out_h - oi)
                     cols = min({m}, out_w - oj)
-                    for k in range(lanes):
-                        plane = ((n * out_channels + co0 + k) * out_h + oi) * out_w + oj
+                    if layout.out_last:  # channels-last result: one vector of channels per output
                         for i in range(rows):
                             for j in range(cols):
-                                out[plane + i * out_w + j] = y[(i * {m} + j) * {lanes} + k]
+                                vstore_lanes(out, ((n * out_h + oi + i) * out_w + oj + j) * out_channels + co0,
+                                             vload(y, (i * {m} + j) * {lanes}, {lanes}), 0, lanes)
+                    else:
+                        for k in range(lanes):
+                            plane = ((n * out_channels + co0 + k) * out_h + oi) * out_w + oj
+                            for i in range(rows):
+                                for j in range(cols):
+                                    out[plane + i * out_w + j] = y[(i * {m} + j) * {lanes} + k]
 '''
 
 

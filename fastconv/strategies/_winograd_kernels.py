@@ -7,7 +7,7 @@ import numpy as np
 from numba import get_thread_id, prange
 
 from .._jit import kernel
-from .._simd import vadd, vbroadcast, vfma, vload, vmul, vsplat, vstore, vsub, vzero
+from .._simd import vadd, vbroadcast, vfma, vload, vmul, vsplat, vstore, vstore_lanes, vsub, vzero
 
 #: name -> (dtype, lanes, output tile m, tile rows R) of each kernel below.
 KERNELS = {
@@ -23,6 +23,8 @@ KERNELS = {
 @kernel
 def _winograd_f32_4x4_avx512(xp, u, bias, layout, out, work):
     """F(4x4, 3x3) over the padded channels-last input ``xp``: 14 tiles x 2 vectors of 16 output channels per register tile.
+
+    ``out`` is the flat ``(N, C_out, oH, oW)`` result, or ``(N, oH, oW, C_out)`` with ``layout.out_last``.
 
     ``work`` holds ``layout.work_len`` elements per thread (the item's V, M and output tile):
     buffers allocated inside the loop would be mapped and faulted in anew per item.
@@ -228,11 +230,17 @@ def _winograd_f32_4x4_avx512(xp, u, bias, layout, out, work):
                     lanes = min(16, out_channels - co0)
                     rows = min(4, out_h - oi)
                     cols = min(4, out_w - oj)
-                    for k in range(lanes):
-                        plane = ((n * out_channels + co0 + k) * out_h + oi) * out_w + oj
+                    if layout.out_last:  # channels-last result: one vector of channels per output
                         for i in range(rows):
                             for j in range(cols):
-                                out[plane + i * out_w + j] = y[(i * 4 + j) * 16 + k]
+                                vstore_lanes(out, ((n * out_h + oi + i) * out_w + oj + j) * out_channels + co0,
+                                             vload(y, (i * 4 + j) * 16, 16), 0, lanes)
+                    else:
+                        for k in range(lanes):
+                            plane = ((n * out_channels + co0 + k) * out_h + oi) * out_w + oj
+                            for i in range(rows):
+                                for j in range(cols):
+                                    out[plane + i * out_w + j] = y[(i * 4 + j) * 16 + k]
 
 
 @kernel
@@ -329,6 +337,8 @@ def _winograd_f32_4x4_avx512_weights(weight, channels, u):
 @kernel
 def _winograd_f32_2x2_avx512(xp, u, bias, layout, out, work):
     """F(2x2, 3x3) over the padded channels-last input ``xp``: 14 tiles x 2 vectors of 16 output channels per register tile.
+
+    ``out`` is the flat ``(N, C_out, oH, oW)`` result, or ``(N, oH, oW, C_out)`` with ``layout.out_last``.
 
     ``work`` holds ``layout.work_len`` elements per thread (the item's V, M and output tile):
     buffers allocated inside the loop would be mapped and faulted in anew per item.
@@ -512,11 +522,17 @@ def _winograd_f32_2x2_avx512(xp, u, bias, layout, out, work):
                     lanes = min(16, out_channels - co0)
                     rows = min(2, out_h - oi)
                     cols = min(2, out_w - oj)
-                    for k in range(lanes):
-                        plane = ((n * out_channels + co0 + k) * out_h + oi) * out_w + oj
+                    if layout.out_last:  # channels-last result: one vector of channels per output
                         for i in range(rows):
                             for j in range(cols):
-                                out[plane + i * out_w + j] = y[(i * 2 + j) * 16 + k]
+                                vstore_lanes(out, ((n * out_h + oi + i) * out_w + oj + j) * out_channels + co0,
+                                             vload(y, (i * 2 + j) * 16, 16), 0, lanes)
+                    else:
+                        for k in range(lanes):
+                            plane = ((n * out_channels + co0 + k) * out_h + oi) * out_w + oj
+                            for i in range(rows):
+                                for j in range(cols):
+                                    out[plane + i * out_w + j] = y[(i * 2 + j) * 16 + k]
 
 
 @kernel
@@ -583,6 +599,8 @@ def _winograd_f32_2x2_avx512_weights(weight, channels, u):
 @kernel
 def _winograd_f64_2x2_avx512(xp, u, bias, layout, out, work):
     """F(2x2, 3x3) over the padded channels-last input ``xp``: 14 tiles x 2 vectors of 8 output channels per register tile.
+
+    ``out`` is the flat ``(N, C_out, oH, oW)`` result, or ``(N, oH, oW, C_out)`` with ``layout.out_last``.
 
     ``work`` holds ``layout.work_len`` elements per thread (the item's V, M and output tile):
     buffers allocated inside the loop would be mapped and faulted in anew per item.
@@ -766,11 +784,17 @@ def _winograd_f64_2x2_avx512(xp, u, bias, layout, out, work):
                     lanes = min(8, out_channels - co0)
                     rows = min(2, out_h - oi)
                     cols = min(2, out_w - oj)
-                    for k in range(lanes):
-                        plane = ((n * out_channels + co0 + k) * out_h + oi) * out_w + oj
+                    if layout.out_last:  # channels-last result: one vector of channels per output
                         for i in range(rows):
                             for j in range(cols):
-                                out[plane + i * out_w + j] = y[(i * 2 + j) * 8 + k]
+                                vstore_lanes(out, ((n * out_h + oi + i) * out_w + oj + j) * out_channels + co0,
+                                             vload(y, (i * 2 + j) * 8, 8), 0, lanes)
+                    else:
+                        for k in range(lanes):
+                            plane = ((n * out_channels + co0 + k) * out_h + oi) * out_w + oj
+                            for i in range(rows):
+                                for j in range(cols):
+                                    out[plane + i * out_w + j] = y[(i * 2 + j) * 8 + k]
 
 
 @kernel
@@ -837,6 +861,8 @@ def _winograd_f64_2x2_avx512_weights(weight, channels, u):
 @kernel
 def _winograd_f32_4x4_avx2(xp, u, bias, layout, out, work):
     """F(4x4, 3x3) over the padded channels-last input ``xp``: 6 tiles x 2 vectors of 8 output channels per register tile.
+
+    ``out`` is the flat ``(N, C_out, oH, oW)`` result, or ``(N, oH, oW, C_out)`` with ``layout.out_last``.
 
     ``work`` holds ``layout.work_len`` elements per thread (the item's V, M and output tile):
     buffers allocated inside the loop would be mapped and faulted in anew per item.
@@ -986,11 +1012,17 @@ def _winograd_f32_4x4_avx2(xp, u, bias, layout, out, work):
                     lanes = min(8, out_channels - co0)
                     rows = min(4, out_h - oi)
                     cols = min(4, out_w - oj)
-                    for k in range(lanes):
-                        plane = ((n * out_channels + co0 + k) * out_h + oi) * out_w + oj
+                    if layout.out_last:  # channels-last result: one vector of channels per output
                         for i in range(rows):
                             for j in range(cols):
-                                out[plane + i * out_w + j] = y[(i * 4 + j) * 8 + k]
+                                vstore_lanes(out, ((n * out_h + oi + i) * out_w + oj + j) * out_channels + co0,
+                                             vload(y, (i * 4 + j) * 8, 8), 0, lanes)
+                    else:
+                        for k in range(lanes):
+                            plane = ((n * out_channels + co0 + k) * out_h + oi) * out_w + oj
+                            for i in range(rows):
+                                for j in range(cols):
+                                    out[plane + i * out_w + j] = y[(i * 4 + j) * 8 + k]
 
 
 @kernel
@@ -1087,6 +1119,8 @@ def _winograd_f32_4x4_avx2_weights(weight, channels, u):
 @kernel
 def _winograd_f32_2x2_avx2(xp, u, bias, layout, out, work):
     """F(2x2, 3x3) over the padded channels-last input ``xp``: 6 tiles x 2 vectors of 8 output channels per register tile.
+
+    ``out`` is the flat ``(N, C_out, oH, oW)`` result, or ``(N, oH, oW, C_out)`` with ``layout.out_last``.
 
     ``work`` holds ``layout.work_len`` elements per thread (the item's V, M and output tile):
     buffers allocated inside the loop would be mapped and faulted in anew per item.
@@ -1214,11 +1248,17 @@ def _winograd_f32_2x2_avx2(xp, u, bias, layout, out, work):
                     lanes = min(8, out_channels - co0)
                     rows = min(2, out_h - oi)
                     cols = min(2, out_w - oj)
-                    for k in range(lanes):
-                        plane = ((n * out_channels + co0 + k) * out_h + oi) * out_w + oj
+                    if layout.out_last:  # channels-last result: one vector of channels per output
                         for i in range(rows):
                             for j in range(cols):
-                                out[plane + i * out_w + j] = y[(i * 2 + j) * 8 + k]
+                                vstore_lanes(out, ((n * out_h + oi + i) * out_w + oj + j) * out_channels + co0,
+                                             vload(y, (i * 2 + j) * 8, 8), 0, lanes)
+                    else:
+                        for k in range(lanes):
+                            plane = ((n * out_channels + co0 + k) * out_h + oi) * out_w + oj
+                            for i in range(rows):
+                                for j in range(cols):
+                                    out[plane + i * out_w + j] = y[(i * 2 + j) * 8 + k]
 
 
 @kernel
@@ -1285,6 +1325,8 @@ def _winograd_f32_2x2_avx2_weights(weight, channels, u):
 @kernel
 def _winograd_f64_2x2_avx2(xp, u, bias, layout, out, work):
     """F(2x2, 3x3) over the padded channels-last input ``xp``: 6 tiles x 2 vectors of 4 output channels per register tile.
+
+    ``out`` is the flat ``(N, C_out, oH, oW)`` result, or ``(N, oH, oW, C_out)`` with ``layout.out_last``.
 
     ``work`` holds ``layout.work_len`` elements per thread (the item's V, M and output tile):
     buffers allocated inside the loop would be mapped and faulted in anew per item.
@@ -1412,11 +1454,17 @@ def _winograd_f64_2x2_avx2(xp, u, bias, layout, out, work):
                     lanes = min(4, out_channels - co0)
                     rows = min(2, out_h - oi)
                     cols = min(2, out_w - oj)
-                    for k in range(lanes):
-                        plane = ((n * out_channels + co0 + k) * out_h + oi) * out_w + oj
+                    if layout.out_last:  # channels-last result: one vector of channels per output
                         for i in range(rows):
                             for j in range(cols):
-                                out[plane + i * out_w + j] = y[(i * 2 + j) * 4 + k]
+                                vstore_lanes(out, ((n * out_h + oi + i) * out_w + oj + j) * out_channels + co0,
+                                             vload(y, (i * 2 + j) * 4, 4), 0, lanes)
+                    else:
+                        for k in range(lanes):
+                            plane = ((n * out_channels + co0 + k) * out_h + oi) * out_w + oj
+                            for i in range(rows):
+                                for j in range(cols):
+                                    out[plane + i * out_w + j] = y[(i * 2 + j) * 4 + k]
 
 
 @kernel

@@ -70,6 +70,7 @@ class WinogradLayout(NamedTuple):
     out_channels: int
     out_h: int
     out_w: int
+    out_last: int        # 1: the result is channels-last (N, oH, oW, C_out) memory; 0: NCHW
     work_len: int        # scratch per thread: V (a^2 x R x channels), M (a^2 x R x block), a tile, a transform
 
 
@@ -115,6 +116,7 @@ def _layout(geom, threads, m):
                           in_h=tiles_h * m + 2, in_w=tiles_w * m + 2, tiles_h=tiles_h, tiles_w=tiles_w,
                           co_blocks=co_blocks, chunk_blocks=chunk_blocks, co_chunks=-(-co_blocks // chunk_blocks),
                           out_channels=geom.out_channels, out_h=oH, out_w=oW,
+                          out_last=int(geom.layout == "channels_last"),
                           work_len=a2 * rows * (channels + block) + m * m * lanes + a2 * lanes)
 
 
@@ -142,6 +144,29 @@ def transform_weights(weight, dtype, m):
     with _jit.launch():
         getattr(_winograd_kernels, name + "_weights")(weight, channels, u)
     return u
+
+
+@kernel
+def _pack_input_last(x, top, left, xp):
+    """``xp[n, u, v, c] = x[n, u - top, v - left, c]`` for a channels-last ``x`` (N, H, W, C): whole
+    pixels copied, zero outside ``x`` and for the padded channels."""
+    N, H, W, C = x.shape
+    _, in_h, in_w, channels = xp.shape
+    for item in prange(N * in_h):
+        n = item // in_h
+        u = item - n * in_h
+        row = u - top
+        if row < 0 or row >= H:
+            xp[n, u, :, :] = 0
+            continue
+        v0 = min(left, in_w)
+        v1 = min(in_w, left + W)
+        xp[n, u, :v0, :] = 0
+        xp[n, u, v1:, :] = 0
+        for v in range(v0, v1):
+            xp[n, u, v, :C] = x[n, row, v - left, :]
+        if channels > C:
+            xp[n, u, v0:v1, C:] = 0
 
 
 @kernel
@@ -200,6 +225,7 @@ def conv2d(x, weight, bias, geom, out):
     weights (transformed once per call).
     """
     m = tile(geom)
+    last = geom.layout == "channels_last"
     _, fused, lanes, _ = _variant(x.dtype, m)
     threads = numba.get_num_threads()
     images = _chunk_images(geom, x.itemsize, get_workspace_limit(), threads)
@@ -214,9 +240,14 @@ def conv2d(x, weight, bias, geom, out):
         n1 = min(geom.batch, n0 + images)
         chunk = layout if n1 - n0 == geom.batch else _layout(dataclasses.replace(geom, batch=n1 - n0), threads, m)
         xp = scratch(chunk.images * chunk.in_h * chunk.in_w * chunk.channels, x.dtype, "winograd-input")
+        packed = xp.reshape(chunk.images, chunk.in_h, chunk.in_w, chunk.channels)
         with _jit.launch():
-            _pack_input(x[n0:n1], int(top), int(left), xp.reshape(chunk.images, chunk.in_h, chunk.in_w, chunk.channels))
-            fused(xp, u, padded_bias, chunk, out[n0:n1].reshape(-1), work)
+            if last:  # x and out are (N, C, H, W) views of channels-last memory
+                _pack_input_last(x[n0:n1].transpose(0, 2, 3, 1), int(top), int(left), packed)
+            else:
+                _pack_input(x[n0:n1], int(top), int(left), packed)
+            fused(xp, u, padded_bias, chunk, (out[n0:n1].transpose(0, 2, 3, 1) if last else out[n0:n1]).reshape(-1),
+                  work)
 
 
 def _input_gradient_problem(geom):
@@ -265,6 +296,7 @@ STRATEGY = Strategy(
     summary="Winograd F(4x4, 3x3) (float32) / F(2x2, 3x3) (float64): 3x3 stride-1 layers, fewer multiplications",
     ranks=(2, 3),
     ops={"conv": _depth.conv(conv2d), "conv_backward": _depth.conv_backward(conv2d_backward)},
+    channels_last=True,  # its rank-2 conv reads and writes channels-last memory in place
     supports=supports,
     workspace_bytes=_workspace,
     tolerance={"float32": (2e-3, 2e-3), "float64": (1e-9, 1e-9)},
