@@ -106,16 +106,18 @@ def _general(record) -> bool:
 
 
 def _warm_partial(method, dtype):
-    """Warm a strategy that computes only some problems (e.g. 3x3 stride-1 convolutions): a 3x3 layer."""
+    """Warm a strategy that computes only some problems on each of a few layers it runs: 3x3 at 28x28
+    (Winograd's float32 F(4x4) kernel, and its channels-last reading) and at 8x8 (F(2x2)), 5x5 (FFT)."""
     from .geometry import conv_problem
 
-    w = np.ones((32, 16, 3, 3), dtype)
-    for size in (28, 8):  # Winograd: 49 tiles of 4x4 (its float32 F(4x4) kernel) and 4 (F(2x2))
+    record = strategies.strategy(method)
+    for size, k in ((28, 3), (8, 3), (24, 5)):
+        w = np.ones((32, 16, k, k), dtype)
         x = np.ones((1, 16, size, size), dtype)
-        geom, _ = conv_problem("warmup", 2, x.shape, w.shape, None, 1, 1, 1, 1, np.dtype(dtype).name)
-        record = strategies.strategy(method)
-        if record.can_run("conv", geom):
-            _conv.conv2d(x, w, np.ones(32, dtype), padding=1, method=method)
-            if record.channels_last and size == 28:  # and its reading of channels-last memory
-                x_last = np.ones((1, size, size, 16), dtype).transpose(0, 3, 1, 2)
-                _conv.conv2d(x_last, w, np.ones(32, dtype), padding=1, method=method)
+        geom, _ = conv_problem("warmup", 2, x.shape, w.shape, None, 1, k // 2, 1, 1, np.dtype(dtype).name)
+        if not record.can_run("conv", geom):
+            continue
+        _conv.conv2d(x, w, np.ones(32, dtype), padding=k // 2, method=method)
+        if record.channels_last and size == 28:
+            x_last = np.ones((1, size, size, 16), dtype).transpose(0, 3, 1, 2)
+            _conv.conv2d(x_last, w, np.ones(32, dtype), padding=k // 2, method=method)

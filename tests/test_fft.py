@@ -22,12 +22,12 @@ def _reference(nd, x, w, b, **kw):
 
 
 @given(nd=st.integers(1, 3), n=st.integers(1, 2), groups=st.integers(1, 2), c_per=st.integers(1, 3),
-       c_out_per=st.integers(1, 3), size=st.integers(1, 12), k=st.integers(1, 6), stride=st.integers(1, 3),
+       c_out_per=st.integers(1, 3), size=st.integers(1, 20), k=st.integers(2, 12), stride=st.integers(1, 3),
        dilation=st.integers(1, 2), lo=st.integers(0, 3), hi=st.integers(0, 3),
        dtype=st.sampled_from([np.float32, np.float64]), with_bias=st.booleans(), seed=st.integers(0, 2**16))
 def test_fft_matches_a_float64_reference_within_its_bound(nd, n, groups, c_per, c_out_per, size, k, stride, dilation,
                                                            lo, hi, dtype, with_bias, seed):
-    assume(size + lo + hi >= dilation * (k - 1) + 1)
+    assume(size + lo + hi >= dilation * (k - 1) + 1 and k ** nd >= fft.MIN_TAPS)
     rng = np.random.default_rng(seed)
     spatial = tuple(size + a for a in range(nd))  # unequal axes
     x = rng.standard_normal((n, groups * c_per) + spatial).astype(dtype)
@@ -106,6 +106,14 @@ def test_auto_chooses_it_for_large_kernels_only_under_high_precision(monkeypatch
     with fastconv.precision("highest"):
         explained = fastconv.explain("conv2d", (1, 1, 1024, 1024), (1, 1, 31, 31), padding=15)
         assert explained.method != "fft" and "fft" not in explained.candidates
+
+
+def test_small_kernels_and_huge_spectra_are_refused_clearly():
+    with pytest.raises(ValueError, match="conv2d: method='fft' does not compute this problem"):
+        fastconv.conv2d(np.ones((1, 2, 8, 8), np.float32), np.ones((2, 2, 3, 3), np.float32), method="fft")
+    geom = fastconv.explain("conv2d", (1, 64, 224, 224), (64, 64, 5, 5), padding=2).geometry
+    assert not fft.supports("conv", geom)  # 64 x 64 spectra of 228 x 115: 860 MB > a quarter of the cap
+    assert "fft" not in fastconv.dispatch.candidates("conv", geom)
 
 
 def test_pooling_is_not_an_fft_op():
