@@ -40,10 +40,9 @@ def test_generated_kernels_are_current():
 
 
 @pytest.mark.parametrize("m", [2, 4])
-def test_the_transforms_compute_a_correlation_and_match_the_generators_table(m):
+def test_the_generators_transforms_compute_a_correlation(m):
     """Y = A^T [(G g G^T) o (B^T d B)] A is the 3x3 correlation of d, exactly (fractions)."""
     T = _generator().TRANSFORMS[m]
-    assert np.array(winograd._G[m]) == pytest.approx(np.array([[float(v) for v in row] for row in T["G"]]), abs=0)
     rng = np.random.default_rng(m)
     a = m + 2
     d = [[Fraction(int(v)) for v in row] for row in rng.integers(-9, 10, (a, a))]

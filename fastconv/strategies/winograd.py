@@ -20,7 +20,10 @@ Layouts (one call): the input is packed into a zero-padded channels-last copy ``
 (channels padded to whole vectors, rows and columns to whole tiles); the weights are transformed
 into ``u[cb, xi, c, k]`` (blocks of 2 vectors of output channels, padded with zeros). The fused
 kernels (``tools/gen_winograd.py`` writes them) then run per item: an image, a group of R tiles
-(R = the register tile's rows), a chunk of output-channel blocks.
+(R = the register tile's rows), a chunk of output-channel blocks. Channels-last input is packed
+pixel by pixel (no transposition) and its result stored as vectors of channels. dL/dx of the
+backward is the same kernel on ``dy`` with the flipped, transposed weights; 3D layers run as one
+2D problem whose channels are (channel, depth tap) pairs (:mod:`._depth`).
 """
 from __future__ import annotations
 
@@ -118,14 +121,6 @@ def _layout(geom, threads, m):
                           out_channels=geom.out_channels, out_h=oH, out_w=oW,
                           out_last=int(geom.layout == "channels_last"),
                           work_len=a2 * rows * (channels + block) + m * m * lanes + a2 * lanes)
-
-
-#: G of F(2x2, 3x3) and F(4x4, 3x3) (tools/gen_winograd.py holds them as exact fractions; a test checks these equal them).
-_G = {
-    2: [[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]],
-    4: [[1 / 4, 0.0, 0.0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6], [1 / 24, 1 / 12, 1 / 6],
-        [1 / 24, -1 / 12, 1 / 6], [0.0, 0.0, 1.0]],
-}
 
 
 def transform_weights(weight, dtype, m):
