@@ -172,7 +172,9 @@ def conv1d(input: ArrayLike, weight: ArrayLike, bias: ArrayLike | None = None, s
         Input and output channels are split into ``groups`` independent
         convolutions; ``groups == C_in`` is depthwise.
     method : str
-        'auto' (default), 'measure', or a registered strategy: 'loop', 'vectorized', 'direct', 'img2col' (``fastconv.strategies.names()``).
+        'auto' (default), 'measure', or a registered strategy (``fastconv.strategies.names()``): 'loop',
+        'vectorized', 'direct', 'img2col', and for the problems they compute 'winograd' (3x3, stride 1)
+        and 'fft' (large kernels); the precision setting decides whether 'auto' may pick those two.
     out : ndarray, optional
         C-contiguous array of the result's shape and dtype to write into.
 
@@ -217,7 +219,9 @@ def conv2d(input: ArrayLike, weight: ArrayLike, bias: ArrayLike | None = None, s
         Input and output channels are split into ``groups`` independent
         convolutions; ``groups == C_in`` is depthwise.
     method : str
-        'auto' (default), 'measure', or a registered strategy: 'loop', 'vectorized', 'direct', 'img2col' (``fastconv.strategies.names()``).
+        'auto' (default), 'measure', or a registered strategy (``fastconv.strategies.names()``): 'loop',
+        'vectorized', 'direct', 'img2col', and for the problems they compute 'winograd' (3x3, stride 1)
+        and 'fft' (large kernels); the precision setting decides whether 'auto' may pick those two.
     out : ndarray, optional
         C-contiguous array of the result's shape and dtype to write into.
 
