@@ -436,6 +436,20 @@ class _Record:
         return found
 
 
+class _PlaneRecord(_Record):
+    """The pooling records' shapes: ``batch`` images of ``channels`` planes, ``in_size`` -> ``out_size``."""
+
+    @property
+    def input_shape(self) -> tuple:
+        """``(N, C, *in_size)`` (for max pooling's backward: the gradient's shape)."""
+        return (self.batch, self.channels) + tuple(self.in_size)
+
+    @property
+    def output_shape(self) -> tuple:
+        """``(N, C, *out_size)`` (for max pooling's backward: grad_output's and the indices' shape)."""
+        return (self.batch, self.channels) + tuple(self.out_size)
+
+
 @dataclass(frozen=True, eq=True)
 class ConvGeometry(_Record):
     """The resolved problem of one convolution: channels, groups and per-axis sizes.
@@ -491,7 +505,7 @@ class ConvGeometry(_Record):
 
 
 @dataclass(frozen=True, eq=True)
-class PoolGeometry(_Record):
+class PoolGeometry(_PlaneRecord):
     """The resolved problem of one pooling: channels and per-axis sizes (rank 2 or 3, as
     :class:`ConvGeometry`; a 1D problem is lifted to height 1).
 
@@ -518,23 +532,13 @@ class PoolGeometry(_Record):
     __hash__ = _Record.__hash__  # the dataclass would generate an uncached one
 
     @property
-    def input_shape(self) -> tuple:
-        """``(N, C, *in_size)``."""
-        return (self.batch, self.channels) + tuple(self.in_size)
-
-    @property
-    def output_shape(self) -> tuple:
-        """``(N, C, *out_size)``."""
-        return (self.batch, self.channels) + tuple(self.out_size)
-
-    @property
     def window_elements(self) -> int:
         """Elements a window reads per output (for cost accounting)."""
         return math.prod(self.kernel)
 
 
 @dataclass(frozen=True, eq=True)
-class ScatterGeometry(_Record):
+class ScatterGeometry(_PlaneRecord):
     """The resolved problem of max pooling's backward: each output's gradient added at the input
     position its index names (flat in its plane). The windows are in the indices, so the record
     holds planes and sizes only (rank 2 or 3 as :class:`PoolGeometry`; 1D lifted to height 1).
@@ -549,16 +553,6 @@ class ScatterGeometry(_Record):
 
     op = "max_pool_backward"
     __hash__ = _Record.__hash__  # the dataclass would generate an uncached one
-
-    @property
-    def input_shape(self) -> tuple:
-        """``(N, C, *in_size)``: the gradient's shape."""
-        return (self.batch, self.channels) + tuple(self.in_size)
-
-    @property
-    def output_shape(self) -> tuple:
-        """``(N, C, *out_size)``: grad_output's and the indices' shape."""
-        return (self.batch, self.channels) + tuple(self.out_size)
 
 
 def scatter_problem(fn, nd, input_shape, grad_shape, dtype="float32"):
@@ -614,7 +608,7 @@ def avg_pool_divisors(geom: PoolGeometry):
 
 
 @dataclass(frozen=True, eq=True)
-class AdaptivePoolGeometry(_Record):
+class AdaptivePoolGeometry(_PlaneRecord):
     """The resolved problem of one adaptive pooling: planes and per-axis sizes (rank 2 or 3, as
     :class:`PoolGeometry`; a 1D problem is lifted to height 1, one output row over one input row).
 
@@ -631,16 +625,6 @@ class AdaptivePoolGeometry(_Record):
 
     op = "adaptive_pool"
     __hash__ = _Record.__hash__  # the dataclass would generate an uncached one
-
-    @property
-    def input_shape(self) -> tuple:
-        """``(N, C, *in_size)``."""
-        return (self.batch, self.channels) + tuple(self.in_size)
-
-    @property
-    def output_shape(self) -> tuple:
-        """``(N, C, *out_size)``."""
-        return (self.batch, self.channels) + tuple(self.out_size)
 
 
 def adaptive_window(i: int, n: int, o: int) -> tuple[int, int]:
