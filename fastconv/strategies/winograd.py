@@ -142,9 +142,13 @@ def transform_weights(weight, dtype, m):
 
 
 @kernel
-def _pack_input_last(x, top, left, xp):
-    """``xp[n, u, v, c] = x[n, u - top, v - left, c]`` for a channels-last ``x`` (N, H, W, C): whole
-    pixels copied, zero outside ``x`` and for the padded channels."""
+def _pack_input(x, top, left, xp):
+    """``xp[n, u, v, c] = x[n, u - top, v - left, c]``, zero outside ``x`` and for the padded channels.
+
+    ``x`` is an ``(N, H, W, C)`` view: of channels-last memory (whole pixels copied; with the blocked
+    loop instead, resnet_3x3_56 in NHWC memory ran 1.09x faster than in NCHW rather than 1.47x, Zen 4)
+    or, transposed, of NCHW memory (16-channel blocks keep the transposition's reads and writes in cache).
+    """
     N, H, W, C = x.shape
     _, in_h, in_w, channels = xp.shape
     for item in prange(N * in_h):
@@ -158,32 +162,14 @@ def _pack_input_last(x, top, left, xp):
         v1 = min(in_w, left + W)
         xp[n, u, :v0, :] = 0
         xp[n, u, v1:, :] = 0
-        for v in range(v0, v1):
-            xp[n, u, v, :C] = x[n, row, v - left, :]
-        if channels > C:
-            xp[n, u, v0:v1, C:] = 0
-
-
-@kernel
-def _pack_input(x, top, left, xp):
-    """``xp[n, u, v, c] = x[n, c, u - top, v - left]``, zero outside ``x`` and for the padded channels."""
-    N, C, H, W = x.shape
-    _, in_h, in_w, channels = xp.shape
-    for item in prange(N * in_h):
-        n = item // in_h
-        u = item - n * in_h
-        row = u - top
-        if row < 0 or row >= H:
-            xp[n, u, :, :] = 0
-            continue
-        v0 = min(left, in_w)
-        v1 = min(in_w, left + W)
-        xp[n, u, :v0, :] = 0
-        xp[n, u, v1:, :] = 0
-        for c0 in range(0, C, 16):
+        if x.strides[3] == x.itemsize:  # channels-last memory: whole pixels
             for v in range(v0, v1):
-                for c in range(c0, min(C, c0 + 16)):
-                    xp[n, u, v, c] = x[n, c, row, v - left]
+                xp[n, u, v, :C] = x[n, row, v - left, :]
+        else:  # NCHW memory: a transposition, in blocks of 16 channels
+            for c0 in range(0, C, 16):
+                for v in range(v0, v1):
+                    for c in range(c0, min(C, c0 + 16)):
+                        xp[n, u, v, c] = x[n, row, v - left, c]
         if channels > C:
             xp[n, u, v0:v1, C:] = 0
 
@@ -237,10 +223,7 @@ def conv2d(x, weight, bias, geom, out):
         xp = scratch(chunk.images * chunk.in_h * chunk.in_w * chunk.channels, x.dtype, "winograd-input")
         packed = xp.reshape(chunk.images, chunk.in_h, chunk.in_w, chunk.channels)
         with _jit.launch():
-            if last:  # x and out are (N, C, H, W) views of channels-last memory
-                _pack_input_last(x[n0:n1].transpose(0, 2, 3, 1), int(top), int(left), packed)
-            else:
-                _pack_input(x[n0:n1], int(top), int(left), packed)
+            _pack_input(x[n0:n1].transpose(0, 2, 3, 1), int(top), int(left), packed)  # channels-last or not
             fused(xp, u, padded_bias, chunk, (out[n0:n1].transpose(0, 2, 3, 1) if last else out[n0:n1]).reshape(-1),
                   work)
 
