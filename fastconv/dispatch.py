@@ -163,6 +163,12 @@ WINOGRAD_MIN_TILES = 49
 WINOGRAD_MIN_CHANNELS = 16
 
 
+#: Strided layers whose dL/dx splits into stride phases that are 3x3 or 2x2 stride-1 convolutions
+#: (a 4x4 kernel with stride 2) count the phases' tiles: dcgan_up (conv_transpose2d 256 -> 128, 4x4,
+#: stride 2, 16 images of 8x8: dL/dx of a 128 -> 256 convolution, 4 phases of F(4x4, 2x2), 256 tiles)
+#: 3.8 ms vs img2col 7.7, PyTorch 4.9; the backward of that convolution (dx + dW) 12.6 vs img2col
+#: 15.5, direct 17.6, PyTorch (forward + backward) 15.1; its dW alone (a transposed convolution's
+#: backward) on direct's kernel 8.3-9.1 vs img2col 10.0 (Zen 4, 2026-12-05).
 #: The same rule decides the backward pass (dL/dx through Winograd, dL/dW exact-order; Zen 4,
 #: 2026-12-05, winograd / direct / PyTorch ms: resnet_3x3_28 2.42 / 2.78 / 3.59, batch8_3x3_56
 #: 16.6 / 20.7 / 36.2, resnet_3x3_56 1.99 / 2.57 / 3.71) and 3D layers whose in-plane kernel is
@@ -201,7 +207,22 @@ def _winograd_tiles(geom, m=4) -> int:
 
 def _winograd_tile(geom) -> int:
     """The output tile the Winograd strategy uses for float32 ``geom`` (its ``tile``, over every plane)."""
+    if geom.kernel[-1] == 2:
+        return 4
     return 4 if _winograd_tiles(geom, 4) >= strategies.get("winograd").F4_MIN_TILES else 2
+
+
+def _winograd_work(op, geom):
+    """``(m, r, tiles, phases)`` of what the float32 Winograd kernel would run for ``op`` on ``geom``:
+    F(m x m, r x r) over ``tiles`` output tiles; dL/dx of a strided layer as ``phases`` stride-1
+    problems (one otherwise)."""
+    if op == "conv_backward" and tuple(geom.stride[-2:]) != (1, 1):
+        module = strategies.get("winograd")
+        phases = [phase for *_, phase in module._input_gradient_problems(geom) if phase is not None]
+        m = max(_winograd_tile(phase) for phase in phases)
+        return m, phases[0].kernel[-1], sum(_winograd_tiles(phase, m) for phase in phases), len(phases)
+    m = _winograd_tile(geom)
+    return m, geom.kernel[-1], _winograd_tiles(geom, m), 1
 
 
 def _winograd_pays(op, geom, dtype) -> bool:
@@ -210,7 +231,7 @@ def _winograd_pays(op, geom, dtype) -> bool:
         return False
     if op == "conv_backward" and geom.rank != 2:
         return False  # not measured
-    return (_winograd_tiles(geom, _winograd_tile(geom)) >= WINOGRAD_MIN_TILES
+    return (_winograd_work(op, geom)[2] >= WINOGRAD_MIN_TILES
             and geom.in_channels >= WINOGRAD_MIN_CHANNELS and geom.out_channels >= WINOGRAD_MIN_CHANNELS)
 
 
@@ -231,13 +252,16 @@ def _rules(op: str, geom, dtype, threads: int, level: str):
     if (op in ("conv", "conv_backward") and _winograd_pays(op, geom, dtype) and "winograd" in candidates(op, geom, level)
             and (not last or strategies.strategy("winograd").channels_last)):
         bound = strategies.strategy("winograd").error_bound[np.dtype(dtype).name]
+        m, r, tiles, phases = _winograd_work(op, geom)
         what = "dL/dx through " if op == "conv_backward" else ""
-        m = _winograd_tile(geom)
-        return "winograd", (f"3x3 in-plane kernel, stride 1, {_winograd_tiles(geom, m)} output tiles of {m}x{m}: {what}"
-                            f"Winograd F({m}x{m}, 3x3) does {'4x' if m == 4 else '2.25x'} fewer multiplications "
-                            f"(measured 1.1-1.9x PyTorch on resnet_3x3_56/_28/_14, batch8_3x3_56, vgg_3x3_224, "
-                            f"c3d_video, Zen 4); error bound {bound:.0e} of the output's scale, allowed by precision "
-                            f"'{level}'")
+        if phases > 1:
+            kernel = f"dL/dx as {phases} stride phases with {r}x{r} kernels, {tiles} output tiles of {m}x{m}"
+        else:
+            kernel = f"{r}x{r} in-plane kernel, stride 1, {tiles} output tiles of {m}x{m}"
+        return "winograd", (f"{kernel}: {what}Winograd F({m}x{m}, {r}x{r}) does {(m * r / (m + r - 1)) ** 2:.3g}x "
+                            f"fewer multiplications (measured 1.1-1.9x PyTorch on resnet_3x3_56/_28/_14, "
+                            f"batch8_3x3_56, vgg_3x3_224, c3d_video, 1.3x on dcgan_up, Zen 4); error bound "
+                            f"{bound:.0e} of the output's scale, allowed by precision '{level}'")
     if geom.layout == "channels_last":  # channels-last convolution and pooling
         for name in candidates(op, geom, level):
             if strategies.strategy(name).channels_last:

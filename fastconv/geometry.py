@@ -336,6 +336,61 @@ def phase_split(k: int, stride: int, dilation: int):
     return (tuple(a * dilation % stride for a in range(k)), tuple(a * dilation // stride for a in range(k)))
 
 
+def input_gradient_phases(n_in: int, n_out: int, k: int, stride: int, dilation: int, lo: int):
+    """dL/dx of one axis as stride-1 correlations of ``dy``, one per stride phase.
+
+    Per phase ``r`` (``dx[u*stride + r]``, ``count = ceil((n_in - r) / stride)`` positions), a tuple
+    ``(r, taps, (lo_r, hi_r), dilation_r, count)``: ``dx[u*s + r] = sum_j dy[u + e_0 + j*d_r] * W[a_j]``
+    over the taps ``a_j`` (descending) with ``(r + lo - a*d) % s == 0`` and ``e_j = (r + lo - a_j*d) // s``;
+    that is a stride-1 correlation of ``dy`` with those taps, dilation ``d_r = e_1 - e_0`` and padding
+    ``lo_r = -e_0`` (negative: ``dy`` is cropped), ``hi_r`` what makes ``count`` outputs. ``(lo_r, hi_r)``
+    is None where no tap reaches the phase (its ``dx`` is zero). Stride 1 has one phase: the flipped
+    kernel, padding ``d*(k-1) - lo``. A transposed convolution's forward pass is this dL/dx.
+
+    Examples
+    --------
+    >>> [(r, taps, pads) for r, taps, pads, _, _ in input_gradient_phases(8, 4, 4, 2, 1, 1)]  # k=4, s=2, p=1
+    [(0, (3, 1), (1, 0)), (1, (2, 0), (0, 1))]
+    """
+    phases = []
+    for r in range(stride):
+        count = len(range(r, n_in, stride))
+        taps = tuple(a for a in range(k - 1, -1, -1) if (r + lo - a * dilation) % stride == 0)
+        if not taps or not count:
+            phases.append((r, taps, None, 1, count))
+            continue
+        e0 = (r + lo - taps[0] * dilation) // stride
+        dr = (taps[1] - taps[0]) * -dilation // stride if len(taps) > 1 else 1
+        lo_r = -e0
+        hi_r = count - n_out - lo_r + dr * (len(taps) - 1)
+        phases.append((r, taps, (lo_r, hi_r), dr, count))
+    return phases
+
+
+def phase_problems(geom):
+    """dL/dx of the rank-2 convolution ``geom`` as stride-1 convolutions of ``dy``, one per stride phase.
+
+    A list of ``(rh, rw, taps_h, taps_w, problem)``: phase ``(rh, rw)`` of ``dx``
+    (``dx[:, :, rh::sH, rw::sW]``) is the convolution ``problem`` of ``dy`` with the kernel
+    ``W[:, :, taps_h][:, :, :, taps_w]`` (channels swapped per group), or zero where ``problem`` is
+    None (no tap reaches that phase); see :func:`input_gradient_phases`.
+    """
+    axes = [input_gradient_phases(n, o, k, s, d, lo) for n, o, k, s, d, (lo, _) in
+            zip(geom.in_size, geom.out_size, geom.kernel, geom.stride, geom.dilation, geom.padding)]
+    problems = []
+    for rh, taps_h, pad_h, dil_h, count_h in axes[0]:
+        for rw, taps_w, pad_w, dil_w, count_w in axes[1]:
+            if pad_h is None or pad_w is None:
+                problems.append((rh, rw, taps_h, taps_w, None))
+                continue
+            phase = ConvGeometry(batch=geom.batch, in_channels=geom.out_channels, out_channels=geom.in_channels,
+                                 groups=geom.groups, in_size=geom.out_size, kernel=(len(taps_h), len(taps_w)),
+                                 stride=(1, 1), dilation=(dil_h, dil_w), padding=(pad_h, pad_w),
+                                 out_size=(count_h, count_w), dtype=geom.dtype)
+            problems.append((rh, rw, taps_h, taps_w, phase))
+    return problems
+
+
 def pool_output_size(n: int, k: int, stride: int, padding: int, dilation: int = 1,
                      ceil_mode: bool = False) -> int:
     """Output length of a pooling window along one dimension (PyTorch's rule).

@@ -107,7 +107,8 @@ def _general(record) -> bool:
 
 def _warm_partial(method, dtype):
     """Warm a strategy that computes only some problems on each of a few layers it runs: 3x3 at 28x28
-    (Winograd's float32 F(4x4) kernel, and its channels-last reading) and at 8x8 (F(2x2)), 5x5 (FFT)."""
+    (Winograd's float32 F(4x4) kernel, and its channels-last reading) and at 8x8 (F(2x2)), 5x5 (FFT),
+    and a 4x4 stride-2 layer's dL/dx (Winograd's F(4x4, 2x2))."""
     from .geometry import conv_problem
 
     record = strategies.strategy(method)
@@ -121,3 +122,10 @@ def _warm_partial(method, dtype):
         if record.channels_last and size == 28:
             x_last = np.ones((1, size, size, 16), dtype).transpose(0, 3, 1, 2)
             _conv.conv2d(x_last, w, np.ones(32, dtype), padding=k // 2, method=method)
+    # dL/dx of a 4x4 stride-2 layer (a transposed convolution's forward): Winograd's 2x2-kernel phases
+    w = np.ones((32, 16, 4, 4), dtype)
+    x = np.ones((1, 16, 16, 16), dtype)
+    geom, _ = conv_problem("warmup", 2, x.shape, w.shape, None, 2, 1, 1, 1, np.dtype(dtype).name)
+    if record.can_run("conv_backward", geom):
+        _conv.conv2d_backward(np.ones(geom.output_shape, dtype), x, w, stride=2, padding=1, method=method,
+                              output_mask=(True, False, False))

@@ -1,4 +1,5 @@
-"""The winograd strategy (F(4x4, 3x3) float32, F(2x2, 3x3) float64) and the precision setting."""
+"""The winograd strategy (3x3: F(4x4, 3x3) float32, F(2x2, 3x3) float64; 2x2 and the stride phases of
+4x4 stride-2 layers: F(4x4, 2x2), F(3x3, 2x2)) and the precision setting."""
 
 import json
 import os
@@ -39,14 +40,14 @@ def test_generated_kernels_are_current():
         assert f.read() == _generator().generate(), "run: python tools/gen_winograd.py"
 
 
-@pytest.mark.parametrize("m", [2, 4])
-def test_the_generators_transforms_compute_a_correlation(m):
-    """Y = A^T [(G g G^T) o (B^T d B)] A is the 3x3 correlation of d, exactly (fractions)."""
-    T = _generator().TRANSFORMS[m]
+@pytest.mark.parametrize("m, r", [(2, 3), (4, 3), (4, 2), (3, 2)])
+def test_the_generators_transforms_compute_a_correlation(m, r):
+    """Y = A^T [(G g G^T) o (B^T d B)] A is the r x r correlation of d, exactly (fractions)."""
+    T = _generator().TRANSFORMS[(m, r)]
     rng = np.random.default_rng(m)
-    a = m + 2
+    a = m + r - 1
     d = [[Fraction(int(v)) for v in row] for row in rng.integers(-9, 10, (a, a))]
-    g = [[Fraction(int(v)) for v in row] for row in rng.integers(-9, 10, (3, 3))]
+    g = [[Fraction(int(v)) for v in row] for row in rng.integers(-9, 10, (r, r))]
 
     def mul(A, B):
         return [[sum(A[i][k] * B[k][j] for k in range(len(B))) for j in range(len(B[0]))] for i in range(len(A))]
@@ -57,7 +58,7 @@ def test_the_generators_transforms_compute_a_correlation(m):
     BT, G, AT = ([[Fraction(v) for v in row] for row in T[k]] for k in ("BT", "G", "AT"))
     U, V = mul(mul(G, g), t(G)), mul(mul(BT, d), t(BT))
     Y = mul(mul(AT, [[U[i][j] * V[i][j] for j in range(a)] for i in range(a)]), t(AT))
-    direct = [[sum(d[i + p][j + q] * g[p][q] for p in range(3) for q in range(3)) for j in range(m)] for i in range(m)]
+    direct = [[sum(d[i + p][j + q] * g[p][q] for p in range(r) for q in range(r)) for j in range(m)] for i in range(m)]
     assert Y == direct
 
 
@@ -290,23 +291,25 @@ def test_registry_records_the_bound():
 
 ASM_PROBE = """
 import json
+import sys
 import numpy as np
 import fastconv
 from fastconv import _simd
 from fastconv.strategies import winograd
-x = np.ones((1, 16, 28, 28), np.float32); w = np.ones((32, 16, 3, 3), np.float32)  # 49 tiles: F(4x4)
+r = int(sys.argv[1])
+x = np.ones((1, 16, 28, 28), np.float32); w = np.ones((32, 16, r, r), np.float32)  # 49 tiles: F(4x4, r x r)
 fastconv.conv2d(x, w, padding=1, method="winograd")
-name, fused, lanes, rows = winograd._variant(np.float32, 4)
+name, fused, lanes, rows = winograd._variant(np.float32, 4, r)
 print(json.dumps(dict(isa=_simd.ISA, rows=rows, asm="\\\\n".join(fused.inspect_asm().values()))))
 """
 
 
-def _gemm_block(env):
-    """The fused kernel's product loop as compiled in a fresh process: the basic block with the most FMAs
-    among those that broadcast (the transforms have more FMAs, by constants, and no broadcasts)."""
+def _gemm_block(env, r):
+    """The F(4x4, r x r) kernel's product loop as compiled in a fresh process: the basic block with the
+    most FMAs among those that broadcast (the transforms have more FMAs, by constants, and no broadcasts)."""
     from test_simd import _basic_blocks, _run
 
-    done = _run(ASM_PROBE, env, timeout=600)
+    done = _run(ASM_PROBE, env, str(r), timeout=600)
     assert done.returncode == 0, done.stderr
     found = json.loads(done.stdout.strip().splitlines()[-1])
     blocks = [b for b in _basic_blocks(found["asm"]) if "vbroadcastss" in b or "{1to" in b]
@@ -335,23 +338,25 @@ production_build = pytest.mark.skipif(os.environ.get("NUMBA_BOUNDSCHECK") == "1"
 
 
 @production_build
-def test_product_loop_is_one_block_of_register_fmas():
+@pytest.mark.parametrize("r", [3, 2])
+def test_product_loop_is_one_block_of_register_fmas(r):
     """This CPU's float32 build: R tiles x 2 vectors of FMAs per step, on zmm (AVX-512) or ymm, no stack access."""
     from test_simd import _env
 
-    found, block, fmas = _gemm_block(_env(FASTCONV_JIT_CACHE="0"))
+    found, block, fmas = _gemm_block(_env(FASTCONV_JIT_CACHE="0"), r)
     assert found["isa"] == _simd.ISA
     _check_gemm_block(found, block, fmas, "zmm" if _simd.ISA == "avx512" else "ymm")
 
 
 @pytest.mark.skipif(not host_has("avx2", "fma"), reason="needs a CPU with AVX2 and FMA")
 @production_build
-def test_product_loop_fits_sixteen_ymm_registers_on_haswell():
+@pytest.mark.parametrize("r", [3, 2])
+def test_product_loop_fits_sixteen_ymm_registers_on_haswell(r):
     """The AVX2 build (compiled for Haswell in a subprocess): ymm0-15 only, no stack access."""
     from test_simd import _env
 
     found, block, fmas = _gemm_block(_env(FASTCONV_JIT_CACHE="0", NUMBA_CPU_NAME="haswell", NUMBA_CPU_FEATURES="",
-                                          FASTCONV_SIMD=None))
+                                          FASTCONV_SIMD=None), r)
     assert found["isa"] == "avx2"
     _check_gemm_block(found, block, fmas, "ymm")
     registers = {int(r) for r in re.findall(r"%[xyz]mm(\d+)", block)}
@@ -376,6 +381,13 @@ for dtype in (np.float32, np.float64):
                               method="direct")
         err = np.abs(y - ref).max() / np.abs(ref).max()
         assert err <= winograd.ERROR_BOUND[np.dtype(dtype).name], (dtype, err)
+    # the 2x2-kernel kernels, through the stride phases of a transposed convolution
+    x = rng.standard_normal((2, 24, 6, 7)).astype(dtype)
+    k = rng.standard_normal((24, 19, 4, 4)).astype(dtype)
+    y = fastconv.conv_transpose2d(x, k, stride=2, padding=1, method="winograd")
+    ref = fastconv.conv_transpose2d(x.astype(np.float64), k.astype(np.float64), stride=2, padding=1, method="direct")
+    err = np.abs(y - ref).max() / np.abs(ref).max()
+    assert err <= winograd.ERROR_BOUND[np.dtype(dtype).name], (dtype, err)
 print("ok")
 """
 
@@ -395,7 +407,7 @@ def test_the_avx2_kernels_are_right_too():
        w=st.integers(1, 14), padding=st.sampled_from([0, 1, 2, 3, "same", ((2, 0), (1, 2))]),
        dtype=st.sampled_from([np.float32, np.float64]), seed=st.integers(0, 2**16))
 def test_backward_matches_the_float64_direct_backward(n, c_in, c_out, h, w, padding, dtype, seed):
-    """dL/dx through Winograd (within its bound; padding above 2 falls back to direct), dL/dW and dL/db exact-order."""
+    """dL/dx through Winograd (within its bound; padding above 2 crops dy), dL/dW and dL/db exact-order."""
     (top, bottom), (left, right) = fastconv.resolve_padding(padding, (h, w), (3, 3), (1, 1), (1, 1))
     assume(h + top + bottom >= 3 and w + left + right >= 3)
     rng = np.random.default_rng(seed)
@@ -412,6 +424,82 @@ def test_backward_matches_the_float64_direct_backward(n, c_in, c_out, h, w, padd
     only_dx = fastconv.conv2d_backward(g, x, wt, padding=padding, method="winograd", output_mask=(True, False, False))
     np.testing.assert_array_equal(only_dx[0], ours[0])
     assert only_dx[1] is None and only_dx[2] is None
+
+
+@given(n=st.integers(1, 3), c_in=st.integers(1, 40), c_out=st.integers(1, 40), h=st.integers(1, 13),
+       w=st.integers(1, 13), padding=st.sampled_from([0, 1, ((1, 0), (0, 1))]),
+       dtype=st.sampled_from([np.float32, np.float64]), with_bias=st.booleans(), seed=st.integers(0, 2**16))
+def test_two_by_two_kernels_forward_and_backward(n, c_in, c_out, h, w, padding, dtype, with_bias, seed):
+    """F(4x4, 2x2) float32 / F(3x3, 2x2) float64, within the bound; dL/dx through the flipped kernel."""
+    (top, bottom), (left, right) = fastconv.resolve_padding(padding, (h, w), (2, 2), (1, 1), (1, 1))
+    assume(h + top + bottom >= 2 and w + left + right >= 2)
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, c_in, h, w)).astype(dtype)
+    wt = rng.standard_normal((c_out, c_in, 2, 2)).astype(dtype)
+    b = rng.standard_normal(c_out).astype(dtype) if with_bias else None
+    y = fastconv.conv2d(x, wt, b, padding=padding, method="winograd")
+    bound = winograd.ERROR_BOUND[np.dtype(dtype).name]
+    assert _relative_error(y, _reference(x, wt, b, padding)) <= bound
+    g = rng.standard_normal(y.shape).astype(dtype)
+    ours = fastconv.conv2d_backward(g, x, wt, padding=padding, method="winograd")
+    ref = fastconv.conv2d_backward(*(a.astype(np.float64) for a in (g, x, wt)), padding=padding, method="direct")
+    for got, want in zip(ours, ref):
+        assert got.dtype == dtype and _relative_error(got, want) <= bound
+
+
+@given(n=st.integers(1, 3), c_in=st.integers(1, 36), c_out=st.integers(1, 36), h=st.integers(1, 11),
+       w=st.integers(1, 11), geometry=st.sampled_from([(4, 2, 1, 0), (4, 2, 0, 1), (4, 2, 2, 0), (4, 2, 3, 1),
+                                                       (6, 2, 2, 1), (6, 3, 1, 2), (2, 1, 0, 0), (3, 1, 3, 0)]),
+       dtype=st.sampled_from([np.float32, np.float64]), seed=st.integers(0, 2**16))
+def test_strided_input_gradients_run_as_stride_phases(n, c_in, c_out, h, w, geometry, dtype, seed):
+    """conv_transpose2d with a kernel of stride x 2 or stride x 3 taps (each stride phase of the output a
+    2x2 or 3x3 stride-1 convolution, some phases empty where stride > kernel), any padding and
+    output_padding, against the float64 direct result; and its dL/dW (the same problem's conv_backward)."""
+    k, s, padding, output_padding = geometry
+    out = [(size - 1) * s - 2 * padding + k + output_padding for size in (h, w)]
+    assume(min(out) >= 1 and output_padding < s)
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, c_in, h, w)).astype(dtype)
+    wt = rng.standard_normal((c_in, c_out, k, k)).astype(dtype)
+    kw = dict(stride=s, padding=padding, output_padding=output_padding)
+    assume(winograd.supports("conv_backward", fastconv.explain("conv_transpose2d", x, wt, **kw).geometry))
+    y = fastconv.conv_transpose2d(x, wt, **kw, method="winograd")
+    x64, w64 = x.astype(np.float64), wt.astype(np.float64)
+    bound = winograd.ERROR_BOUND[np.dtype(dtype).name]
+    assert y.dtype == dtype and _relative_error(y, fastconv.conv_transpose2d(x64, w64, **kw, method="direct")) <= bound
+    g = rng.standard_normal(y.shape).astype(dtype)
+    # dL/dW (its dL/dx is a strided forward convolution, which Winograd does not compute)
+    mask = (False, True, True)
+    for got, want in zip(fastconv.conv_transpose2d_backward(g, x, wt, **kw, method="winograd", output_mask=mask)[1:],
+                         fastconv.conv_transpose2d_backward(g.astype(np.float64), x64, w64, **kw, method="direct",
+                                                            output_mask=mask)[1:]):
+        assert got.dtype == dtype and _relative_error(got, want) <= bound
+
+
+def test_dcgan_layer_against_pytorch_and_auto_picks_it(torch, monkeypatch):
+    """The bench's dcgan_up layer (4x4, stride 2, padding 1): PyTorch agrees, auto runs Winograd's phases."""
+    monkeypatch.delenv("FASTCONV_METHOD", raising=False)
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((4, 64, 8, 8)).astype(np.float32)  # 4 phases x 4 images x 4 tiles of 4x4
+    wt = rng.standard_normal((64, 32, 4, 4)).astype(np.float32)
+    b = rng.standard_normal(32).astype(np.float32)
+    with fastconv.precision("high"):
+        assert fastconv.explain("conv_transpose2d", x, wt, stride=2, padding=1).method == "winograd"
+        ours = fastconv.conv_transpose2d(x, wt, b, stride=2, padding=1)
+    theirs = torch.nn.functional.conv_transpose2d(*map(torch.from_numpy, (x, wt, b)), stride=2, padding=1).numpy()
+    assert _relative_error(ours, theirs.astype(np.float64)) <= 2 * winograd.ERROR_BOUND["float32"]
+    with fastconv.precision("highest"):
+        assert fastconv.explain("conv_transpose2d", x, wt, stride=2, padding=1).method != "winograd"
+
+
+def test_strided_problems_it_does_not_split_are_refused():
+    """A phase kernel that is not 2x2 or 3x3 (here 3x3 with stride 2: phases of 2x2 and 1x1 taps), or a
+    stride-2 forward convolution: a clear error, not a wrong answer."""
+    x = np.ones((1, 16, 8, 8), np.float32)
+    with pytest.raises(ValueError, match="does not compute this problem"):
+        fastconv.conv_transpose2d(x, np.ones((16, 16, 3, 3), np.float32), stride=2, method="winograd")
+    with pytest.raises(ValueError, match="does not compute this problem"):
+        fastconv.conv2d(x, np.ones((16, 16, 4, 4), np.float32), stride=2, padding=1, method="winograd")
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

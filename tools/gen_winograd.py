@@ -3,21 +3,23 @@
 Like ``tools/gen_simd_tiles.py``: a register tile must be named local variables, the vector
 width and tile shape must be constants in each kernel's own bytecode (Numba's disk cache is
 keyed by it), and the transforms are written out with their zeros and +-1 folded. So each
-(dtype, instruction set, output tile) gets its own kernel, generated here from one template::
+(dtype, instruction set, output tile, kernel size) gets its own kernel, generated here from one template::
 
     python tools/gen_winograd.py
 
 ``tests/test_winograd.py`` fails when the checked-in file differs from what this writes.
 
-The method (Lavin & Gray, 2016) for a 3x3 kernel, stride 1, output tiles of m x m (F(m x m, 3x3),
-input tiles of a = m + 2): ``Y = A^T [(G g G^T) o (B^T d B)] A`` per tile and channel pair, summed
-over input channels in the transformed domain, where it is a^2 independent matrix products. The
-kernel is fused per work item (an image, a group of R tiles, a chunk of output-channel blocks):
+The method (Lavin & Gray, 2016) for an r x r kernel (3x3 or 2x2), stride 1, output tiles of m x m
+(F(m x m, r x r), input tiles of a = m + r - 1): ``Y = A^T [(G g G^T) o (B^T d B)] A`` per tile and
+channel pair, summed over input channels in the transformed domain, where it is a^2 independent
+matrix products. The kernel is fused per work item (a group of R tiles, counted over every image of
+the call so that small maps still fill the register tile, and a chunk of output-channel blocks):
 the R tiles' input transforms go to a per-item buffer (vectors over input channels), then per
 block of 2 vectors of output channels the a^2 products run on a register tile (R tiles x 2
 vectors, one broadcast per tile and two weight vectors per step, as the direct kernels), and the
-output transform writes the block's outputs (plus bias) into the NCHW result. Every buffer an
-item touches stays in L1/L2.
+output transform writes the block's outputs (plus bias) into the result, wherever its strides put
+them (NCHW, channels-last, or one stride phase of a larger output). Every buffer an item touches
+stays in L1/L2.
 """
 from __future__ import annotations
 
@@ -26,15 +28,16 @@ import sys
 from fractions import Fraction
 
 #: B^T, G, A^T of F(2x2, 3x3) and F(4x4, 3x3) (Lavin & Gray, "Fast Algorithms for Convolutional
-#: Neural Networks", 2016), as exact fractions. They compute correlation, as CNNs define it.
+#: Neural Networks", 2016), as exact fractions, keyed by (m, r). They compute correlation, as CNNs
+#: define it. The 2x2-kernel ones are derived below (:func:`toom_cook`).
 TRANSFORMS = {
-    2: dict(
+    (2, 3): dict(
         BT=[[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]],
         G=[[1, 0, 0], [Fraction(1, 2), Fraction(1, 2), Fraction(1, 2)],
            [Fraction(1, 2), Fraction(-1, 2), Fraction(1, 2)], [0, 0, 1]],
         AT=[[1, 1, 1, 0], [0, 1, -1, -1]],
     ),
-    4: dict(
+    (4, 3): dict(
         BT=[[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0],
             [0, -2, -1, 2, 1, 0], [0, 2, -1, -2, 1, 0], [0, 4, 0, -5, 0, 1]],
         G=[[Fraction(1, 4), 0, 0], [Fraction(-1, 6), Fraction(-1, 6), Fraction(-1, 6)],
@@ -44,22 +47,90 @@ TRANSFORMS = {
     ),
 }
 
-#: (name, dtype, vector lanes, output tile m, tile rows R) per kernel; the register tile is R
-#: tiles x 2 vectors of output channels: AVX-512 14 x 2 = 28 zmm + 2 weight vectors + 1 broadcast,
-#: AVX2 6 x 2 = 12 ymm + 3 (the direct kernels' tiles, tools/gen_simd_tiles.py). float32 uses
-#: F(4x4, 3x3) (4x fewer multiplications than direct, error ~1e-5 of the output's scale) where a
-#: call has enough 4x4 tiles, F(2x2, 3x3) (2.25x fewer, error near direct's) on smaller maps;
-#: float64 F(2x2, 3x3).
-VARIANTS = (
-    ("_winograd_f32_4x4_avx512", "float32", 16, 4, 14),
-    ("_winograd_f32_2x2_avx512", "float32", 16, 2, 14),
-    ("_winograd_f64_2x2_avx512", "float64", 8, 2, 14),
-    ("_winograd_f32_4x4_avx2", "float32", 8, 4, 6),
-    ("_winograd_f32_2x2_avx2", "float32", 8, 2, 6),
-    ("_winograd_f64_2x2_avx2", "float64", 4, 2, 6),
+
+def toom_cook(m, r, points):
+    """``dict(BT=, G=, AT=)`` of F(m, r) on the finite ``points`` and infinity (m + r - 2 points), exact.
+
+    ``AT[i][j] = p_j^i`` (the infinity column picks the top coefficient), ``G[j][k] = p_j^k / f_j``
+    with ``f_j = prod_{l != j} (p_j - p_l)``, and ``BT`` solved from the identity every F(m, r)
+    satisfies: ``sum_j AT[i][j] G[j][k] BT[j][l] = [l == i + k]`` (exact Gaussian elimination).
+    """
+    n = m + r - 1
+    p = [Fraction(x) for x in points]
+    assert len(p) == n - 1
+    AT = [[p[j] ** i for j in range(n - 1)] + [Fraction(int(i == m - 1))] for i in range(m)]
+    G = []
+    for j in range(n - 1):
+        f = Fraction(1)
+        for l in range(n - 1):
+            if l != j:
+                f *= p[j] - p[l]
+        G.append([p[j] ** k / f for k in range(r)])
+    G.append([Fraction(int(k == r - 1)) for k in range(r)])
+    rows = []  # one equation per (i, k, l) in the n*n unknowns BT[j][l]
+    for i in range(m):
+        for k in range(r):
+            for l in range(n):
+                row = [Fraction(0)] * (n * n)
+                for j in range(n):
+                    row[j * n + l] = AT[i][j] * G[j][k]
+                rows.append(row + [Fraction(int(l == i + k))])
+    pivots = []
+    for col in range(n * n):
+        found = next((q for q in range(len(pivots), len(rows)) if rows[q][col] != 0), None)
+        if found is None:
+            continue
+        top = len(pivots)
+        rows[top], rows[found] = rows[found], rows[top]
+        rows[top] = [value / rows[top][col] for value in rows[top]]
+        for q in range(len(rows)):
+            if q != top and rows[q][col] != 0:
+                factor = rows[q][col]
+                rows[q] = [a - factor * b for a, b in zip(rows[q], rows[top])]
+        pivots.append(col)
+    assert all(row[-1] == 0 for row in rows[len(pivots):]), f"F({m}, {r}): no B^T for these points"
+    solution = [Fraction(0)] * (n * n)
+    for q, col in enumerate(pivots):
+        solution[col] = rows[q][-1]
+    return dict(BT=[solution[j * n:(j + 1) * n] for j in range(n)], G=G, AT=AT)
+
+
+#: F(4, 2) on 0, +-1, -2 (float32 error 8.6e-6 of the output's scale over 256 channels in a NumPy
+#: model, against 1.1-1.2e-5 with 2 or 1/2; F(4, 3) on Lavin's points: 2.0e-5) and F(3, 2) on 0, +-1
+#: (2.0e-6, as F(2, 3)).
+TRANSFORMS[(4, 2)] = toom_cook(4, 2, [0, 1, -1, -2])
+TRANSFORMS[(3, 2)] = toom_cook(3, 2, [0, 1, -1])
+
+
+def check_transforms():
+    """Every transform satisfies F(m, r)'s identity exactly."""
+    for (m, r), T in TRANSFORMS.items():
+        n = m + r - 1
+        for i in range(m):
+            for k in range(r):
+                for l in range(n):
+                    total = sum(Fraction(T["AT"][i][j]) * Fraction(T["G"][j][k]) * Fraction(T["BT"][j][l])
+                                for j in range(n))
+                    assert total == int(l == i + k), (m, r)
+
+
+#: (name, dtype, vector lanes, output tile m, kernel r, tile rows R) per kernel; the register tile
+#: is R tiles x 2 vectors of output channels: AVX-512 14 x 2 = 28 zmm + 2 weight vectors + 1
+#: broadcast, AVX2 6 x 2 = 12 ymm + 3 (the direct kernels' tiles, tools/gen_simd_tiles.py). 3x3
+#: kernels: float32 uses F(4x4, 3x3) (4x fewer multiplications than direct, error ~1e-5 of the
+#: output's scale) where a call has enough 4x4 tiles, F(2x2, 3x3) (2.25x fewer, error near direct's)
+#: on smaller maps; float64 F(2x2, 3x3). 2x2 kernels (the stride phases of a 4x4 stride-2
+#: transposed convolution, a DCGAN's up-sampling): float32 F(4x4, 2x2) (2.56x fewer), float64
+#: F(3x3, 2x2) (2.25x fewer).
+VARIANTS = tuple(
+    (f"_winograd_{dt}_m{m}_k{r}_{isa}", dtype, lanes, m, r, rows)
+    for isa, f32_lanes, rows in (("avx512", 16, 14), ("avx2", 8, 6))
+    for dt, dtype, lanes, m, r in (("f32", "float32", f32_lanes, 4, 3), ("f32", "float32", f32_lanes, 2, 3),
+                                   ("f64", "float64", f32_lanes // 2, 2, 3), ("f32", "float32", f32_lanes, 4, 2),
+                                   ("f64", "float64", f32_lanes // 2, 3, 2))
 )
 
-HEADER = '''"""Fused Winograd F(m x m, 3x3) convolution kernels, one per (dtype, instruction set).
+HEADER = '''"""Fused Winograd F(m x m, r x r) convolution kernels, one per (dtype, instruction set, m, r).
 
 GENERATED by tools/gen_winograd.py from one template: edit the template, not this file.
 See :mod:`fastconv.strategies.winograd` for the layouts and the method.
@@ -70,7 +141,7 @@ from numba import get_thread_id, prange
 from .._jit import kernel
 from .._simd import vadd, vbroadcast, vfma, vload, vmul, vsplat, vstore, vstore_lanes, vsub, vzero
 
-#: name -> (dtype, lanes, output tile m, tile rows R) of each kernel below.
+#: name -> (dtype, lanes, output tile m, kernel r, tile rows R) of each kernel below.
 KERNELS = {
 '''
 
@@ -78,23 +149,26 @@ TEMPLATE = '''
 
 @kernel
 def {name}(xp, u, bias, layout, out, work):
-    """F({m}x{m}, 3x3) over the padded channels-last input ``xp``: {rows} tiles x 2 vectors of {lanes} output channels per register tile.
+    """F({m}x{m}, {r}x{r}) over the padded channels-last input ``xp``: {rows} tiles x 2 vectors of {lanes} output channels per register tile.
 
-    ``out`` is the flat ``(N, C_out, oH, oW)`` result, or ``(N, oH, oW, C_out)`` with ``layout.out_last``.
+    Output ``(n, c, i, j)`` is ``out[n*out_image + c*out_channel + i*out_row + j*out_col]`` (the
+    layout's element strides): NCHW, channels-last (``out_channel == 1``: stored as vectors of
+    channels) or one stride phase of a transposed convolution's result.
 
     ``work`` holds ``layout.work_len`` elements per thread (the item's V, M and output tile):
     buffers allocated inside the loop would be mapped and faulted in anew per item.
     """
-    channels, in_h, in_w = layout.channels, layout.in_h, layout.in_w
+    channels, in_h, in_w, row0, col0 = layout.channels, layout.in_h, layout.in_w, layout.row0, layout.col0
     tiles_w, tiles = layout.tiles_w, layout.tiles_h * layout.tiles_w
     co_blocks, per_chunk, chunks = layout.co_blocks, layout.chunk_blocks, layout.co_chunks
     out_channels, out_h, out_w = layout.out_channels, layout.out_h, layout.out_w
-    groups = (tiles + {rows} - 1) // {rows}
+    out_image, out_channel, out_row, out_col = layout.out_image, layout.out_channel, layout.out_row, layout.out_col
+    total = layout.images * tiles  # tiles of every image, grouped R at a time across images
+    groups = (total + {rows} - 1) // {rows}
 {constants}
-    for item in prange(layout.images * groups * chunks):
+    for item in prange(groups * chunks):
         chunk = item % chunks
-        tg = (item // chunks) % groups
-        n = item // (chunks * groups)
+        tg = item // chunks
         at = get_thread_id() * layout.work_len
         v = work[at:at + {xi} * {rows} * channels]
         at += {xi} * {rows} * channels
@@ -105,9 +179,11 @@ def {name}(xp, u, bias, layout, out, work):
         tb = work[at:at + {xi} * {lanes}]
         # the tiles' input transforms, V[xi, r, c] = (B^T d B)[xi] (past the last tile: the last again)
         for r in range({rows}):
-            t = min(tg * {rows} + r, tiles - 1)
+            t = min(tg * {rows} + r, total - 1)
+            n = t // tiles
+            t -= n * tiles
             ti = t // tiles_w
-            at = ((n * in_h + ti * {m}) * in_w + (t - ti * tiles_w) * {m}) * channels
+            at = ((n * in_h + row0 + ti * {m}) * in_w + col0 + (t - ti * tiles_w) * {m}) * channels
             for c in range(0, channels, {lanes}):
 {input_transform}
         for cb in range(chunk * per_chunk, min(co_blocks, (chunk + 1) * per_chunk)):
@@ -121,11 +197,13 @@ def {name}(xp, u, bias, layout, out, work):
                     w1 = vload(u, ub + c * {block} + {lanes}, {lanes})
 {steps}
 {store}
-            # output transforms: Y = A^T M A + bias, into the NCHW result
+            # output transforms: Y = A^T M A + bias, into the result
             for r in range({rows}):
                 t = tg * {rows} + r
-                if t >= tiles:
+                if t >= total:
                     break
+                n = t // tiles
+                t -= n * tiles
                 ti = t // tiles_w
                 oi = ti * {m}
                 oj = (t - ti * tiles_w) * {m}
@@ -138,17 +216,18 @@ def {name}(xp, u, bias, layout, out, work):
                     lanes = min({lanes}, out_channels - co0)
                     rows = min({m}, out_h - oi)
                     cols = min({m}, out_w - oj)
-                    if layout.out_last:  # channels-last result: one vector of channels per output
+                    corner = n * out_image + oi * out_row + oj * out_col
+                    if out_channel == 1:  # channels-last result: one vector of channels per output
                         for i in range(rows):
                             for j in range(cols):
-                                vstore_lanes(out, ((n * out_h + oi + i) * out_w + oj + j) * out_channels + co0,
+                                vstore_lanes(out, corner + i * out_row + j * out_col + co0,
                                              vload(y, (i * {m} + j) * {lanes}, {lanes}), 0, lanes)
                     else:
                         for k in range(lanes):
-                            plane = ((n * out_channels + co0 + k) * out_h + oi) * out_w + oj
+                            plane = corner + (co0 + k) * out_channel
                             for i in range(rows):
                                 for j in range(cols):
-                                    out[plane + i * out_w + j] = y[(i * {m} + j) * {lanes} + k]
+                                    out[plane + i * out_row + j * out_col] = y[(i * {m} + j) * {lanes} + k]
 '''
 
 
@@ -156,9 +235,13 @@ WEIGHTS_TEMPLATE = '''
 
 @kernel
 def {name}_weights(weight, channels, u):
-    """``u[cb, xi, c, k] = (G g G^T)[xi]`` for F({m}x{m}, 3x3): output channel ``cb*{block} + k``, input channel ``c`` of
-    ``weight`` (C_out, C_in, 3, 3), zero past them; vectors over the block's output channels."""
-    out_channels, in_channels = weight.shape[0], weight.shape[1]
+    """``u[cb, xi, c, k] = (G g G^T)[xi]`` for F({m}x{m}, {r}x{r}): output channel ``cb*{block} + k``, input channel ``c`` of
+    ``weight`` (C_in, C_out, {r}, {r}), zero past them; vectors over the block's output channels.
+
+    ``weight`` is any strided view (typed as such: one compiled version for every caller): the
+    forward weights transposed, or a transposed convolution's taps of one stride phase.
+    """
+    in_channels, out_channels = weight.shape[0], weight.shape[1]
     co_blocks = u.shape[0] // ({xi} * channels * {block})
 {constants}
     spans = (channels + 7) // 8
@@ -166,12 +249,12 @@ def {name}_weights(weight, channels, u):
         cb = item // spans
         c0 = (item - cb * spans) * 8
         valid = min({block}, out_channels - cb * {block})
-        g = np.zeros(9 * {block}, dtype=np.{dtype})  # one input channel's kernels, output channel innermost
+        g = np.zeros({taps} * {block}, dtype=np.{dtype})  # one input channel's kernels, output channel innermost
         for c in range(c0, min(channels, c0 + 8)):
             if c < in_channels:
                 for k in range(valid):
-                    for r in range(9):
-                        g[r * {block} + k] = weight[cb * {block} + k, c, r // 3, r % 3]
+                    for r in range({taps}):
+                        g[r * {block} + k] = weight[c, cb * {block} + k, r // {r}, r % {r}]
             else:
                 g[:] = 0
             for half in range(2):
@@ -218,31 +301,31 @@ def _transform_2d(T, src, dst, consts, indent):
     return [indent + line for line in lines]
 
 
-def render_weights(name, dtype, lanes, m):
+def render_weights(name, dtype, lanes, m, r):
     """The weight transform ``G g G^T`` of one variant, vectors over output channels."""
-    T = TRANSFORMS[m]
-    a = m + 2
+    T = TRANSFORMS[(m, r)]
+    a = m + r - 1
     block = 2 * lanes
     consts: set = set()
     ind = " " * 16
-    lines = [f"{ind}g{r}_{j} = vload(g, {(r * 3 + j) * block} + half * {lanes}, {lanes})"
-             for r in range(3) for j in range(3)]
+    lines = [f"{ind}g{i}_{j} = vload(g, {(i * r + j) * block} + half * {lanes}, {lanes})"
+             for i in range(r) for j in range(r)]
     G = T["G"]
     for i in range(a):  # h = G g (a x 3), then e = h G^T (a x a)
-        for j in range(3):
-            lines.append(f"{ind}h{i}_{j} = " + _lincomb(G[i], [f"g{r}_{j}" for r in range(3)], consts))
+        for j in range(r):
+            lines.append(f"{ind}h{i}_{j} = " + _lincomb(G[i], [f"g{k}_{j}" for k in range(r)], consts))
     for i in range(a):
         for l in range(a):
             lines.append(f"{ind}vstore(u, ((cb * {a * a} + {i * a + l}) * channels + c) * {block} + half * {lanes}, "
-                         + _lincomb(G[l], [f"h{i}_{j}" for j in range(3)], consts) + ")")
+                         + _lincomb(G[l], [f"h{i}_{j}" for j in range(r)], consts) + ")")
     constants = [f"    {_const_name(c)} = vsplat(np.{dtype}({float(c)!r}), {lanes})" for c in sorted(consts)]
-    return WEIGHTS_TEMPLATE.format(name=name, dtype=dtype, lanes=lanes, m=m, xi=a * a, block=block,
+    return WEIGHTS_TEMPLATE.format(name=name, dtype=dtype, lanes=lanes, m=m, r=r, taps=r * r, xi=a * a, block=block,
                                    constants="\n".join(constants), transform="\n".join(lines))
 
 
-def render(name, dtype, lanes, m, rows):
-    T = TRANSFORMS[m]
-    a = m + 2
+def render(name, dtype, lanes, m, r, rows):
+    T = TRANSFORMS[(m, r)]
+    a = m + r - 1
     xi = a * a
     block = 2 * lanes
     consts: set = set()
@@ -270,29 +353,30 @@ def render(name, dtype, lanes, m, rows):
     output_lines += [f"{ind_out}    vstore(y, (p * {m} + {q}) * {lanes}, vadd("
                      + _lincomb(T["AT"][q], [f"s{l}" for l in range(a)], consts) + ", b))" for q in range(m)]
     ind_acc = " " * 16
-    zero = [f"{ind_acc}a{r}_{b} = vzero(v, {lanes})" for r in range(rows) for b in range(2)]
+    zero = [f"{ind_acc}a{row}_{b} = vzero(v, {lanes})" for row in range(rows) for b in range(2)]
     steps = []
-    for r in range(rows):
-        steps.append(f"{ind_acc}    x = vbroadcast(v, vb + {r} * channels + c, {lanes})")
-        steps.append(f"{ind_acc}    a{r}_0 = vfma(x, w0, a{r}_0)")
-        steps.append(f"{ind_acc}    a{r}_1 = vfma(x, w1, a{r}_1)")
-    store = [f"{ind_acc}vstore(m, (xi * {rows} + {r}) * {block} + {b * lanes}, a{r}_{b})"
-             for r in range(rows) for b in range(2)]
+    for row in range(rows):
+        steps.append(f"{ind_acc}    x = vbroadcast(v, vb + {row} * channels + c, {lanes})")
+        steps.append(f"{ind_acc}    a{row}_0 = vfma(x, w0, a{row}_0)")
+        steps.append(f"{ind_acc}    a{row}_1 = vfma(x, w1, a{row}_1)")
+    store = [f"{ind_acc}vstore(m, (xi * {rows} + {row}) * {block} + {b * lanes}, a{row}_{b})"
+             for row in range(rows) for b in range(2)]
     constants = [f"    {_const_name(c)} = vsplat(np.{dtype}({float(c)!r}), {lanes})" for c in sorted(consts)]
-    return TEMPLATE.format(name=name, dtype=dtype, lanes=lanes, m=m, rows=rows, xi=xi, block=block, mm=m * m,
+    return TEMPLATE.format(name=name, dtype=dtype, lanes=lanes, m=m, r=r, rows=rows, xi=xi, block=block, mm=m * m,
                            constants="\n".join(constants), input_transform="\n".join(input_lines),
                            output_transform="\n".join(output_lines), zero="\n".join(zero), steps="\n".join(steps),
                            store="\n".join(store))
 
 
 def generate() -> str:
+    check_transforms()
     text = HEADER
-    for name, dtype, lanes, m, rows in VARIANTS:
-        text += f'    "{name}": ("{dtype}", {lanes}, {m}, {rows}),\n'
+    for name, dtype, lanes, m, r, rows in VARIANTS:
+        text += f'    "{name}": ("{dtype}", {lanes}, {m}, {r}, {rows}),\n'
     text += "}\n"
-    for name, dtype, lanes, m, rows in VARIANTS:
-        text += render(name, dtype, lanes, m, rows)
-        text += render_weights(name, dtype, lanes, m)
+    for name, dtype, lanes, m, r, rows in VARIANTS:
+        text += render(name, dtype, lanes, m, r, rows)
+        text += render_weights(name, dtype, lanes, m, r)
     return text
 
 

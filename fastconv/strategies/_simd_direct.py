@@ -41,7 +41,7 @@ from numba.core.errors import NumbaError
 
 from .. import _jit, _simd
 from .._jit import kernel, output_span
-from ..geometry import ConvGeometry
+from ..geometry import phase_problems
 from ..workspace import get_workspace_limit, scratch
 from . import _simd_tiles
 from .direct import _in_place_phases, _pack_phases, _PackLayout, _phase_layout, _tap_offsets
@@ -450,56 +450,16 @@ def conv2d_planar(x, weight, bias, geom, out, weights=None):
 INPUT_GRADIENT_MIN_CHANNELS = 16
 
 
-def _axis_phases(n_in, n_out, k, s, d, lo):
-    """Per phase ``r`` of one axis of dL/dx: ``(r, taps, (lo_r, hi_r), dilation_r, count)``.
-
-    ``dx[u*s + r] = sum_j dy[u + e_0 + j*d_r] * W[a_j]`` over the taps ``a_j`` (descending) with
-    ``(r + lo - a*d) % s == 0``, ``e_j = (r + lo - a_j*d) // s``: a stride-1 correlation of ``dy``
-    with those taps, dilation ``d_r = e_1 - e_0``, padding ``lo_r = -e_0`` (negative: ``dy`` is
-    cropped), for the ``count = ceil((n_in - r) / s)`` positions of the phase.
-    """
-    phases = []
-    for r in range(s):
-        count = len(range(r, n_in, s))
-        taps = tuple(a for a in range(k - 1, -1, -1) if (r + lo - a * d) % s == 0)
-        if not taps or not count:
-            phases.append((r, taps, None, 1, count))
-            continue
-        e0 = (r + lo - taps[0] * d) // s
-        dr = (taps[1] - taps[0]) * -d // s if len(taps) > 1 else 1
-        lo_r = -e0
-        hi_r = count - n_out - lo_r + dr * (len(taps) - 1)
-        phases.append((r, taps, (lo_r, hi_r), dr, count))
-    return phases
-
-
 @functools.lru_cache(maxsize=64)
 def input_gradient_problems(geom):
-    """dL/dx of the convolution ``geom`` as stride-1 convolutions of ``dy``, one per phase, or None.
-
-    A list of ``(rh, rw, taps_h, taps_w, problem)``: phase ``(rh, rw)`` of ``dx``
-    (``dx[:, :, rh::sH, rw::sW]``) is the convolution ``problem`` of ``dy`` with the kernel
-    ``W[:, :, taps_h][:, :, :, taps_w]`` (channels swapped per group), or zero where ``problem`` is
-    None (no tap reaches that phase). None when a phase's problem is not one the planar tile
-    kernel runs. Stride 1 has one phase: the flipped kernel, padding ``d*(k-1) - lo``.
-    """
+    """dL/dx of the convolution ``geom`` as stride-1 convolutions of ``dy``, one per phase
+    (:func:`fastconv.geometry.phase_problems`), or None when a phase's problem is not one the planar
+    tile kernel runs."""
     if geom.rank != 2 or geom.in_channels // geom.groups < INPUT_GRADIENT_MIN_CHANNELS:
         return None
-    axes = [_axis_phases(n, o, k, s, d, lo) for n, o, k, s, d, (lo, _) in
-            zip(geom.in_size, geom.out_size, geom.kernel, geom.stride, geom.dilation, geom.padding)]
-    problems = []
-    for rh, taps_h, pad_h, dil_h, count_h in axes[0]:
-        for rw, taps_w, pad_w, dil_w, count_w in axes[1]:
-            if pad_h is None or pad_w is None:
-                problems.append((rh, rw, taps_h, taps_w, None))
-                continue
-            phase = ConvGeometry(batch=geom.batch, in_channels=geom.out_channels, out_channels=geom.in_channels,
-                                 groups=geom.groups, in_size=geom.out_size, kernel=(len(taps_h), len(taps_w)),
-                                 stride=(1, 1), dilation=(dil_h, dil_w), padding=(pad_h, pad_w),
-                                 out_size=(count_h, count_w), dtype=geom.dtype)
-            if not planar_supports(phase):
-                return None
-            problems.append((rh, rw, taps_h, taps_w, phase))
+    problems = phase_problems(geom)
+    if any(phase is not None and not planar_supports(phase) for *_, phase in problems):
+        return None
     return problems
 
 

@@ -38,7 +38,7 @@ from numba import prange
 from .. import _jit, _simd
 from .._jit import kernel
 from ..workspace import get_workspace_limit, scratch
-from ..geometry import ConvGeometry
+from ..geometry import phase_problems
 from . import Strategy, _depth, _winograd_kernels
 
 #: Measured error bound, max |y - y64| / max |y64| (y64: the float64 direct result on the same
@@ -63,8 +63,10 @@ class WinogradLayout(NamedTuple):
 
     images: int
     channels: int        # input channels, padded to whole vectors
-    in_h: int            # rows of the padded copy: tiles_h * m + 2
-    in_w: int            # columns of the padded copy: tiles_w * m + 2
+    in_h: int            # rows of the padded copy: tiles_h * m + r - 1 (or more, shared by several problems)
+    in_w: int            # columns of the padded copy: tiles_w * m + r - 1 (or more)
+    row0: int            # the copy's row and column of this problem's first input tile
+    col0: int
     tiles_h: int
     tiles_w: int
     co_blocks: int       # blocks of 2 vectors of output channels
@@ -73,77 +75,106 @@ class WinogradLayout(NamedTuple):
     out_channels: int
     out_h: int
     out_w: int
-    out_last: int        # 1: the result is channels-last (N, oH, oW, C_out) memory; 0: NCHW
+    out_image: int       # element strides of the result: (n, c, i, j) is at
+    out_channel: int     # n*out_image + c*out_channel + i*out_row + j*out_col
+    out_row: int         # (out_channel == 1: channels-last memory, stored as vectors)
+    out_col: int
     work_len: int        # scratch per thread: V (a^2 x R x channels), M (a^2 x R x block), a tile, a transform
 
 
 def tile(geom) -> int:
-    """The output tile ``m`` of F(m x m, 3x3) for the rank-2 problem ``geom`` (see :data:`F4_MIN_TILES`)."""
+    """The output tile ``m`` of F(m x m, r x r) for the rank-2 problem ``geom``: for 3x3 kernels see
+    :data:`F4_MIN_TILES`; 2x2 kernels F(4x4, 2x2) in float32, F(3x3, 2x2) in float64."""
+    if geom.kernel[-1] == 2:
+        return 4 if geom.dtype == "float32" else 3
     if geom.dtype != "float32":
         return 2
     oH, oW = geom.out_size[-2:]
     return 4 if geom.batch * -(-oH // 4) * -(-oW // 4) >= F4_MIN_TILES else 2
 
 
-def _variant(dtype, m):
-    """``(name, kernel, lanes, rows)`` of the generated F(m x m, 3x3) kernel for ``dtype`` on this CPU."""
-    name = f"_winograd_{'f32' if np.dtype(dtype) == np.float32 else 'f64'}_{m}x{m}_{_simd.ISA}"
-    _, lanes, _, rows = _winograd_kernels.KERNELS[name]
+def _variant(dtype, m, r):
+    """``(name, kernel, lanes, rows)`` of the generated F(m x m, r x r) kernel for ``dtype`` on this CPU."""
+    name = f"_winograd_{'f32' if np.dtype(dtype) == np.float32 else 'f64'}_m{m}_k{r}_{_simd.ISA}"
+    _, lanes, _, _, rows = _winograd_kernels.KERNELS[name]
     return name, getattr(_winograd_kernels, name), lanes, rows
 
 
-def supports(op, geom) -> bool:
-    """``conv`` and ``conv_backward`` with 3x3 kernels (3x3 in the last two axes for rank 3: the depth
-    taps become channels, :mod:`._depth`), stride 1 and dilation 1 there, one group, float32/float64,
-    with the SIMD layer on."""
+#: Kernel sizes the generated kernels transform (square, in the last two axes).
+KERNEL_SIZES = (2, 3)
+
+
+def _square(geom) -> bool:
+    """A stride-1, dilation-1 problem with a 3x3 or 2x2 kernel in the last two axes."""
     plane = slice(-2, None)
-    return (op in ("conv", "conv_backward") and tuple(geom.kernel[plane]) == (3, 3)
-            and tuple(geom.stride[plane]) == (1, 1) and tuple(geom.dilation[plane]) == (1, 1) and geom.groups == 1
-            and geom.dtype in ("float32", "float64") and _simd.AVAILABLE)
+    kH, kW = geom.kernel[plane]
+    return (kH == kW and kH in KERNEL_SIZES and tuple(geom.stride[plane]) == (1, 1)
+            and tuple(geom.dilation[plane]) == (1, 1))
+
+
+def supports(op, geom) -> bool:
+    """``conv`` and ``conv_backward`` with 3x3 or 2x2 kernels, stride 1 and dilation 1 (in the last two
+    axes for rank 3: the depth taps become channels, :mod:`._depth`); ``conv_backward`` of rank 2 also
+    with strides whose phases of dL/dx are such problems (:func:`_input_gradient_problems`: a 4x4
+    kernel with stride 2, a transposed convolution's usual up-sampling); one group, float32/float64,
+    with the SIMD layer on."""
+    if (op not in ("conv", "conv_backward") or geom.groups != 1 or geom.dtype not in ("float32", "float64")
+            or not _simd.AVAILABLE):
+        return False
+    if _square(geom):
+        return True
+    return op == "conv_backward" and geom.rank == 2 and _input_gradient_problems(geom) is not None
 
 
 @functools.lru_cache(maxsize=64)
 def _layout(geom, threads, m):
-    _, _, lanes, rows = _variant(geom.dtype, m)
+    r = geom.kernel[-1]
+    _, _, lanes, rows = _variant(geom.dtype, m, r)
     oH, oW = geom.out_size
     tiles_h, tiles_w = -(-oH // m), -(-oW // m)
     block = 2 * lanes
     co_blocks = -(-geom.out_channels // block)
-    groups = -(-(tiles_h * tiles_w) // rows)
-    per_thread = geom.batch * groups
-    chunks = min(co_blocks, max(1, -(-ITEMS_PER_THREAD * threads // per_thread)))
+    groups = -(-(geom.batch * tiles_h * tiles_w) // rows)  # tile groups span images
+    chunks = min(co_blocks, max(1, -(-ITEMS_PER_THREAD * threads // groups)))
     chunk_blocks = -(-co_blocks // chunks)
     channels = -(-geom.in_channels // lanes) * lanes
-    a2 = (m + 2) ** 2
-    return WinogradLayout(images=geom.batch, channels=channels,
-                          in_h=tiles_h * m + 2, in_w=tiles_w * m + 2, tiles_h=tiles_h, tiles_w=tiles_w,
+    a2 = (m + r - 1) ** 2
+    C = geom.out_channels
+    if geom.layout == "channels_last":
+        strides = dict(out_image=oH * oW * C, out_channel=1, out_row=oW * C, out_col=C)
+    else:
+        strides = dict(out_image=C * oH * oW, out_channel=oH * oW, out_row=oW, out_col=1)
+    return WinogradLayout(images=geom.batch, channels=channels, in_h=tiles_h * m + r - 1, in_w=tiles_w * m + r - 1,
+                          row0=0, col0=0, tiles_h=tiles_h, tiles_w=tiles_w,
                           co_blocks=co_blocks, chunk_blocks=chunk_blocks, co_chunks=-(-co_blocks // chunk_blocks),
-                          out_channels=geom.out_channels, out_h=oH, out_w=oW,
-                          out_last=int(geom.layout == "channels_last"),
+                          out_channels=C, out_h=oH, out_w=oW, **strides,
                           work_len=a2 * rows * (channels + block) + m * m * lanes + a2 * lanes)
 
 
-def transform_weights(weight, dtype, m):
-    """``u[cb, xi, c, k]``: ``G g G^T`` of F(m x m, 3x3) for every (output, input) channel pair, in the
+def transform_weights(weight_io, dtype, m):
+    """``u[cb, xi, c, k]``: ``G g G^T`` of F(m x m, r x r) for every (output, input) channel pair, in the
     kernel's blocks.
 
-    ``weight`` is ``(C_out, C_in, 3, 3)`` in ``dtype``; output channels padded with zeros to whole
+    ``weight_io`` is ``(C_in, C_out, r, r)`` in ``dtype``, any strides (the forward weights
+    transposed, or a stride phase's taps read in place); output channels padded with zeros to whole
     blocks of 2 vectors, input channels to whole vectors. A per-thread scratch buffer: use it
     before the thread's next call.
     """
-    name, _, lanes, _ = _variant(dtype, m)
+    r = weight_io.shape[-1]
+    name, _, lanes, _ = _variant(dtype, m, r)
     block = 2 * lanes
-    C_out, C_in = weight.shape[:2]
+    C_in, C_out = weight_io.shape[:2]
     channels = -(-C_in // lanes) * lanes
-    u = scratch(-(-C_out // block) * (m + 2) ** 2 * channels * block, dtype, "winograd-weights")
+    u = scratch(-(-C_out // block) * (m + r - 1) ** 2 * channels * block, dtype, "winograd-weights")
     with _jit.launch():
-        getattr(_winograd_kernels, name + "_weights")(weight, channels, u)
+        getattr(_winograd_kernels, name + "_weights")(weight_io, channels, u)
     return u
 
 
 @kernel
 def _pack_input(x, top, left, xp):
-    """``xp[n, u, v, c] = x[n, u - top, v - left, c]``, zero outside ``x`` and for the padded channels.
+    """``xp[n, u, v, c] = x[n, u - top, v - left, c]``, zero outside ``x`` and for the padded channels
+    (``top``/``left`` may be negative: ``x`` cropped).
 
     ``x`` is an ``(N, H, W, C)`` view: of channels-last memory (whole pixels copied; with the blocked
     loop instead, resnet_3x3_56 in NHWC memory ran 1.09x faster than in NCHW rather than 1.47x, Zen 4)
@@ -158,8 +189,8 @@ def _pack_input(x, top, left, xp):
         if row < 0 or row >= H:
             xp[n, u, :, :] = 0
             continue
-        v0 = min(left, in_w)
-        v1 = min(in_w, left + W)
+        v0 = max(0, min(left, in_w))
+        v1 = max(v0, min(in_w, left + W))
         xp[n, u, :v0, :] = 0
         xp[n, u, v1:, :] = 0
         if x.strides[3] == x.itemsize:  # channels-last memory: whole pixels
@@ -174,104 +205,178 @@ def _pack_input(x, top, left, xp):
             xp[n, u, v0:v1, C:] = 0
 
 
-def _chunk_images(geom, itemsize, limit, threads) -> int:
-    """Images per chunk of the packed copy so that it, the transformed weights and the threads'
-    buffers stay within ``limit`` (at least one image)."""
-    m = tile(geom)
-    layout = _layout(geom, threads, m)
-    _, _, lanes, _ = _variant(geom.dtype, m)
-    fixed = (layout.co_blocks * 2 * lanes * layout.channels * (m + 2) ** 2 + threads * layout.work_len) * itemsize
-    per_image = layout.in_h * layout.in_w * layout.channels * itemsize
-    return max(1, min(geom.batch, (limit - fixed) // per_image))
+def _weights_len(geom, layout, m) -> int:
+    """Elements of the transformed weights ``u`` of ``geom``."""
+    return layout.co_blocks * layout.channels * (m + geom.kernel[-1] - 1) ** 2 * (2 * _variant(geom.dtype, m, geom.kernel[-1])[2])
+
+
+class _Pass(NamedTuple):
+    """One convolution of a call's input: its weights ``(C_in, C_out, r, r)`` (any strides), its
+    problem, and where its result goes in the flat output (first element, element strides of
+    image, channel, row, column)."""
+
+    weight_io: np.ndarray
+    geom: object
+    offset: int
+    strides: tuple
+
+
+class _Shared(NamedTuple):
+    """The packed copy that several problems over the same input read (the stride phases of dL/dx)."""
+
+    m: int
+    top: int        # padding of the copy: the largest of the problems'
+    left: int
+    in_h: int
+    in_w: int
+    images: int     # images per chunk of the copy
+    layouts: tuple  # each problem's layout for the whole batch, placed in the copy
+
+
+@functools.lru_cache(maxsize=64)
+def _shared(geoms, threads, itemsize, limit):
+    """How problems that differ only in padding and output size share one packed copy of the input
+    (chunked so that it, the largest transformed weights and the threads' buffers fit ``limit``)."""
+    m = max(tile(g) for g in geoms)
+    top = max(g.padding[0][0] for g in geoms)
+    left = max(g.padding[1][0] for g in geoms)
+    layouts = [_layout(g, threads, m) for g in geoms]
+    in_h = max(top - g.padding[0][0] + lay.in_h for g, lay in zip(geoms, layouts))
+    in_w = max(left - g.padding[1][0] + lay.in_w for g, lay in zip(geoms, layouts))
+    placed = tuple(lay._replace(in_h=in_h, in_w=in_w, row0=top - g.padding[0][0], col0=left - g.padding[1][0])
+                   for g, lay in zip(geoms, layouts))
+    fixed = max(_weights_len(g, lay, m) + threads * lay.work_len for g, lay in zip(geoms, layouts)) * itemsize
+    per_image = in_h * in_w * layouts[0].channels * itemsize
+    images = max(1, min(geoms[0].batch, (limit - fixed) // per_image))
+    return _Shared(m=m, top=top, left=left, in_h=in_h, in_w=in_w, images=images, layouts=placed)
 
 
 def workspace_bytes(op, geom, itemsize) -> int:
     """The padded channels-last copy of a chunk of images, the transformed weights, the threads' buffers."""
     if not supports(op, geom):
         return 0
+    return _workspace_of((geom,), itemsize)
+
+
+def _workspace_of(geoms, itemsize) -> int:
     threads = numba.get_num_threads()
-    m = tile(geom)
-    layout = _layout(geom, threads, m)
-    _, _, lanes, _ = _variant(geom.dtype, m)
-    images = _chunk_images(geom, itemsize, get_workspace_limit(), threads)
-    packed = images * layout.in_h * layout.in_w * layout.channels
-    weights = layout.co_blocks * 2 * lanes * layout.channels * (m + 2) ** 2
-    return (packed + weights + threads * layout.work_len) * itemsize
+    plan = _shared(tuple(geoms), threads, itemsize, get_workspace_limit())
+    packed = plan.images * plan.in_h * plan.in_w * plan.layouts[0].channels
+    return (packed + max(_weights_len(g, lay, plan.m) + threads * lay.work_len
+                         for g, lay in zip(geoms, plan.layouts))) * itemsize
 
 
 def conv2d(x, weight, bias, geom, out):
-    """Winograd F(m x m, 3x3) convolution of ``x`` (N, C_in, H, W) into ``out`` (N, C_out, oH, oW).
+    """Winograd F(m x m, r x r) convolution of ``x`` (N, C_in, H, W) into ``out`` (N, C_out, oH, oW)."""
+    C, (oH, oW) = geom.out_channels, geom.out_size
+    if geom.layout == "channels_last":
+        flat, strides = out.transpose(0, 2, 3, 1).reshape(-1), (oH * oW * C, 1, oW * C, C)
+    else:
+        flat, strides = out.reshape(-1), (C * oH * oW, oH * oW, oW, 1)
+    _run(x, (_Pass(weight.transpose(1, 0, 2, 3), geom, 0, strides),), bias, flat)
 
-    Images go through in chunks whose packed copy fits the workspace cap with the transformed
-    weights (transformed once per call).
+
+def _run(x, passes, bias, out):
+    """Every pass over one packed copy of ``x`` (N, C_in, H, W) per chunk of images, into the flat ``out``.
+
+    The passes' problems differ at most in padding and output size. Each pass transforms its
+    weights once per chunk (one chunk unless the input outgrows the workspace cap).
     """
-    m = tile(geom)
-    last = geom.layout == "channels_last"
-    _, fused, lanes, _ = _variant(x.dtype, m)
+    geoms = tuple(p.geom for p in passes)
     threads = numba.get_num_threads()
-    images = _chunk_images(geom, x.itemsize, get_workspace_limit(), threads)
-    (top, _), (left, _) = geom.padding
-    u = transform_weights(weight, x.dtype, m)
-    layout = _layout(geom, threads, m)
-    padded_bias = np.zeros(layout.co_blocks * 2 * lanes, dtype=x.dtype)
-    if bias is not None:
-        padded_bias[: geom.out_channels] = bias
-    work = scratch(threads * layout.work_len, x.dtype, "winograd-work")
-    for n0 in range(0, geom.batch, images):
-        n1 = min(geom.batch, n0 + images)
-        chunk = layout if n1 - n0 == geom.batch else _layout(dataclasses.replace(geom, batch=n1 - n0), threads, m)
-        xp = scratch(chunk.images * chunk.in_h * chunk.in_w * chunk.channels, x.dtype, "winograd-input")
-        packed = xp.reshape(chunk.images, chunk.in_h, chunk.in_w, chunk.channels)
+    plan = _shared(geoms, threads, x.itemsize, get_workspace_limit())
+    r = geoms[0].kernel[-1]
+    _, fused, lanes, _ = _variant(x.dtype, plan.m, r)
+    batch = geoms[0].batch
+    work = scratch(threads * max(lay.work_len for lay in plan.layouts), x.dtype, "winograd-work")
+    channels = plan.layouts[0].channels
+    for n0 in range(0, batch, plan.images):
+        n1 = min(batch, n0 + plan.images)
+        xp = scratch((n1 - n0) * plan.in_h * plan.in_w * channels, x.dtype, "winograd-input")
         with _jit.launch():
-            _pack_input(x[n0:n1].transpose(0, 2, 3, 1), int(top), int(left), packed)  # channels-last or not
-            fused(xp, u, padded_bias, chunk, (out[n0:n1].transpose(0, 2, 3, 1) if last else out[n0:n1]).reshape(-1),
-                  work)
+            _pack_input(x[n0:n1].transpose(0, 2, 3, 1), plan.top, plan.left,  # channels-last memory or not
+                        xp.reshape(n1 - n0, plan.in_h, plan.in_w, channels))
+        for p, layout in zip(passes, plan.layouts):
+            chunk = layout if n1 - n0 == batch else _layout(dataclasses.replace(p.geom, batch=n1 - n0), threads,
+                                                            plan.m)
+            image, channel, row, col = p.strides
+            chunk = chunk._replace(in_h=layout.in_h, in_w=layout.in_w, row0=layout.row0, col0=layout.col0,
+                                   out_image=image, out_channel=channel, out_row=row, out_col=col)
+            u = transform_weights(p.weight_io, x.dtype, plan.m)
+            padded_bias = np.zeros(chunk.co_blocks * 2 * lanes, dtype=x.dtype)
+            if bias is not None:
+                padded_bias[: p.geom.out_channels] = bias
+            with _jit.launch():
+                fused(xp, u, padded_bias, chunk, out[p.offset + n0 * image:], work)
 
 
-def _input_gradient_problem(geom):
-    """dL/dx of the stride-1 3x3 convolution ``geom`` as a convolution of ``dy`` with the flipped,
-    transposed kernel: padding ``2 - lo`` and ``2 - hi`` per axis; None if a padding exceeds 2 (that
-    would crop ``dy``)."""
-    pads = tuple((2 - lo, 2 - hi) for lo, hi in geom.padding)
-    if any(p < 0 for pair in pads for p in pair):
+@functools.lru_cache(maxsize=64)
+def _input_gradient_problems(geom):
+    """dL/dx of the rank-2 convolution ``geom`` as stride-1 convolutions of ``dy`` that this strategy
+    runs, one per stride phase (:func:`fastconv.geometry.phase_problems`), or None.
+
+    Every phase that some tap reaches must have the same square 3x3 or 2x2 kernel at dilation 1:
+    stride 1 with a 3x3 or 2x2 kernel (the flipped kernel, padding ``k - 1 - lo``), or stride s with
+    a kernel of s*r taps per axis (4x4 with stride 2: four 2x2 phases). Phase paddings may be
+    negative (``dy`` cropped).
+    """
+    if geom.rank != 2 or geom.groups != 1:
         return None
-    return ConvGeometry(batch=geom.batch, in_channels=geom.out_channels, out_channels=geom.in_channels, groups=1,
-                        in_size=geom.out_size, kernel=(3, 3), stride=(1, 1), dilation=(1, 1), padding=pads,
-                        out_size=geom.in_size, dtype=geom.dtype)
+    problems = phase_problems(geom)
+    sizes = {phase.kernel for *_, phase in problems if phase is not None}
+    if len(sizes) != 1 or not all(phase is None or _square(phase) for *_, phase in problems):
+        return None
+    return problems
+
+
+def _taps(taps):
+    """The descending, evenly spaced kernel indices ``taps`` as a slice (a view, not a copy)."""
+    step = taps[1] - taps[0] if len(taps) > 1 else -1
+    return slice(taps[0], taps[-1] + step if taps[-1] + step >= 0 else None, step)
+
+
+def _input_gradient(grad_out, weight, geom, grad_x):
+    """dL/dx of ``geom`` into ``grad_x`` (C-contiguous NCHW): each stride phase's convolution of ``dy``
+    with its taps of the flipped, transposed weights (read in place), written in place through the
+    phase's strides; the phases share one packed copy of ``dy``."""
+    sH, sW = geom.stride
+    N, C, H, W = grad_x.shape
+    passes = []
+    for rh, rw, taps_h, taps_w, phase in _input_gradient_problems(geom):
+        if phase is None:  # no tap reaches this phase
+            grad_x[:, :, rh::sH, rw::sW] = 0
+        else:
+            passes.append(_Pass(weight[:, :, _taps(taps_h), _taps(taps_w)], phase, rh * W + rw,
+                                (C * H * W, H * W, sH * W, sW)))
+    _run(grad_out, tuple(passes), None, grad_x.reshape(-1))
 
 
 def conv2d_backward(grad_out, x, weight, geom, grad_x, grad_w, grad_b):
-    """dL/dx through Winograd (the forward kernel on ``dy`` with the flipped, transposed weights);
-    dL/dW and dL/db by the exact-order direct kernels (a reduction over positions, where Winograd saves
-    nothing at these sizes)."""
+    """dL/dx through Winograd (the forward kernel on ``dy`` with the flipped, transposed weights, per
+    stride phase); dL/dW and dL/db by the exact-order direct kernels (a reduction over positions,
+    where Winograd saves nothing at these sizes)."""
     if grad_w is not None or grad_b is not None:
         from . import direct
 
         direct.conv2d_backward(grad_out, x, weight, geom, None, grad_w, grad_b)
-    if grad_x is None:
-        return
-    problem = _input_gradient_problem(geom)
-    if problem is None:  # padding above 2: the exact kernels
-        from . import direct
-
-        direct.conv2d_backward(grad_out, x, weight, geom, grad_x, None, None)
-        return
-    flipped = np.ascontiguousarray(weight[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
-    conv2d(grad_out, flipped, None, problem, grad_x)
+    if grad_x is not None:
+        _input_gradient(grad_out, weight, geom, grad_x)
 
 
 def _workspace(op, geom, itemsize):
     if geom.rank == 3:
         return _depth.workspace_bytes(geom, itemsize, lambda plane: _workspace(op, plane, itemsize))
     if op == "conv_backward":
-        problem = _input_gradient_problem(geom)
-        return 0 if problem is None else workspace_bytes("conv", problem, itemsize)
+        phases = [phase for *_, phase in _input_gradient_problems(geom) or [] if phase is not None]
+        return _workspace_of(phases, itemsize) if phases else 0
     return workspace_bytes(op, geom, itemsize)
 
 
 STRATEGY = Strategy(
     name="winograd",
-    summary="Winograd F(4x4, 3x3) (float32) / F(2x2, 3x3) (float64): 3x3 stride-1 layers, fewer multiplications",
+    summary=("Winograd F(4x4, 3x3) / F(4x4, 2x2) (float32), F(2x2, 3x3) / F(3x3, 2x2) (float64): 3x3 and 2x2 "
+             "stride-1 layers and dL/dx of 4x4 stride-2 ones (a transposed convolution's forward), fewer "
+             "multiplications"),
     ranks=(2, 3),
     ops={"conv": _depth.conv(conv2d), "conv_backward": _depth.conv_backward(conv2d_backward)},
     channels_last=True,  # its rank-2 conv reads and writes channels-last memory in place
