@@ -74,3 +74,33 @@ def test_backward_row_by_row_matches_the_loop(xs, ws, kw):
     expected = fastconv.conv2d_backward(gy, x, w, **kw, method="loop")
     for got, ref in zip(fastconv.conv2d_backward(gy, x, w, **kw, method="direct"), expected):
         assert_close(got, ref)
+
+
+# img2col's col2im where the windows tile the image (kernel == stride): rows written once, not added;
+# windows past the edge (ceil_mode pooling) and leftover rows/columns (output_padding) take the
+# general path or are zeroed.
+TILING = [
+    ("conv_transpose2d", (2, 6, 5, 7), (6, 4, 2, 2), dict(stride=2)),
+    ("conv_transpose2d", (1, 5, 4, 3), (5, 3, 3, 2), dict(stride=(3, 2), output_padding=(2, 1))),
+    ("conv_transpose2d", (1, 4, 3, 6), (4, 2, 3, 3), dict(stride=3, padding=1)),  # padding: general path
+]
+
+
+@pytest.mark.parametrize("op, xs, ws, kw", TILING)
+def test_tiling_col2im_matches_the_loop(op, xs, ws, kw):
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal(xs)
+    w = rng.standard_normal(ws)
+    fn = getattr(fastconv, op)
+    assert_close(fn(x, w, **kw, method="img2col"), fn(x, w, **kw, method="loop"), np.float64)
+
+
+@pytest.mark.parametrize("shape, k, s, ceil", [((2, 3, 8, 6), 2, 2, False), ((1, 2, 7, 5), 2, 2, True),
+                                               ((1, 2, 9, 9), 3, 3, True), ((1, 1, 6, 9), (2, 3), (2, 3), False)])
+def test_tiling_col2im_in_the_pooling_backward(shape, k, s, ceil):
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal(shape)
+    y = fastconv.avg_pool2d(x, k, s, ceil_mode=ceil, method="img2col")
+    g = rng.standard_normal(y.shape)
+    assert_close(fastconv.avg_pool2d_backward(g, x.shape, k, s, ceil_mode=ceil, method="img2col"),
+                 fastconv.avg_pool2d_backward(g, x.shape, k, s, ceil_mode=ceil, method="loop"), np.float64)
