@@ -168,7 +168,11 @@ WINOGRAD_MIN_CHANNELS = 16
 #: stride 2, 16 images of 8x8: dL/dx of a 128 -> 256 convolution, 4 phases of F(4x4, 2x2), 256 tiles)
 #: 3.8 ms vs img2col 7.7, PyTorch 4.9; the backward of that convolution (dx + dW) 12.6 vs img2col
 #: 15.5, direct 17.6, PyTorch (forward + backward) 15.1; its dW alone (a transposed convolution's
-#: backward) on direct's kernel 8.3-9.1 vs img2col 10.0 (Zen 4, 2026-12-05).
+#: backward) on direct's kernel 8.3-9.1 vs img2col 10.0 (Zen 4, 2026-12-05). Strided forward layers
+#: with stride x 2 or 3 taps run as a stride-1 problem over stride^2 times the channels (space to
+#: depth): that convolution, 128 -> 256 channels at 16x16, 4.7-5.2 ms vs direct 7.8-8.9, img2col
+#: 10.2, PyTorch 4.8-4.9 (its 13 MB of transformed weights are read once per group of 14 tiles,
+#: and there are only 64 tiles: memory-bound).
 #: The same rule decides the backward pass (dL/dx through Winograd, dL/dW exact-order; Zen 4,
 #: 2026-12-05, winograd / direct / PyTorch ms: resnet_3x3_28 2.42 / 2.78 / 3.59, batch8_3x3_56
 #: 16.6 / 20.7 / 36.2, resnet_3x3_56 1.99 / 2.57 / 3.71) and 3D layers whose in-plane kernel is
@@ -221,6 +225,9 @@ def _winograd_work(op, geom):
         phases = [phase for *_, phase in module._input_gradient_problems(geom) if phase is not None]
         m = max(_winograd_tile(phase) for phase in phases)
         return m, phases[0].kernel[-1], sum(_winograd_tiles(phase, m) for phase in phases), len(phases)
+    if op == "conv" and tuple(geom.stride[-2:]) != (1, 1):  # space to depth: r = kernel / stride
+        m = _winograd_tile(strategies.get("winograd")._space_to_depth(geom))
+        return m, geom.kernel[-1] // geom.stride[-1], _winograd_tiles(geom, m), 1
     m = _winograd_tile(geom)
     return m, geom.kernel[-1], _winograd_tiles(geom, m), 1
 
@@ -256,6 +263,10 @@ def _rules(op: str, geom, dtype, threads: int, level: str):
         what = "dL/dx through " if op == "conv_backward" else ""
         if phases > 1:
             kernel = f"dL/dx as {phases} stride phases with {r}x{r} kernels, {tiles} output tiles of {m}x{m}"
+        elif op == "conv" and geom.kernel[-1] != r:
+            s = geom.stride[-1]
+            kernel = (f"{geom.kernel[-1]}x{geom.kernel[-1]} kernel, stride {s}: a {r}x{r} stride-1 kernel over "
+                      f"{s * s}x the channels (space to depth), {tiles} output tiles of {m}x{m}")
         else:
             kernel = f"{r}x{r} in-plane kernel, stride 1, {tiles} output tiles of {m}x{m}"
         return "winograd", (f"{kernel}: {what}Winograd F({m}x{m}, {r}x{r}) does {(m * r / (m + r - 1)) ** 2:.3g}x "

@@ -108,7 +108,7 @@ def _general(record) -> bool:
 def _warm_partial(method, dtype):
     """Warm a strategy that computes only some problems on each of a few layers it runs: 3x3 at 28x28
     (Winograd's float32 F(4x4) kernel, and its channels-last reading) and at 8x8 (F(2x2)), 5x5 (FFT),
-    and a 4x4 stride-2 layer's dL/dx (Winograd's F(4x4, 2x2))."""
+    and a 4x4 stride-2 layer and its dL/dx (Winograd's F(4x4, 2x2))."""
     from .geometry import conv_problem
 
     record = strategies.strategy(method)
@@ -129,3 +129,5 @@ def _warm_partial(method, dtype):
     if record.can_run("conv_backward", geom):
         _conv.conv2d_backward(np.ones(geom.output_shape, dtype), x, w, stride=2, padding=1, method=method,
                               output_mask=(True, False, False))
+    if record.can_run("conv", geom):  # and its forward pass (Winograd: space to depth)
+        _conv.conv2d(x, w, stride=2, padding=1, method=method)

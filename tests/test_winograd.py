@@ -388,6 +388,12 @@ for dtype in (np.float32, np.float64):
     ref = fastconv.conv_transpose2d(x.astype(np.float64), k.astype(np.float64), stride=2, padding=1, method="direct")
     err = np.abs(y - ref).max() / np.abs(ref).max()
     assert err <= winograd.ERROR_BOUND[np.dtype(dtype).name], (dtype, err)
+    # ... and a strided forward layer (space to depth)
+    k = rng.standard_normal((19, 24, 4, 4)).astype(dtype)
+    y = fastconv.conv2d(x, k, stride=2, padding=1, method="winograd")
+    ref = fastconv.conv2d(x.astype(np.float64), k.astype(np.float64), stride=2, padding=1, method="direct")
+    err = np.abs(y - ref).max() / np.abs(ref).max()
+    assert err <= winograd.ERROR_BOUND[np.dtype(dtype).name], (dtype, err)
 print("ok")
 """
 
@@ -493,13 +499,36 @@ def test_dcgan_layer_against_pytorch_and_auto_picks_it(torch, monkeypatch):
 
 
 def test_strided_problems_it_does_not_split_are_refused():
-    """A phase kernel that is not 2x2 or 3x3 (here 3x3 with stride 2: phases of 2x2 and 1x1 taps), or a
-    stride-2 forward convolution: a clear error, not a wrong answer."""
+    """A phase kernel that is not 2x2 or 3x3 (here 3x3 with stride 2: phases of 2x2 and 1x1 taps), a
+    strided forward kernel that is not stride x 2 or 3 taps, or unequal strides: a clear error."""
     x = np.ones((1, 16, 8, 8), np.float32)
     with pytest.raises(ValueError, match="does not compute this problem"):
         fastconv.conv_transpose2d(x, np.ones((16, 16, 3, 3), np.float32), stride=2, method="winograd")
-    with pytest.raises(ValueError, match="does not compute this problem"):
-        fastconv.conv2d(x, np.ones((16, 16, 4, 4), np.float32), stride=2, padding=1, method="winograd")
+    for weight, stride in (((16, 16, 5, 5), 2), ((16, 16, 4, 4), (2, 1)), ((16, 16, 8, 8), 2)):
+        with pytest.raises(ValueError, match="does not compute this problem"):
+            fastconv.conv2d(x, np.ones(weight, np.float32), stride=stride, padding=1, method="winograd")
+
+
+@given(n=st.integers(1, 3), c_in=st.integers(1, 24), c_out=st.integers(1, 40), h=st.integers(1, 19),
+       w=st.integers(1, 19), geometry=st.sampled_from([(4, 2), (6, 2), (6, 3), (9, 3)]),
+       padding=st.sampled_from([0, 1, 2, ((2, 0), (1, 3))]), last=st.booleans(),
+       dtype=st.sampled_from([np.float32, np.float64]), with_bias=st.booleans(), seed=st.integers(0, 2**16))
+def test_strided_layers_run_as_space_to_depth(n, c_in, c_out, h, w, geometry, padding, last, dtype, with_bias, seed):
+    """A stride-s layer with s*r taps per axis: a stride-1 r x r Winograd convolution over s*s times the
+    channels, packed from NCHW or channels-last memory; within the bound of the float64 direct result."""
+    k, s = geometry
+    (top, bottom), (left, right) = fastconv.resolve_padding(padding, (h, w), (k, k), (s, s), (1, 1))
+    assume(h + top + bottom >= k and w + left + right >= k)
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, c_in, h, w)).astype(dtype)
+    wt = rng.standard_normal((c_out, c_in, k, k)).astype(dtype)
+    b = rng.standard_normal(c_out).astype(dtype) if with_bias else None
+    source = np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2) if last else x
+    y = fastconv.conv2d(source, wt, b, stride=s, padding=padding, method="winograd")
+    ref = fastconv.conv2d(x.astype(np.float64), wt.astype(np.float64), None if b is None else b.astype(np.float64),
+                          stride=s, padding=padding, method="direct")
+    assert y.dtype == dtype and y.shape == ref.shape
+    assert _relative_error(y, ref) <= winograd.ERROR_BOUND[np.dtype(dtype).name]
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
