@@ -9,7 +9,10 @@ same values in both). Batch normalisation is folded into the convolutions, as in
 do: ``w' = w * gamma / sqrt(var + eps)``, ``b' = beta - mean * gamma / sqrt(var + eps)``. The
 fastconv network is its functions on NumPy arrays (``conv2d``, ``max_pool2d``,
 ``adaptive_avg_pool2d``; ReLU and the residual additions in place with NumPy); the PyTorch one is
-``nn.Conv2d`` + ``nn.BatchNorm2d`` (eval mode) modules run eagerly, unfolded.
+``nn.Conv2d`` + ``nn.BatchNorm2d`` (eval mode) modules run eagerly, unfolded. fastconv's calls run
+inside a ``fastconv.WeightCache``, as an inference engine keeps prepacked weights: Winograd's
+transformed kernels are derived once, then reused while the weights are unchanged (checked on
+every call; ``--no-weight-cache`` derives them on every call).
 
 Printed: milliseconds per image at each batch size for both, their ratio, what ``auto`` chose
 for each layer, and the largest difference between the two networks' logits relative to the
@@ -154,11 +157,22 @@ def main(argv=None):
     parser.add_argument("--precision", choices=("high", "highest"), default=None,
                         help="fastconv's precision setting (default: the current one, 'high' unless set)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-weight-cache", action="store_true",
+                        help="derive the strategies' weight forms (Winograd transforms) on every call")
     args = parser.parse_args(argv)
     if args.precision:
         fastconv.set_precision(args.precision)
     params = make_weights(args.seed)
     folded = fold(params)
+    # about two forms per convolution (20 of them) under one cache
+    cache = None if args.no_weight_cache else fastconv.WeightCache(max_entries=64)
+
+    def run(x):
+        if cache is None:
+            return forward(x, folded)
+        with cache:
+            return forward(x, folded)
+
     try:
         import torch
 
@@ -167,18 +181,19 @@ def main(argv=None):
     except ImportError:
         torch = model = None
     rng = np.random.default_rng(args.seed + 1)
-    print(f"ResNet-18, 224x224, float32, {fastconv.get_num_threads()} threads, precision {fastconv.get_precision()!r}")
+    print(f"ResNet-18, 224x224, float32, {fastconv.get_num_threads()} threads, precision {fastconv.get_precision()!r}, "
+          f"weight cache {'off' if cache is None else 'on'}")
     chosen: dict = {}
     for batch in args.batch:
         x = rng.standard_normal((batch, 3, 224, 224)).astype(np.float32)
         ours = forward(x, folded, chosen)
-        line = f"  batch {batch}: fastconv {_ms_per_image(lambda: forward(x, folded), batch, args.repeat):7.2f} ms/image"
+        line = f"  batch {batch}: fastconv {_ms_per_image(lambda: run(x), batch, args.repeat):7.2f} ms/image"
         if model is not None:
             with torch.no_grad():
                 xt = torch.from_numpy(x)
                 theirs = model(xt).numpy()
                 torch_ms = _ms_per_image(lambda: model(xt), batch, args.repeat)
-            ours_ms = _ms_per_image(lambda: forward(x, folded), batch, args.repeat)  # again, after torch's block
+            ours_ms = _ms_per_image(lambda: run(x), batch, args.repeat)  # again, after torch's block
             error = float(np.abs(ours - theirs).max() / np.abs(theirs).max())
             line = (f"  batch {batch}: fastconv {ours_ms:7.2f} ms/image   PyTorch eager {torch_ms:7.2f} ms/image   "
                     f"{torch_ms / ours_ms:4.2f}x   logits differ by {error:.1e} of their scale")

@@ -58,6 +58,7 @@ from .transpose import (
 from .threads import get_num_threads, num_threads, set_num_threads, share_cores
 from .warmup import warmup
 from .workspace import get_workspace_limit, set_workspace_limit
+from ._prepared import WeightCache
 
 __version__ = "0.1.0.dev0"
 
@@ -74,6 +75,7 @@ __all__ = [
     "Explanation",
     "METHODS",
     "PoolGeometry",
+    "WeightCache",
     "adaptive_avg_pool1d",
     "adaptive_avg_pool1d_backward",
     "adaptive_avg_pool2d",

@@ -27,6 +27,7 @@ from . import adaptive as _adaptive
 from . import conv as _conv
 from . import pool as _pool
 from . import transpose as _transpose
+from ._prepared import WeightCache
 from ._validate import as_array
 
 __all__ = ["AdaptiveAvgPool1d", "AdaptiveAvgPool2d", "AdaptiveAvgPool3d", "AdaptiveMaxPool1d", "AdaptiveMaxPool2d",
@@ -97,6 +98,9 @@ class _ConvNd(Layer):
         self.in_channels, self.out_channels, self.kernel_size = in_channels, out_channels, kernel
         self.stride, self.padding, self.dilation, self.groups = stride, padding, dilation, groups
         self.method = method
+        # what the strategies derive from the weights (Winograd's transforms, FFT spectra, packed
+        # weights), kept while params["weight"] is unchanged (compared bit for bit on every call)
+        self._prepared = WeightCache()
         fan_in = (in_channels // groups) * math.prod(kernel)
         bound = 1.0 / math.sqrt(fan_in)
         gen = _generator(rng)
@@ -121,15 +125,18 @@ class _ConvNd(Layer):
     def forward(self, x):
         """``conv(x)``; keeps ``x`` for backward."""
         x = as_array(x, "x", f"{type(self).__name__}.forward")
-        y = self._function()(x, self.weight, self.bias, method=self.method, **self._geometry())
+        with self._prepared:
+            y = self._function()(x, self.weight, self.bias, method=self.method, **self._geometry())
         self._saved = x
         return y
 
     def backward(self, grad_output):
         """dL/dx for the last forward's input; stores dL/dW (and dL/db) in ``grads``."""
         x = self._need_forward()
-        gx, gw, gb = self._function("_backward")(grad_output, x, self.weight, method=self.method,
-                                                 output_mask=(True, True, "bias" in self.params), **self._geometry())
+        with self._prepared:
+            gx, gw, gb = self._function("_backward")(grad_output, x, self.weight, method=self.method,
+                                                     output_mask=(True, True, "bias" in self.params),
+                                                     **self._geometry())
         self.grads["weight"][...] = gw
         if gb is not None:
             self.grads["bias"][...] = gb

@@ -147,3 +147,120 @@ def test_example_runs_in_short_mode(capsys):
     assert "epoch  2" in out and "test accuracy: " in out
     acc = float(out.rsplit("test accuracy: ", 1)[1].split()[0])
     assert acc > 0.7  # two epochs on a third of the data already learn most digits (0.86 when written)
+
+
+# ---------------------------------------------------------------------------------------------- prepared weights
+
+from fastconv import _prepared  # noqa: E402
+from fastconv.strategies import fft as _fft  # noqa: E402
+from fastconv.strategies import winograd as _winograd  # noqa: E402
+
+import fastconv  # noqa: E402
+
+PREPARED = [
+    # (layer, kwargs, input shape, method, the function that derives the weights' form)
+    (nn.Conv2d, dict(in_channels=16, out_channels=24, kernel_size=3, padding=1), (2, 16, 12, 12), "winograd",
+     (_winograd, "transform_weights")),
+    (nn.Conv2d, dict(in_channels=16, out_channels=24, kernel_size=4, stride=2, padding=1), (2, 16, 12, 12),
+     "winograd", (_winograd, "transform_weights")),
+    (nn.ConvTranspose2d, dict(in_channels=16, out_channels=24, kernel_size=4, stride=2, padding=1), (2, 16, 6, 6),
+     "winograd", (_winograd, "transform_weights")),
+    (nn.Conv2d, dict(in_channels=4, out_channels=6, kernel_size=9, padding=4), (1, 4, 20, 20), "fft",
+     (_fft, "kernel_spectra")),
+]
+
+
+def _functional(layer, x):
+    fn = fastconv.conv_transpose2d if isinstance(layer, nn.ConvTranspose2d) else fastconv.conv2d
+    return fn(x, layer.weight.copy(), layer.bias.copy(), method=layer.method, **layer._geometry())
+
+
+@pytest.mark.parametrize("cls, kwargs, shape, method, deriving", PREPARED)
+def test_layers_keep_prepared_weights_and_never_use_a_stale_one(cls, kwargs, shape, method, deriving, monkeypatch):
+    """The transformed weights (Winograd) or spectra (FFT) are derived once while params are unchanged;
+    an in-place optimiser step, a replaced array, a single changed bit all derive them again, and
+    every result equals the functional call's on a copy of the weights, bit for bit."""
+    module, name = deriving
+    calls = []
+    original = getattr(module, name)
+    monkeypatch.setattr(module, name, lambda *a, **k: calls.append(1) or original(*a, **k))
+    layer = cls(**kwargs, rng=0, method=method)
+    x = np.random.default_rng(1).standard_normal(shape).astype(np.float32)
+
+    def run():  # the layer's result and how many times it derived the weights' form
+        before = len(calls)
+        y = layer(x)
+        return y, len(calls) - before
+
+    first, derived = run()
+    assert derived >= 1
+    again, count = run()
+    np.testing.assert_array_equal(again, first)
+    assert count == 0  # kept
+    np.testing.assert_array_equal(first, _functional(layer, x))
+    layer.params["weight"] -= 0.1 * np.sign(layer.params["weight"])  # an in-place optimiser step
+    updated, count = run()
+    assert count == derived
+    np.testing.assert_array_equal(updated, _functional(layer, x))
+    assert not np.array_equal(updated, first)
+    flat = layer.params["weight"].reshape(-1).view(np.uint32)
+    flat[7] ^= 1  # one bit of one weight
+    y, count = run()
+    assert count == derived
+    np.testing.assert_array_equal(y, _functional(layer, x))
+    layer.params["weight"] = layer.params["weight"] * 1.5  # a new array
+    y, count = run()
+    assert count == derived
+    np.testing.assert_array_equal(y, _functional(layer, x))
+    if method == "winograd":  # the backward's flipped phases (or space-to-depth weights) are kept too, and right
+        gy = np.random.default_rng(2).standard_normal(first.shape).astype(np.float32)
+        fn = fastconv.conv_transpose2d_backward if cls is nn.ConvTranspose2d else fastconv.conv2d_backward
+        for _ in range(2):
+            gx = layer.backward(gy)
+            want = fn(gy, x, layer.weight.copy(), method=method, **layer._geometry())
+            np.testing.assert_array_equal(gx, want[0])
+            np.testing.assert_array_equal(layer.grads["weight"], want[1])
+
+
+def test_a_store_is_bounded_and_shared_safely_by_threads():
+    store = fastconv.WeightCache(max_entries=3)
+    weights = [np.full(4, float(i), np.float32) for i in range(5)]
+    for i, w in enumerate(weights):
+        assert store.get(("k", i), w, lambda owned, w=w: w * 2)[0] == 2 * i
+    assert len(store) == 3
+    import threading
+
+    w = np.arange(1000, dtype=np.float64)
+    results = []
+
+    def work():
+        with store:
+            for _ in range(200):
+                results.append(_prepared.prepared("t", w, (), lambda owned: w + 1)[5])
+
+    threads = [threading.Thread(target=work) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == [6.0] * 1600
+    assert _prepared._current.get() is None  # the context ends with the block, per thread
+
+
+def test_direct_keeps_its_channels_last_packed_weights(monkeypatch):
+    """Channels-last input on direct's register-tiled kernel: the packed weights are kept, never stale."""
+    from fastconv.strategies import _simd_direct
+
+    if not _simd_direct.supports(fastconv.explain("conv2d", (1, 32, 10, 10), (32, 32, 3, 3), padding=1).geometry):
+        pytest.skip("the channels-last tile kernel does not run here (no explicit-SIMD layer)")
+    calls = []
+    original = _simd_direct.pack_weights
+    monkeypatch.setattr(_simd_direct, "pack_weights", lambda *a: calls.append(1) or original(*a))
+    layer = nn.Conv2d(32, 32, 3, padding=1, rng=0, method="direct")
+    x = np.random.default_rng(1).standard_normal((1, 10, 10, 32)).astype(np.float32).transpose(0, 3, 1, 2)
+    first = layer(x)
+    assert len(calls) == 1 and np.array_equal(layer(x), first) and len(calls) == 1
+    layer.params["weight"][0, 0, 0, 0] += 1.0
+    y = layer(x)
+    assert len(calls) == 2
+    np.testing.assert_array_equal(y, _functional(layer, x))

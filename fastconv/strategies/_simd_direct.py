@@ -41,6 +41,7 @@ from numba.core.errors import NumbaError
 
 from .. import _jit, _simd
 from .._jit import kernel, output_span
+from .._prepared import kept, prepared
 from ..geometry import phase_problems
 from ..workspace import get_workspace_limit, scratch
 from . import _simd_tiles
@@ -277,7 +278,7 @@ def conv2d(x, weight, bias, geom, out):
     N = x.shape[0]
     G = geom.groups
     cg = geom.in_channels // G
-    wp = pack_weights(weight, G, plan.block)
+    wp = prepared("direct", weight, (G, plan.block), lambda owned: kept(owned, pack_weights(weight, G, plan.block)))
     bp = pack_bias(bias, G, geom.out_channels, plan.block, x.dtype)
     oH, oW = geom.out_size
     out_last = out.transpose(0, 2, 3, 1)  # C-contiguous: the memory the result is written in

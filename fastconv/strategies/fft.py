@@ -38,6 +38,7 @@ from numba import prange
 
 from .. import _jit
 from .._jit import kernel
+from .._prepared import prepared
 from ..workspace import get_workspace_limit, scratch
 from . import Strategy
 
@@ -225,7 +226,9 @@ def conv(x, weight, bias, geom, out):
     options = {"workers": threads} if scipy else {}
     real = np.float32 if _spectra_dtype(x.dtype, scipy) == np.complex64 else np.float64
     C_out, cg = weight.shape[:2]
-    wf = kernel_spectra(weight, geom, _spectra_dtype(x.dtype, scipy), fft, options)  # once per call
+    complex_dtype = _spectra_dtype(x.dtype, scipy)
+    wf = prepared("fft", weight, (p.lengths, p.taps, np.dtype(complex_dtype).str),  # once per call, or kept by a layer
+                  lambda owned: kernel_spectra(weight, geom, complex_dtype, fft, options))
     F = wf.shape[2]
     images = _images_per_chunk(geom, np.dtype(wf.dtype).itemsize, get_workspace_limit())
     crop = (slice(None), slice(None)) + p.crops

@@ -37,6 +37,7 @@ from numba import prange
 
 from .. import _jit, _simd
 from .._jit import kernel, output_span
+from .._prepared import kept, prepared
 from ..workspace import get_workspace_limit, scratch
 from ..geometry import phase_problems
 from . import Strategy, _depth, _winograd_kernels
@@ -280,11 +281,16 @@ def _weights_len(geom, layout, m) -> int:
 
 
 class _Pass(NamedTuple):
-    """One convolution of a call's input: its weights ``(C_in, C_out, r, r)`` (any strides), its
-    problem, and where its result goes in the flat output (first element, element strides of
-    image, channel, row, column)."""
+    """One convolution of a call's input: its weights, its problem, and where its result goes in the
+    flat output (first element, element strides of image, channel, row, column).
 
-    weight_io: np.ndarray
+    ``weights()`` gives them as ``(C_in, C_out, r, r)`` (any strides), derived from the user's
+    ``source`` array as ``key`` says: the transformed form is kept by a layer's store
+    (:mod:`fastconv._prepared`) while ``source`` is unchanged."""
+
+    weights: object   # () -> (C_in, C_out, r, r) view or array
+    source: np.ndarray
+    key: tuple
     geom: object
     offset: int
     strides: tuple
@@ -344,15 +350,20 @@ def conv2d(x, weight, bias, geom, out):
     else:
         flat, strides = out.reshape(-1), (C * oH * oW, oH * oW, oW, 1)
     if geom.stride == (1, 1):
-        _run(x, (_Pass(weight.transpose(1, 0, 2, 3), geom, 0, strides),), bias, flat)
+        _run(x, (_Pass(lambda: weight.transpose(1, 0, 2, 3), weight, ("forward",), geom, 0, strides),), bias, flat)
         return
     s, (top, _), (left, _) = geom.stride[0], *geom.padding
-    r = geom.kernel[0] // s
-    C_out, C_in = weight.shape[:2]
-    packed = scratch(C_out * C_in * s * s * r * r, weight.dtype, "winograd-strided").reshape(C_out, C_in * s * s, r, r)
-    with _jit.launch():
-        _space_to_depth_weights(weight, s, packed)
-    _run(x, (_Pass(packed.transpose(1, 0, 2, 3), _space_to_depth(geom), 0, strides),), bias, flat,
+
+    def space_to_depth():
+        r = geom.kernel[0] // s
+        C_out, C_in = weight.shape[:2]
+        packed = scratch(C_out * C_in * s * s * r * r, weight.dtype, "winograd-strided").reshape(
+            C_out, C_in * s * s, r, r)
+        with _jit.launch():
+            _space_to_depth_weights(weight, s, packed)
+        return packed.transpose(1, 0, 2, 3)
+
+    _run(x, (_Pass(space_to_depth, weight, ("space-to-depth", s), _space_to_depth(geom), 0, strides),), bias, flat,
          pack=(s, top, left))
 
 
@@ -386,7 +397,8 @@ def _run(x, passes, bias, out, pack=None):
             image, channel, row, col = p.strides
             chunk = chunk._replace(in_h=layout.in_h, in_w=layout.in_w, row0=layout.row0, col0=layout.col0,
                                    out_image=image, out_channel=channel, out_row=row, out_col=col)
-            u = transform_weights(p.weight_io, x.dtype, plan.m)
+            u = prepared("winograd", p.source, p.key + (plan.m,),
+                         lambda owned: kept(owned, transform_weights(p.weights(), x.dtype, plan.m)))
             padded_bias = np.zeros(chunk.co_blocks * 2 * lanes, dtype=x.dtype)
             if bias is not None:
                 padded_bias[: p.geom.out_channels] = bias
@@ -430,8 +442,9 @@ def _input_gradient(grad_out, weight, geom, grad_x):
         if phase is None:  # no tap reaches this phase
             grad_x[:, :, rh::sH, rw::sW] = 0
         else:
-            passes.append(_Pass(weight[:, :, _taps(taps_h), _taps(taps_w)], phase, rh * W + rw,
-                                (C * H * W, H * W, sH * W, sW)))
+            view = weight[:, :, _taps(taps_h), _taps(taps_w)]
+            passes.append(_Pass(lambda view=view: view, weight, ("input-gradient", geom.stride, taps_h, taps_w),
+                                phase, rh * W + rw, (C * H * W, H * W, sH * W, sW)))
     _run(grad_out, tuple(passes), None, grad_x.reshape(-1))
 
 
