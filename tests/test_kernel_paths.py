@@ -22,7 +22,7 @@ def _geometry(x, w, **kw):
 
 ROW_KERNEL = [
     # (x shape, weight shape, geometry): depthwise, single-channel filters, 1D-like, strided rows
-    ((1, 4, 7, 100), (4, 1, 3, 3), dict(padding=1, groups=4)),
+    ((1, 4, 7, 100), (4, 1, 3, 3), dict(padding=1, groups=4, dilation=(2, 1))),  # (3x3 stride 1: _depthwise3x3)
     ((2, 1, 6, 120), (1, 1, 3, 3), dict(padding=((2, 0), (1, 3)), dilation=(1, 2))),
     ((1, 2, 1, 130), (2, 1, 1, 5), dict(padding=((0, 0), (2, 2)), groups=2)),
     ((1, 3, 9, 104), (3, 1, 3, 3), dict(padding=1, stride=(2, 1), groups=3)),
@@ -37,8 +37,29 @@ def test_row_kernel_matches_the_loop(xs, ws, kw, dtype):
     x = rng.standard_normal(xs).astype(dtype)
     w = rng.standard_normal(ws).astype(dtype)
     b = rng.standard_normal(ws[0]).astype(dtype)
-    assert direct._uses_rows_kernel(_geometry(x, w, **kw))
+    assert direct._uses_rows_kernel(_geometry(x, w, **kw)) and not direct._uses_depthwise3x3(_geometry(x, w, **kw))
     assert_close(fastconv.conv2d(x, w, b, **kw, method="direct"), fastconv.conv2d(x, w, b, **kw, method="loop"))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape, padding", [((2, 5, 9, 11), 1), ((1, 3, 1, 1), 1), ((1, 4, 2, 3), 2), ((1, 2, 7, 130), 1),
+                                            ((1, 3, 5, 6), 0), ((2, 3, 6, 8), ((2, 0), (0, 3))), ((1, 1, 3, 3), 0),
+                                            ((1, 2, 4, 4), ((3, 3), (2, 1)))])
+def test_depthwise_three_by_three_matches_the_loop(shape, padding, dtype):
+    """One vectorised pass per output row; zero rows above and below, the edge columns one by one."""
+    rng = np.random.default_rng(4)
+    C = shape[1]
+    x = rng.standard_normal(shape).astype(dtype)
+    w = rng.standard_normal((C, 1, 3, 3)).astype(dtype)
+    b = rng.standard_normal(C).astype(dtype)
+    kw = dict(padding=padding, groups=C)
+    assert direct._uses_depthwise3x3(_geometry(x, w, **kw))
+    for bias in (b, None):
+        assert_close(fastconv.conv2d(x, w, bias, **kw, method="direct"), fastconv.conv2d(x, w, bias, **kw, method="loop"))
+    g = rng.standard_normal(fastconv.conv2d(x, w, **kw, method="loop").shape).astype(dtype)  # dL/dx: the flipped kernel
+    for ours, loop in zip(fastconv.conv2d_backward(g, x, w, **kw, method="direct"),
+                          fastconv.conv2d_backward(g, x, w, **kw, method="loop")):
+        assert_close(ours, loop, dtype)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

@@ -445,6 +445,59 @@ def _conv_rows(x, tap_weight, bias, layout, span_lo, span_len, row_class, class_
                               base + tap_shift[tc], base + tap_shift[td], w[ta], w[tb], w[tc], w[td])
 
 
+@kernel
+def _depthwise3x3(x, weight, bias, top, left, out):
+    """Depthwise 3x3 convolution (one input channel per output channel), stride 1, dilation 1: each
+    output row in one vectorised pass of its nine taps (the rows kernel makes three passes, one per
+    kernel column, each reading and writing the row).
+
+    ``weight`` is ``(C, 1, 3, 3)``, ``bias`` ``(C,)`` (zeros for none); input rows outside the image read a row of zeros, and the
+    columns whose taps leave the image (at most two on each side) are summed one by one.
+    """
+    N, C, H, W = x.shape
+    oH, oW = out.shape[2], out.shape[3]
+    lo = min(max(left, 0), oW)          # outputs [lo, hi) read columns j - left .. j - left + 2, all inside
+    hi = max(lo, min(oW, W - 2 + left))
+    blocks = (oH + ROWS_PER_ITEM - 1) // ROWS_PER_ITEM  # items of a few rows: one plane keeps both cores busy
+    for item in prange(N * C * blocks):
+        block = item % blocks
+        n = item // (C * blocks)
+        c = item // blocks - n * C
+        k = weight[c, 0]
+        k00, k01, k02, k10, k11, k12, k20, k21, k22 = (k[0, 0], k[0, 1], k[0, 2], k[1, 0], k[1, 1], k[1, 2],
+                                                       k[2, 0], k[2, 1], k[2, 2])
+        b = bias[c]
+        zero = np.zeros(W, dtype=x.dtype)
+        plane = x[n, c]
+        for i in range(block * ROWS_PER_ITEM, min(oH, (block + 1) * ROWS_PER_ITEM)):
+            r = i - top
+            ra = plane[r] if 0 <= r < H else zero
+            rb = plane[r + 1] if 0 <= r + 1 < H else zero
+            rc = plane[r + 2] if 0 <= r + 2 < H else zero
+            y = out[n, c, i, lo:hi]
+            a0, a1, a2 = ra[lo - left:hi - left], ra[lo - left + 1:hi - left + 1], ra[lo - left + 2:hi - left + 2]
+            b0, b1, b2 = rb[lo - left:hi - left], rb[lo - left + 1:hi - left + 1], rb[lo - left + 2:hi - left + 2]
+            c0, c1, c2 = rc[lo - left:hi - left], rc[lo - left + 1:hi - left + 1], rc[lo - left + 2:hi - left + 2]
+            for j in range(hi - lo):
+                y[j] = (b + k00 * a0[j] + k01 * a1[j] + k02 * a2[j] + k10 * b0[j] + k11 * b1[j] + k12 * b2[j]
+                        + k20 * c0[j] + k21 * c1[j] + k22 * c2[j])
+            y = out[n, c, i]
+            for edge in range(2):  # the edge columns [0, lo) and [hi, oW) (looping over all with a skip cost 4x)
+                for j in range(0 if edge == 0 else hi, lo if edge == 0 else oW):
+                    acc = b
+                    for t in range(3):
+                        q = j - left + t
+                        if 0 <= q < W:
+                            acc += k[0, t] * ra[q] + k[1, t] * rb[q] + k[2, t] * rc[q]
+                    y[j] = acc
+
+
+def _uses_depthwise3x3(geom):
+    """:func:`_depthwise3x3` for depthwise 3x3 layers (one channel per group, in and out), stride and dilation 1."""
+    return (geom.groups == geom.in_channels == geom.out_channels and geom.kernel == (3, 3)
+            and geom.stride == (1, 1) and geom.dilation == (1, 1))
+
+
 # --------------------------------------------------------------------------- planning
 
 
@@ -659,6 +712,11 @@ def conv2d(x, weight, bias, geom, out):
         return
     if bias is None:
         bias = _NO_BIAS[x.dtype.char]
+    if _uses_depthwise3x3(geom):
+        b = bias if bias.shape[0] else np.zeros(C_out, dtype=x.dtype)  # (a float64 zero would widen the sums)
+        with _jit.launch():
+            _jit.sized(_depthwise3x3, geom.flops // 2)(x, weight, b, int(top), int(left), out)
+        return
     if _uses_rows_kernel(geom):
         rows = _row_plan(geom)
         tap_weight = np.ascontiguousarray(weight[:, rows.tap_channel, rows.tap_row, rows.tap_col])
@@ -697,7 +755,7 @@ def workspace_bytes(geom, itemsize):
         return _simd_direct.workspace_bytes(geom, itemsize)
     if _simd_direct.planar_supports(geom):
         return _simd_direct.planar_workspace_bytes(geom, itemsize)
-    if _uses_rows_kernel(geom):
+    if _uses_depthwise3x3(geom) or _uses_rows_kernel(geom):
         return 0
     plan = _tiles_plan(geom, itemsize, get_workspace_limit())
     if not plan.packed:
@@ -711,8 +769,15 @@ from . import _direct_backward, _simd_direct  # noqa: E402
 
 def conv2d_backward(grad_out, x, weight, geom, grad_x, grad_w, grad_b):
     """Gradients of :func:`conv2d`: dL/dx of a stride-1 convolution on the register-tiled kernel (a
-    convolution of ``grad_out`` with the flipped kernel) where it applies, the rest in
-    :mod:`._direct_backward`."""
+    convolution of ``grad_out`` with the flipped kernel) where it applies, a depthwise 3x3 layer's on
+    :func:`_depthwise3x3` (the same flip), the rest in :mod:`._direct_backward`."""
+    if grad_x is not None and geom.batch and _uses_depthwise3x3(geom):
+        (top, _), (left, _) = geom.padding
+        flipped = np.ascontiguousarray(weight[:, :, ::-1, ::-1])
+        with _jit.launch():
+            _jit.sized(_depthwise3x3, geom.flops // 2)(grad_out, flipped, np.zeros(geom.in_channels, grad_x.dtype),
+                                                        2 - int(top), 2 - int(left), grad_x)
+        grad_x = None
     if grad_x is not None and geom.batch and _simd_direct.input_gradient(grad_out, weight, geom, grad_x):
         grad_x = None
     _direct_backward.conv2d_backward(grad_out, x, weight, geom, grad_x, grad_w, grad_b)
