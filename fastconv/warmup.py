@@ -66,6 +66,9 @@ def warmup(dtypes: Sequence = ("float32",), methods: Sequence[str] | None = None
             # the register-tiled kernels run for enough channels (direct: _simd_direct.planar_supports)
             many = np.ones((1, 16, 6, 6), dtype)
             _conv.conv2d(many, np.ones((16, 16, 3, 3), dtype), padding=1, method=method)
+            # windows that tile the image (kernel == stride): direct's dL/dx is one product, then depth to space
+            _conv.conv2d_backward(np.ones((1, 32, 8, 8), dtype), np.ones((1, 8, 16, 16), dtype),
+                                  np.ones((32, 8, 2, 2), dtype), stride=2, method=method, output_mask=(True, False, False))
             # ... and for channels-last memory (read in place by direct; a copy for the others)
             wide_channels = np.ones((1, 6, 6, 32), dtype).transpose(0, 3, 1, 2)
             _conv.conv2d(wide_channels, np.ones((32, 32, 3, 3), dtype), padding=1, method=method)

@@ -125,3 +125,23 @@ def test_tiling_col2im_in_the_pooling_backward(shape, k, s, ceil):
     g = rng.standard_normal(y.shape)
     assert_close(fastconv.avg_pool2d_backward(g, x.shape, k, s, ceil_mode=ceil, method="img2col"),
                  fastconv.avg_pool2d_backward(g, x.shape, k, s, ceil_mode=ceil, method="loop"), np.float64)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("xs, ws, stride, output_padding", [((1, 40, 6, 7), (40, 16, 2, 2), 2, 0),
+                                                            ((2, 36, 4, 5), (36, 8, 3, 3), 3, 2),
+                                                            ((1, 33, 3, 3), (33, 9, 2, 2), 2, (1, 0))])
+def test_tiling_input_gradient_matches_the_loop(xs, ws, stride, output_padding, dtype):
+    """direct's dL/dx where the windows tile the image (a transposed convolution with kernel == stride):
+    one pointwise product for all the stride phases, then depth to space (zeros past the last window)."""
+    from fastconv.strategies import _simd_direct
+
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal(xs).astype(dtype)
+    w = rng.standard_normal(ws).astype(dtype)
+    kw = dict(stride=stride, output_padding=output_padding)
+    if not fastconv._simd.AVAILABLE:
+        pytest.skip("the register-tiled kernel does not run here")
+    assert _simd_direct._tiling_problem(fastconv.explain("conv_transpose2d", x, w, **kw).geometry) is not None
+    assert_close(fastconv.conv_transpose2d(x, w, **kw, method="direct"),
+                 fastconv.conv_transpose2d(x, w, **kw, method="loop"), dtype)

@@ -42,7 +42,7 @@ from numba.core.errors import NumbaError
 from .. import _jit, _simd
 from .._jit import kernel, output_span
 from .._prepared import kept, prepared
-from ..geometry import phase_problems
+from ..geometry import ConvGeometry, phase_problems
 from ..workspace import get_workspace_limit, scratch
 from . import _simd_tiles
 from .direct import _in_place_phases, _pack_phases, _PackLayout, _phase_layout, _tap_offsets
@@ -481,8 +481,75 @@ def _phase_weights(geom, taps_h, taps_w):
     return step, int(taps), int(cog * cg * taps)
 
 
+@kernel
+def _depth_to_space(z, stride, x):
+    """``x[n, c, i*s + a, j*s + b] = z[n, c*s*s + a*s + b, i*oW + j]`` (``s = stride``; ``x``'s rows and columns
+    past ``oH*s``, ``oW*s`` are zero): the stride phases of a layer whose windows tile the image, from
+    one pointwise product, into place. One iteration per (image, channel, output row)."""
+    N, C, H, W = x.shape
+    s = stride
+    oW = W // s
+    oH = z.shape[2] // oW
+    for item in prange(N * C * H):
+        r = item % H
+        c = (item // H) % C
+        n = item // (H * C)
+        row = x[n, c, r]
+        i = r // s
+        if i >= oH:
+            row[:] = 0
+            continue
+        a = r - i * s
+        first = c * s * s + a * s
+        if s == 2:  # interleaving two rows: LLVM vectorises the pair
+            z0 = z[n, first, i * oW:(i + 1) * oW]
+            z1 = z[n, first + 1, i * oW:(i + 1) * oW]
+            for j in range(oW):
+                row[2 * j] = z0[j]
+                row[2 * j + 1] = z1[j]
+        else:
+            for b in range(s):
+                zb = z[n, first + b, i * oW:(i + 1) * oW]
+                for j in range(oW):
+                    row[j * s + b] = zb[j]
+        row[oW * s:] = 0
+
+
+@functools.lru_cache(maxsize=64)
+def _tiling_problem(geom):
+    """dL/dx of a layer whose windows tile the image (kernel == stride, dilation 1, no padding, one group)
+    as ONE pointwise convolution of ``dy`` with ``C_in * s*s`` outputs (output ``c*s*s + a*s + b`` is
+    tap ``(a, b)`` of input channel ``c``), or None. One product instead of s*s phases, then
+    :func:`_depth_to_space` (a U-Net's 2x2 stride-2 transposed convolution)."""
+    s = geom.stride[0]
+    if (geom.rank != 2 or geom.groups != 1 or geom.kernel != (s, s) or geom.stride != (s, s) or s < 2
+            or geom.dilation != (1, 1) or geom.padding != ((0, 0), (0, 0))):
+        return None
+    problem = ConvGeometry(batch=geom.batch, in_channels=geom.out_channels, out_channels=geom.in_channels * s * s,
+                           groups=1, in_size=geom.out_size, kernel=(1, 1), stride=(1, 1), dilation=(1, 1),
+                           padding=((0, 0), (0, 0)), out_size=geom.out_size, dtype=geom.dtype)
+    return problem if planar_supports(problem) else None
+
+
+def _tiling_weights(geom):
+    """The planar kernel's view of the forward weights ``(C_out, C_in, s, s)`` for :func:`_tiling_problem`:
+    its output ``c*s*s + t`` and input ``o`` read ``W[o, c, t]``, at flat ``o*C_in*s*s + c*s*s + t``."""
+    per_out = geom.in_channels * geom.kernel[0] * geom.kernel[1]
+    return np.arange(geom.out_channels, dtype=np.int64) * per_out, 1, geom.out_channels * per_out
+
+
 def input_gradient(grad_out, weight, geom, grad_x) -> bool:
     """dL/dx of ``geom`` into ``grad_x`` on the planar tile kernel; False if it does not apply."""
+    tiling = _tiling_problem(geom)
+    if tiling is not None:  # one pointwise product for every phase, then depth to space
+        z = scratch(int(np.prod(tiling.output_shape)), grad_x.dtype, "phase").reshape(
+            tiling.batch, tiling.out_channels, -1)
+        if not guarded(conv2d_planar, grad_out, weight, None, tiling, z.reshape(tiling.output_shape),
+                       _tiling_weights(geom)):
+            return False
+        with _jit.launch():
+            _depth_to_space(z, int(geom.stride[0]), grad_x)
+        return True
     problems = input_gradient_problems(geom)
     if problems is None:
         return False
