@@ -28,7 +28,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from . import _dask, dispatch
+from . import _dask, _jit, dispatch
 from . import _validate as v
 from ._typing import Array, ArrayLike, Gradients, IntOrTuple
 from .geometry import _SPATIAL, _as_int, _resolve_padding, conv_problem, normalize_tuple
@@ -138,7 +138,10 @@ def _transpose(fn, nd, x, weight, bias, stride, padding, output_padding, groups,
     unused = np.zeros(conv.input_shape, dtype=x4.dtype)
     dispatch.run(method, "conv_backward", conv, x4.dtype, fn, (x4, unused, w4, conv, y, None, None))
     if b is not None:
-        y += b.reshape((1, -1) + (1,) * conv.rank)
+        from .strategies.direct import add_bias
+
+        with _jit.launch():
+            _jit.sized(add_bias, y.size)(y.reshape(y.shape[0], y.shape[1], -1), b)
     return out
 
 

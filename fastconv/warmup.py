@@ -10,6 +10,7 @@ import numpy as np
 from . import adaptive as _adaptive
 from . import conv as _conv
 from . import pool as _pool
+from . import transpose as _transpose
 from . import strategies
 
 __all__ = ["warmup"]
@@ -66,6 +67,10 @@ def warmup(dtypes: Sequence = ("float32",), methods: Sequence[str] | None = None
             # the register-tiled kernels run for enough channels (direct: _simd_direct.planar_supports)
             many = np.ones((1, 16, 6, 6), dtype)
             _conv.conv2d(many, np.ones((16, 16, 3, 3), dtype), padding=1, method=method)
+            # a 1D transposed convolution with 4 taps, stride 2 (direct: its phases merged into one product)
+            # and its bias (added in place by a kernel of its own)
+            _transpose.conv_transpose1d(np.ones((4, 16, 1024), dtype), np.ones((16, 8, 4), dtype), np.ones(8, dtype),
+                                        stride=2, padding=1, method=method)
             # windows that tile the image (kernel == stride): direct's dL/dx is one product, then depth to space
             _conv.conv2d_backward(np.ones((1, 32, 8, 8), dtype), np.ones((1, 8, 16, 16), dtype),
                                   np.ones((32, 8, 2, 2), dtype), stride=2, method=method, output_mask=(True, False, False))

@@ -42,7 +42,7 @@ from numba.core.errors import NumbaError
 from .. import _jit, _simd
 from .._jit import kernel, output_span
 from .._prepared import kept, prepared
-from ..geometry import ConvGeometry, phase_problems
+from ..geometry import ConvGeometry, input_gradient_phases, phase_problems
 from ..workspace import get_workspace_limit, scratch
 from . import _simd_tiles
 from .direct import _in_place_phases, _pack_phases, _PackLayout, _phase_layout, _tap_offsets
@@ -538,6 +538,94 @@ def _tiling_weights(geom):
     return np.arange(geom.out_channels, dtype=np.int64) * per_out, 1, geom.out_channels * per_out
 
 
+class _Merged(NamedTuple):
+    """dL/dx's stride phases as one convolution (see :func:`_merged_problem`)."""
+
+    problem: ConvGeometry
+    taps_h: np.ndarray    # (sH, rh) kernel rows of each row phase
+    taps_w: np.ndarray    # (sW, rw)
+    shift_h: np.ndarray   # (sH,) the merged output row of phase row 0
+    shift_w: np.ndarray
+    count_h: np.ndarray   # (sH,) rows of each row phase
+    count_w: np.ndarray
+
+
+#: The merged problem may compute at most this share more outputs than the phases need (its origins
+#: cover every phase's; 1D layers waste one position, small 2D maps a row and a column per phase).
+MERGED_MAX_WASTE = 0.05
+
+
+@functools.lru_cache(maxsize=64)
+def _merged_problem(geom):
+    """dL/dx of a strided layer whose stride phases all have ``r`` taps at dilation 1 (a kernel of stride x r
+    taps, e.g. a 1D transposed convolution with 4 taps and stride 2) as ONE stride-1 convolution of ``dy``
+    with ``C_in * sH * sW`` outputs: output ``(c*sH + ph)*sW + pw`` at ``(u + shift_h[ph], v + shift_w[pw])``
+    is ``dx[c, u*sH + ph, v*sW + pw]``. One packed copy and one launch instead of one per phase; None
+    if it does not apply, wastes more than :data:`MERGED_MAX_WASTE`, or the planar kernel does not run it."""
+    if geom.rank != 2 or geom.groups != 1 or geom.stride == (1, 1):
+        return None
+    axes = []
+    for n, o, k, st, d, (lo, _) in zip(geom.in_size, geom.out_size, geom.kernel, geom.stride, geom.dilation,
+                                       geom.padding):
+        phases = input_gradient_phases(n, o, k, st, d, lo)
+        if any(pads is None or dr != 1 or len(taps) != len(phases[0][1]) for _, taps, pads, dr, _ in phases):
+            return None
+        lo_max = max(pads[0] for _, _, pads, _, _ in phases)
+        shifts = [lo_max - pads[0] for _, _, pads, _, _ in phases]
+        size = max(count + shift for (_, _, _, _, count), shift in zip(phases, shifts))
+        r = len(phases[0][1])
+        axes.append((phases, lo_max, shifts, size, size - o - lo_max + r - 1, r))
+    (ph_h, lo_h, sh_h, out_h, hi_h, rh), (ph_w, lo_w, sh_w, out_w, hi_w, rw) = axes
+    needed = sum(ch * cw for (*_, ch) in ph_h for (*_, cw) in ph_w)
+    if out_h * out_w * len(ph_h) * len(ph_w) > (1 + MERGED_MAX_WASTE) * needed:
+        return None
+    problem = ConvGeometry(batch=geom.batch, in_channels=geom.out_channels,
+                           out_channels=geom.in_channels * len(ph_h) * len(ph_w), groups=1, in_size=geom.out_size,
+                           kernel=(rh, rw), stride=(1, 1), dilation=(1, 1), padding=((lo_h, hi_h), (lo_w, hi_w)),
+                           out_size=(out_h, out_w), dtype=geom.dtype)
+    if not planar_supports(problem):
+        return None
+    ints = functools.partial(np.array, dtype=np.int64)
+    return _Merged(problem=problem, taps_h=ints([taps for _, taps, *_ in ph_h]), taps_w=ints([taps for _, taps, *_ in ph_w]),
+                   shift_h=ints(sh_h), shift_w=ints(sh_w), count_h=ints([c for *_, c in ph_h]),
+                   count_w=ints([c for *_, c in ph_w]))
+
+
+def _merged_weights(weight, merged):
+    """``W'[(c*sH + ph)*sW + pw, o, j, l] = W[o, c, taps_h[ph, j], taps_w[pw, l]]``: the merged problem's weights."""
+    picked = weight[:, :, merged.taps_h[:, :, None, None], merged.taps_w[None, None, :, :]]  # (O, C, sH, rh, sW, rw)
+    O, C, sH, rh, sW, rw = picked.shape
+    return np.ascontiguousarray(picked.transpose(1, 2, 4, 0, 3, 5)).reshape(C * sH * sW, O, rh, rw)
+
+
+@kernel
+def _phases_to_space(z, merged_shift_h, merged_shift_w, count_w, x):
+    """``x[n, c, u*sH + ph, v*sW + pw] = z[n, (c*sH + ph)*sW + pw, u + shift_h[ph], v + shift_w[pw]]``: each
+    stride phase of the merged result into place. One iteration per (image, channel, row of ``x``)."""
+    N, C, H, W = x.shape
+    sH, sW = merged_shift_h.shape[0], merged_shift_w.shape[0]
+    for item in prange(N * C * H):
+        r = item % H
+        c = (item // H) % C
+        n = item // (H * C)
+        ph = r % sH
+        u = r // sH + merged_shift_h[ph]
+        row = x[n, c, r]
+        first = 0
+        if sW == 2:  # the common stride 2: both phases in one interleaving pass LLVM vectorises
+            z0 = z[n, (c * sH + ph) * 2, u, merged_shift_w[0]:]
+            z1 = z[n, (c * sH + ph) * 2 + 1, u, merged_shift_w[1]:]
+            first = min(count_w[0], count_w[1])
+            for v in range(first):
+                row[2 * v] = z0[v]
+                row[2 * v + 1] = z1[v]
+        for pw in range(sW):  # the rest (other strides; the longer phase's last column)
+            zr = z[n, (c * sH + ph) * sW + pw, u]
+            s0 = merged_shift_w[pw]
+            for v in range(first, count_w[pw]):
+                row[v * sW + pw] = zr[s0 + v]
+
+
 def input_gradient(grad_out, weight, geom, grad_x) -> bool:
     """dL/dx of ``geom`` into ``grad_x`` on the planar tile kernel; False if it does not apply."""
     tiling = _tiling_problem(geom)
@@ -549,6 +637,17 @@ def input_gradient(grad_out, weight, geom, grad_x) -> bool:
             return False
         with _jit.launch():
             _depth_to_space(z, int(geom.stride[0]), grad_x)
+        return True
+    merged = _merged_problem(geom)
+    if merged is not None:  # one convolution for every phase, then each phase into place
+        problem = merged.problem
+        z = scratch(int(np.prod(problem.output_shape)), grad_x.dtype, "phase").reshape(problem.output_shape)
+        w = prepared("direct-merged", weight, (geom.stride, geom.padding, geom.kernel),
+                     lambda owned: _merged_weights(weight, merged))
+        if not guarded(conv2d_planar, grad_out, w, None, problem, z):
+            return False
+        with _jit.launch():
+            _phases_to_space(z, merged.shift_h, merged.shift_w, merged.count_w, grad_x)
         return True
     problems = input_gradient_problems(geom)
     if problems is None:

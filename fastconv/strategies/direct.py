@@ -492,6 +492,19 @@ def _depthwise3x3(x, weight, bias, top, left, out):
                     y[j] = acc
 
 
+@kernel
+def add_bias(y, bias):
+    """``y[n, c, :] += bias[c]`` for ``y`` (N, C, positions), C-contiguous: one (image, channel) row per
+    iteration, vectorised (NumPy's broadcast add took 88 us for upsample1d's 2 MB result on Zen 4,
+    single-threaded; the transposed convolutions add their bias so)."""
+    N, C, P = y.shape
+    for item in prange(N * C):
+        row = y[item // C, item % C]
+        b = bias[item % C]
+        for j in range(P):
+            row[j] += b
+
+
 def _uses_depthwise3x3(geom):
     """:func:`_depthwise3x3` for depthwise 3x3 layers (one channel per group, in and out), stride and dilation 1."""
     return (geom.groups == geom.in_channels == geom.out_channels and geom.kernel == (3, 3)
