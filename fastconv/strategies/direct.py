@@ -843,10 +843,21 @@ from ._adaptive_kernels import (  # noqa: E402
 
 
 def _bind_conv(geom, dtype):
-    """:func:`conv2d` on a small problem it runs on :func:`_conv_tiles` in place (stride 1, no padding,
-    no register-tiled kernel) as a function of the arrays (``Strategy.bind``), on the kernel's serial
-    twin where the work is small (:func:`fastconv._jit.pick`); None for any other problem."""
-    if _simd_direct.planar_supports(geom) or _uses_rows_kernel(geom):
+    """:func:`conv2d` on a problem it runs on :func:`_depthwise3x3`, or a small one it runs on
+    :func:`_conv_tiles` in place (stride 1, no padding, no register-tiled kernel), as a function of
+    the arrays (``Strategy.bind``), on the kernel's serial twin where the work is small
+    (:func:`fastconv._jit.pick`); None for any other problem."""
+    if _simd_direct.planar_supports(geom):
+        return None
+    if _uses_depthwise3x3(geom):  # (single-channel 3x3 filters too: the per-call benchmark's layer)
+        depthwise = _jit.pick(_depthwise3x3, geom.flops // 2)
+        zeros = np.zeros(geom.out_channels, dtype=dtype)
+        (top, _), (left, _) = geom.padding
+
+        def run_depthwise(x, weight, bias, out):
+            depthwise(x, weight, zeros if bias is None else bias, top, left, out)
+        return run_depthwise
+    if _uses_rows_kernel(geom):
         return None
     plan = _tiles_plan(geom, dtype.itemsize, get_workspace_limit())
     if plan.packed:
