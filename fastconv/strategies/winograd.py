@@ -295,7 +295,7 @@ class _Pass(NamedTuple):
     key: tuple
     geom: object
     offset: int
-    strides: tuple
+    strides: tuple | None   # None: the problem's own (NCHW or channels-last, :func:`_layout`)
 
 
 class _Shared(NamedTuple):
@@ -332,7 +332,10 @@ def workspace_bytes(op, geom, itemsize) -> int:
     """The padded channels-last copy of a chunk of images, the transformed weights, the threads' buffers."""
     if not supports(op, geom):
         return 0
-    return _workspace_of((_space_to_depth(geom) if op == "conv" and _strided(geom) else geom,), itemsize)
+    if op == "conv" and _strided(geom):  # plus the reordered weights (as many as the layer's)
+        return (_workspace_of((_space_to_depth(geom),), itemsize)
+                + geom.out_channels * geom.in_channels * int(np.prod(geom.kernel[-2:])) * itemsize)
+    return _workspace_of((geom,), itemsize)
 
 
 def _workspace_of(geoms, itemsize) -> int:
@@ -346,13 +349,9 @@ def _workspace_of(geoms, itemsize) -> int:
 def conv2d(x, weight, bias, geom, out):
     """Winograd F(m x m, r x r) convolution of ``x`` (N, C_in, H, W) into ``out`` (N, C_out, oH, oW); a
     strided layer through :func:`_space_to_depth`."""
-    C, (oH, oW) = geom.out_channels, geom.out_size
-    if geom.layout == "channels_last":
-        flat, strides = out.transpose(0, 2, 3, 1).reshape(-1), (oH * oW * C, 1, oW * C, C)
-    else:
-        flat, strides = out.reshape(-1), (C * oH * oW, oH * oW, oW, 1)
+    flat = (out.transpose(0, 2, 3, 1) if geom.layout == "channels_last" else out).reshape(-1)  # the layout's strides
     if geom.stride == (1, 1):
-        _run(x, (_Pass(lambda: weight.transpose(1, 0, 2, 3), weight, ("forward",), geom, 0, strides),), bias, flat)
+        _run(x, (_Pass(lambda: weight.transpose(1, 0, 2, 3), weight, ("forward",), geom, 0, None),), bias, flat)
         return
     s, (top, _), (left, _) = geom.stride[0], *geom.padding
 
@@ -365,7 +364,7 @@ def conv2d(x, weight, bias, geom, out):
             _space_to_depth_weights(weight, s, packed)
         return packed.transpose(1, 0, 2, 3)
 
-    _run(x, (_Pass(space_to_depth, weight, ("space-to-depth", s), _space_to_depth(geom), 0, strides),), bias, flat,
+    _run(x, (_Pass(space_to_depth, weight, ("space-to-depth", s), _space_to_depth(geom), 0, None),), bias, flat,
          pack=(s, top, left))
 
 
@@ -384,6 +383,9 @@ def _run(x, passes, bias, out, pack=None):
     batch = geoms[0].batch
     work = scratch(threads * max(lay.work_len for lay in plan.layouts), x.dtype, "winograd-work")
     channels = plan.layouts[0].channels
+    padded_bias = np.zeros(plan.layouts[0].co_blocks * 2 * lanes, dtype=x.dtype)  # every pass has the same outputs
+    if bias is not None:
+        padded_bias[: geoms[0].out_channels] = bias
     for n0 in range(0, batch, plan.images):
         n1 = min(batch, n0 + plan.images)
         xp = scratch((n1 - n0) * plan.in_h * plan.in_w * channels, x.dtype, "winograd-input")
@@ -396,14 +398,12 @@ def _run(x, passes, bias, out, pack=None):
         for p, layout in zip(passes, plan.layouts):
             chunk = layout if n1 - n0 == batch else _layout(dataclasses.replace(p.geom, batch=n1 - n0), threads,
                                                             plan.m)
-            image, channel, row, col = p.strides
+            image, channel, row, col = p.strides or (layout.out_image, layout.out_channel, layout.out_row,
+                                                     layout.out_col)
             chunk = chunk._replace(in_h=layout.in_h, in_w=layout.in_w, row0=layout.row0, col0=layout.col0,
                                    out_image=image, out_channel=channel, out_row=row, out_col=col)
             u = prepared("winograd", p.source, p.key + (plan.m,),
                          lambda owned: kept(owned, transform_weights(p.weights(), x.dtype, plan.m)))
-            padded_bias = np.zeros(chunk.co_blocks * 2 * lanes, dtype=x.dtype)
-            if bias is not None:
-                padded_bias[: p.geom.out_channels] = bias
             with _jit.launch():
                 fused(xp, u, padded_bias, chunk, out[p.offset + n0 * image:], work)
 
