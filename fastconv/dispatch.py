@@ -187,15 +187,18 @@ WINOGRAD_MIN_CHANNELS = 16
 #: 116 / 94 ms, unet3d_3x3x3 88 / 105 / 101).
 
 
-#: FFT convolution (strategies/fft.py) for large 2D/3D kernels: from this many taps per output,
-#: or from FFT_MIN_TAPS_CHANNELS with at least FFT_MIN_CHANNELS input (per group) and output
-#: channels. Measured on Zen 4 (2026-12-05, fastconv bench --repeat 3, fft / direct ms):
-#: filter_31x31 (961 taps, 1 channel) 12.8 / 22.8; multichannel_15x15 (225 taps, 16 -> 16) 31.7 /
-#: 35.6; but long1d_k511 (511 taps, 1D, 1 channel) 5.4 / 2.3 and image_filter (9 taps) 2.1 / 0.09:
-#: the transforms cost the same whatever the kernel, the direct kernels' work grows with it.
-FFT_MIN_TAPS = 625
+#: FFT convolution (strategies/fft.py) for large 2D/3D kernels: from FFT_MIN_TAPS taps per output
+#: (per transforms library: ducc0's are 2x faster than scipy.fft's), or from FFT_MIN_TAPS_CHANNELS
+#: with at least FFT_MIN_CHANNELS input (per group) and output channels. Measured on Zen 4
+#: (2026-12-05, blocks of calls, best of 3; fft with ducc0 / with scipy / direct, ms): 1024x1024
+#: one channel 15x15 5.1 / 12.3 / 5.9, 21x21 5.2 / 10.9 / 10.6, 25x25 5.3 / 11.0 / 15.1, 31x31
+#: 5.2 / 11.4 / 22.8; 256x256 4 -> 4 channels 15x15 2.0 / 3.3 / 5.7, 16 -> 16 9x9 22.8 / 28.3 / 12.7,
+#: 11x11 24.2 / 29.0 / 20.3, 15x15 27.1 / 35.3 / 35.4; long1d_k511 (1D) 4.2 / 5.5 / 2.3. The
+#: transforms cost the same whatever the kernel, the direct kernels' work grows with it; with many
+#: channels the kernels' spectra (C_out x C_in x the transform's size, per call) are most of the work.
+FFT_MIN_TAPS = {"ducc0": 225, "scipy": 625, "numpy": 625}
 FFT_MIN_TAPS_CHANNELS = 225
-FFT_MIN_CHANNELS = 8
+FFT_MIN_CHANNELS = 4
 
 
 def _fft_pays(geom, dtype) -> bool:
@@ -205,9 +208,11 @@ def _fft_pays(geom, dtype) -> bool:
     plane = [k for k in geom.kernel if k > 1]
     if len(plane) < 2:  # 1D (lifted to 2D with height 1): the direct kernels won the long filter
         return False
+    from .strategies.fft import transforms
+
     taps = math.prod(geom.kernel)
     many = geom.in_channels // geom.groups >= FFT_MIN_CHANNELS and geom.out_channels >= FFT_MIN_CHANNELS
-    return taps >= FFT_MIN_TAPS or (many and taps >= FFT_MIN_TAPS_CHANNELS)
+    return taps >= FFT_MIN_TAPS[transforms().name] or (many and taps >= FFT_MIN_TAPS_CHANNELS)
 
 
 def _winograd_tiles(geom, m=4) -> int:
@@ -260,8 +265,8 @@ def _rules(op: str, geom, dtype, threads: int, level: str):
     if op == "conv" and not last and _fft_pays(geom, dtype) and "fft" in candidates(op, geom, level):
         bound = strategies.strategy("fft").error_bound[np.dtype(dtype).name]
         return "fft", (f"{'x'.join(map(str, geom.kernel))} kernel ({math.prod(geom.kernel)} taps): FFT convolution's "
-                       f"cost does not grow with the kernel (measured 1.8x direct on filter_31x31, 1.1x on "
-                       f"multichannel_15x15, Zen 4); error bound {bound:.0e} of the output's scale, allowed by "
+                       f"cost does not grow with the kernel (measured 4.4x direct on filter_31x31 with ducc0's "
+                       f"transforms, 2.0x with scipy.fft's; 1.3x / 1.0x on multichannel_15x15, Zen 4); error bound {bound:.0e} of the output's scale, allowed by "
                        f"precision '{level}'")
     if (op in ("conv", "conv_backward") and _winograd_pays(op, geom, dtype) and "winograd" in candidates(op, geom, level)
             and (not last or strategies.strategy("winograd").channels_last)):

@@ -98,6 +98,10 @@ class Explanation:
         bound = ("exact order (a plain sum of products)" if self.error_bound is None
                  else f"<= {self.error_bound:.0e} of the output's scale (measured)")
         lines.append(f"  algorithm error: {bound}; precision setting {self.precision!r}")
+        if self.method == "fft":
+            from .strategies.fft import BACKEND_ENV, transforms
+
+            lines.append(f"  transforms: {transforms().name} (${BACKEND_ENV} picks ducc0, scipy or numpy)")
         lines.append(f"  threads: {_threads_line()}")
         lines.append(f"  vector kernels: {_simd_line()}")
         if getattr(g, "layout", "channels_first") == "channels_last":

@@ -21,7 +21,7 @@ __all__ = ["collect", "format_text", "show_config", "vector_isa"]
 #: Packages whose versions are reported: fastconv's dependencies, then optional ones
 #: (None when not installed): comparisons (torch, scipy), dask, the report extras.
 REQUIRED = ("numpy", "numba", "llvmlite", "threadpoolctl")
-OPTIONAL = ("torch", "scipy", "dask", "tqdm", "matplotlib")
+OPTIONAL = ("torch", "scipy", "ducc0", "dask", "tqdm", "matplotlib")
 
 
 def _version(distribution: str) -> str | None:
