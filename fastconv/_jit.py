@@ -62,6 +62,12 @@ def kernel(fn=None, *, parallel: bool = True):
     return wrap if fn is None else wrap(fn)
 
 
+def inlined(fn):
+    """A kernel body shared by several kernels: inlined into each caller at Numba's IR level (its loops,
+    ``prange`` included, and literal arguments become the caller's), never called from Python."""
+    return numba.njit(fn, inline="always", fastmath=set(FASTMATH), nogil=True, error_model="numpy")
+
+
 #: Work (multiply-adds, or window elements read) below which a problem runs on a kernel's serial
 #: twin (:func:`small`): a parallel launch costs ~3-4 us of thread start-up and hand-over on the
 #: 2-core dev machine (Zen 4, GNU OpenMP), more than such a problem's arithmetic; a serial loop

@@ -107,6 +107,12 @@ def prepared(kind: str, weight: np.ndarray, key, make):
     return store.get((kind, key), weight, make)
 
 
+def keeping() -> bool:
+    """Whether a :class:`WeightCache` is current: what :func:`prepared` makes is then kept for the next calls
+    (a strategy may prefer a form whose prepared weights cost more once and less per call)."""
+    return _current.get() is not None
+
+
 def kept(owned: bool, array: np.ndarray) -> np.ndarray:
     """``array`` for :func:`prepared`: copied out of its reusable scratch buffer when a store keeps it."""
     return array.copy() if owned else array

@@ -187,17 +187,21 @@ WINOGRAD_MIN_CHANNELS = 16
 #: 116 / 94 ms, unet3d_3x3x3 88 / 105 / 101).
 
 
-#: FFT convolution (strategies/fft.py) for large 2D/3D kernels: from FFT_MIN_TAPS taps per output
-#: (per transforms library: ducc0's are 2x faster than scipy.fft's), or from FFT_MIN_TAPS_CHANNELS
-#: with at least FFT_MIN_CHANNELS input (per group) and output channels. Measured on Zen 4
-#: (2026-12-05, blocks of calls, best of 3; fft with ducc0 / with scipy / direct, ms): 1024x1024
-#: one channel 15x15 5.1 / 12.3 / 5.9, 21x21 5.2 / 10.9 / 10.6, 25x25 5.3 / 11.0 / 15.1, 31x31
-#: 5.2 / 11.4 / 22.8; 256x256 4 -> 4 channels 15x15 2.0 / 3.3 / 5.7, 16 -> 16 9x9 22.8 / 28.3 / 12.7,
-#: 11x11 24.2 / 29.0 / 20.3, 15x15 27.1 / 35.3 / 35.4; long1d_k511 (1D) 4.2 / 5.5 / 2.3. The
-#: transforms cost the same whatever the kernel, the direct kernels' work grows with it; with many
-#: channels the kernels' spectra (C_out x C_in x the transform's size, per call) are most of the work.
-FFT_MIN_TAPS = {"ducc0": 225, "scipy": 625, "numpy": 625}
-FFT_MIN_TAPS_CHANNELS = 225
+#: FFT convolution (strategies/fft.py) for large 2D/3D kernels, from FFT_MIN_TAPS taps per output, or
+#: from FFT_MIN_TAPS_CHANNELS with at least FFT_MIN_CHANNELS input (per group) and output channels; each
+#: keyed by the FFT form that runs (fft.form: "rows" for one image with many channels or large
+#: single-channel kernels, "full" otherwise) and, for the full form, by the transforms (ducc0's are
+#: 2x faster than scipy.fft's there; the rows form's 1D transforms cost little with either).
+#: Measured on Zen 4 (2026-12-05, blocks of calls, best of 3; fft with ducc0 / with scipy / direct, ms):
+#: full form, one channel on 1024x1024: 15x15 5.1 / 12.3 / 5.9, 21x21 5.2 / 10.9 / 10.6, 25x25 5.3 /
+#: 11.0 / 15.1; 16 -> 16 15x15 on 256x256 27.1 / 35.3 / 35.4, batch 4 with 9x9 on 128x128 11.0 / 11.8 /
+#: 12.9. Rows form, one channel: 11x11 4.2 / 4.3 / 3.1, 13x13 4.1 / 4.4 / 4.4, 15x15 4.5 / 5.2 / 5.7;
+#: 256x256, 16 -> 16: 7x7 8.1 / 8.7 / 8.0, 9x9 9.8 / 10.1 / 13.1, 11x11 12.0 / 13.5 / 20.8; 4 -> 4:
+#: 9x9 1.2 / 1.4 / 2.0, 11x11 1.4 / 1.4 / 2.9; 8 -> 8 9x9 on 128x128 1.0 / 1.1 / 0.86; 64 -> 64 7x7 on
+#: 56x56 5.7 / 6.1 / 6.3. 1D filters stay on direct (long1d_k511 4.1 / 5.9 / 2.3): the direct kernels'
+#: work grows with the kernel, the transforms' does not.
+FFT_MIN_TAPS = {"rows": 225, "ducc0": 225, "scipy": 625, "numpy": 625}
+FFT_MIN_TAPS_CHANNELS = {"rows": 121, "full": 225}
 FFT_MIN_CHANNELS = 4
 
 
@@ -208,11 +212,14 @@ def _fft_pays(geom, dtype) -> bool:
     plane = [k for k in geom.kernel if k > 1]
     if len(plane) < 2:  # 1D (lifted to 2D with height 1): the direct kernels won the long filter
         return False
-    from .strategies.fft import transforms
+    from .strategies.fft import form, transforms
 
+    fft = transforms()
+    rows = fft.single and form(geom) == "rows"
     taps = math.prod(geom.kernel)
     many = geom.in_channels // geom.groups >= FFT_MIN_CHANNELS and geom.out_channels >= FFT_MIN_CHANNELS
-    return taps >= FFT_MIN_TAPS[transforms().name] or (many and taps >= FFT_MIN_TAPS_CHANNELS)
+    return (taps >= FFT_MIN_TAPS["rows" if rows else fft.name]
+            or (many and taps >= FFT_MIN_TAPS_CHANNELS["rows" if rows else "full"]))
 
 
 def _winograd_tiles(geom, m=4) -> int:
@@ -265,8 +272,8 @@ def _rules(op: str, geom, dtype, threads: int, level: str):
     if op == "conv" and not last and _fft_pays(geom, dtype) and "fft" in candidates(op, geom, level):
         bound = strategies.strategy("fft").error_bound[np.dtype(dtype).name]
         return "fft", (f"{'x'.join(map(str, geom.kernel))} kernel ({math.prod(geom.kernel)} taps): FFT convolution's "
-                       f"cost does not grow with the kernel (measured 4.4x direct on filter_31x31 with ducc0's "
-                       f"transforms, 2.0x with scipy.fft's; 1.3x / 1.0x on multichannel_15x15, Zen 4); error bound {bound:.0e} of the output's scale, allowed by "
+                       f"cost does not grow with the kernel (measured 4.4x direct on filter_31x31, 2.5x on "
+                       f"multichannel_15x15, Zen 4); error bound {bound:.0e} of the output's scale, allowed by "
                        f"precision '{level}'")
     if (op in ("conv", "conv_backward") and _winograd_pays(op, geom, dtype) and "winograd" in candidates(op, geom, level)
             and (not last or strategies.strategy("winograd").channels_last)):

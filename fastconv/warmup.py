@@ -140,3 +140,10 @@ def _warm_partial(method, dtype):
                               output_mask=(True, False, False))
     if record.can_run("conv", geom):  # and its forward pass (Winograd: space to depth)
         _conv.conv2d(x, w, stride=2, padding=1, method=method)
+    # a 3D layer with 5x5x5 kernels (FFT: the full form's per-frequency products; 2D layers of one image
+    # run its rows form)
+    w = np.ones((4, 4, 5, 5, 5), dtype)
+    x = np.ones((1, 4, 12, 12, 12), dtype)
+    geom, _ = conv_problem("warmup", 3, x.shape, w.shape, None, 1, 2, 1, 1, np.dtype(dtype).name)
+    if record.can_run("conv", geom):
+        _conv.conv3d(x, w, padding=2, method=method)

@@ -1,5 +1,8 @@
 """The fft strategy: convolution through real FFTs (scipy.fft, or numpy.fft without SciPy)."""
 
+import os
+from unittest import mock
+
 import numpy as np
 import pytest
 from hypothesis import assume, given
@@ -24,9 +27,11 @@ def _reference(nd, x, w, b, **kw):
 @given(nd=st.integers(1, 3), n=st.integers(1, 2), groups=st.integers(1, 2), c_per=st.integers(1, 3),
        c_out_per=st.integers(1, 3), size=st.integers(1, 20), k=st.integers(2, 12), stride=st.integers(1, 3),
        dilation=st.integers(1, 2), lo=st.integers(0, 3), hi=st.integers(0, 3),
-       dtype=st.sampled_from([np.float32, np.float64]), with_bias=st.booleans(), seed=st.integers(0, 2**16))
+       dtype=st.sampled_from([np.float32, np.float64]), with_bias=st.booleans(), seed=st.integers(0, 2**16),
+       full_cost=st.sampled_from([0, 10**9]))
 def test_fft_matches_a_float64_reference_within_its_bound(nd, n, groups, c_per, c_out_per, size, k, stride, dilation,
-                                                           lo, hi, dtype, with_bias, seed):
+                                                           lo, hi, dtype, with_bias, seed, full_cost):
+    """Both forms (FULL_COST 0: always the full form; huge: the rows form wherever it applies)."""
     assume(size + lo + hi >= dilation * (k - 1) + 1 and k ** nd >= fft.MIN_TAPS)
     rng = np.random.default_rng(seed)
     spatial = tuple(size + a for a in range(nd))  # unequal axes
@@ -34,9 +39,11 @@ def test_fft_matches_a_float64_reference_within_its_bound(nd, n, groups, c_per, 
     w = rng.standard_normal((groups * c_out_per, c_per) + (k,) * nd).astype(dtype)
     b = rng.standard_normal(groups * c_out_per).astype(dtype) if with_bias else None
     kw = dict(stride=stride, dilation=dilation, padding=[(lo, hi)] * nd, groups=groups)
-    x0 = x.copy()
-    y = CONV[nd](x, w, b, method="fft", **kw)
+    x0, w0 = x.copy(), w.copy()
+    with mock.patch.object(fft, "FULL_COST", full_cost):
+        y = CONV[nd](x, w, b, method="fft", **kw)
     np.testing.assert_array_equal(x, x0)  # inputs never modified
+    np.testing.assert_array_equal(w, w0)
     ref = _reference(nd, x, w, b, **kw)
     assert y.dtype == dtype and y.shape == ref.shape
     assert _relative_error(y, ref) <= fft.ERROR_BOUND[np.dtype(dtype).name]
@@ -61,19 +68,22 @@ def test_error_bound_holds_on_large_kernels(x_shape, w_shape, padding, dtype):
         assert _relative_error(y, _reference(nd, x, w, None, padding=padding)) <= fft.ERROR_BOUND[np.dtype(dtype).name]
 
 
+@pytest.mark.parametrize("full_cost", [0, 10**9])
 @pytest.mark.parametrize("backend", fft.BACKENDS)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_every_installed_backend_agrees_within_the_bound(monkeypatch, backend, dtype):
+def test_every_installed_backend_agrees_within_the_bound(monkeypatch, backend, dtype, full_cost):
     """ducc0, scipy.fft and numpy.fft (float64 transforms) behind FASTCONV_FFT: same results within the bound,
     on 'same', 'valid', strided, dilated, grouped and long-kernel (placed grid) problems."""
     if fft._load(backend) is None:
         pytest.skip(f"{backend} is not installed")
     monkeypatch.setenv(fft.BACKEND_ENV, backend)
+    monkeypatch.setattr(fft, "FULL_COST", full_cost)  # 0: the full form; huge: the rows form where it applies
     assert fft.transforms().name == backend
     rng = np.random.default_rng(1)
     cases = [((2, 3, 30, 26), (4, 3, 9, 7), dict(padding=(4, 3))),
              ((1, 2, 33, 40), (2, 2, 11, 11), dict(padding=0)),
              ((1, 4, 31, 29), (6, 2, 7, 9), dict(padding=((5, 1), (0, 6)), stride=(2, 3), dilation=(1, 2), groups=2)),
+             ((3, 5, 37, 35), (7, 5, 6, 8), dict(padding=((4, 1), (2, 5)), stride=(3, 2), dilation=(2, 1))),
              ((2, 2, 12, 13, 14), (3, 2, 5, 4, 3), dict(padding=2)),
              ((1, 2, 900), (2, 2, fft.DFT_MAX_TAPS + 9), dict(padding=40))]
     for x_shape, w_shape, kw in cases:
@@ -158,8 +168,9 @@ def test_auto_chooses_it_for_large_kernels_only_under_high_precision(monkeypatch
         assert fastconv.explain("conv2d", (1, 16, 256, 256), (16, 16, 15, 15), padding=7).method == "fft"
         assert fastconv.explain("conv2d", (1, 4, 256, 256), (4, 4, 15, 15), padding=7).method == "fft"
         small = fastconv.explain("conv2d", (1, 1, 512, 512), (1, 1, 15, 15), padding=7).method
-        assert (small == "fft") == (fft.transforms().name == "ducc0")  # ducc0's transforms pay from 225 taps
-        assert fastconv.explain("conv2d", (1, 16, 256, 256), (16, 16, 11, 11), padding=5).method != "fft"
+        assert small == "fft" or not fastconv._simd.AVAILABLE  # the rows form pays from 225 taps
+        assert fastconv.explain("conv2d", (1, 1, 512, 512), (1, 1, 11, 11), padding=5).method != "fft"
+        assert fastconv.explain("conv2d", (1, 16, 256, 256), (16, 16, 7, 7), padding=3).method != "fft"
         assert fastconv.explain("conv1d", (1, 1, 200000), (1, 1, 511), padding=255).method != "fft"
     with fastconv.precision("highest"):
         explained = fastconv.explain("conv2d", (1, 1, 1024, 1024), (1, 1, 31, 31), padding=15)
@@ -196,3 +207,80 @@ def _smooth(v):
         while v % p == 0:
             v //= p
     return v == 1
+
+
+def test_the_rows_form_for_one_image_with_many_channels_the_full_form_for_batches_and_layers():
+    """The cost model's choices on the shapes it was measured on (the rows form needs the SIMD layer)."""
+    def geometry(x_shape, w_shape, padding):
+        return fastconv.explain(f"conv{len(x_shape) - 2}d", x_shape, w_shape, padding=padding).geometry
+
+    rows = "rows" if fastconv._simd.AVAILABLE else "full"
+    assert fft.form(geometry((1, 16, 256, 256), (16, 16, 15, 15), 7)) == rows
+    assert fft.form(geometry((2, 3, 512, 512), (8, 3, 21, 21), 10)) == rows
+    assert fft.form(geometry((4, 16, 256, 256), (16, 16, 15, 15), 7)) == "full"
+    assert fft.form(geometry((1, 4, 16, 16, 16), (4, 4, 5, 5, 5), 2)) == "full"  # rank 3
+    with fastconv.WeightCache():  # a layer's: the full form's spectra are computed once
+        assert fft.form(geometry((1, 16, 256, 256), (16, 16, 15, 15), 7)) == "full"
+
+
+def test_the_rows_form_under_a_weight_cache_and_with_odd_sizes():
+    """Odd output channels and rows (padded to pairs), frequencies padded to whole vectors, kept kernels reused
+    and never stale."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((1, 3, 29, 41)).astype(np.float32)
+    w = rng.standard_normal((5, 3, 7, 9)).astype(np.float32)
+    ref = _reference(2, x, w, None, padding=(3, 4))
+    cache = fastconv.WeightCache()
+    with mock.patch.object(fft, "FULL_COST", 10**9):
+        first = fastconv.conv2d(x, w, padding=(3, 4), method="fft")
+        with cache:
+            kept = [fastconv.conv2d(x, w, padding=(3, 4), method="fft") for _ in range(2)]
+            w[2, 1, 3, 4] += 1.0  # in place: the kept row spectra must not be used
+            changed = fastconv.conv2d(x, w, padding=(3, 4), method="fft")
+    assert _relative_error(first, ref) <= fft.ERROR_BOUND["float32"]
+    for y in kept:
+        np.testing.assert_array_equal(y, first)
+    assert _relative_error(changed, _reference(2, x, w, None, padding=(3, 4))) <= fft.ERROR_BOUND["float32"]
+
+
+ROWS_PROBE = """
+import re, sys
+import numpy as np
+import fastconv
+from fastconv import _simd
+from fastconv.strategies import fft
+fft.FULL_COST = 10**9  # the rows form wherever it applies
+rng = np.random.default_rng(0)
+for dtype in (np.float32, np.float64):
+    x = rng.standard_normal((2, 6, 23, 30)).astype(dtype)
+    w = rng.standard_normal((5, 6, 9, 8)).astype(dtype)
+    y = fastconv.conv2d(x, w, padding=(4, 3), method="fft")
+    ref = fastconv.conv2d(x.astype(np.float64), w.astype(np.float64), padding=(4, 3), method="direct")
+    err = np.abs(y - ref).max() / np.abs(ref).max()
+    assert err <= fft.ERROR_BOUND[np.dtype(dtype).name], (dtype, err)
+kernel = fft._ROW_PRODUCTS[_simd.LANES["float32"]]
+asm = kernel.inspect_asm(kernel.signatures[0])
+blocks = re.split(r"\\n(?=\\.LBB\\d+_\\d+:)", asm)
+loop = max(blocks, key=lambda b: b.count("vfmadd"))
+print(_simd.ISA, loop.count("vfmadd"), len(re.findall(r"vfmadd\\w+\\s+[^\\n]*%" + sys.argv[1], loop)),
+      loop.count("(%rsp)"))
+"""
+
+
+@pytest.mark.skipif(not fastconv._simd.AVAILABLE or os.environ.get("NUMBA_BOUNDSCHECK") == "1",
+                    reason="inspects the production build of the SIMD layer's rows kernel")
+@pytest.mark.parametrize("simd, register", [(None, "zmm"), ("avx2", "ymm")])
+def test_the_rows_kernel_is_right_and_keeps_its_tile_in_vector_registers(simd, register):
+    """In a fresh process (FASTCONV_SIMD=avx2 for the 8-lane build, also on an AVX-512 machine): float32 and
+    float64 within the bound; the product loop's FMAs on the expected registers, few stack references (LLVM
+    unrolls the tap loop 4x, its loop-invariant offsets may live on the stack)."""
+    from test_simd import _env, _run
+
+    if simd is None and fastconv._simd.ISA != "avx512":
+        pytest.skip("needs AVX-512 for the zmm build")
+    done = _run(ROWS_PROBE, _env(FASTCONV_SIMD=simd, FASTCONV_JIT_CACHE="0"), register, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    isa, fmas, on_register, stack = done.stdout.split()[-4:]
+    assert isa == ("avx2" if simd else "avx512")
+    assert int(fmas) >= 16 and int(on_register) == int(fmas), done.stdout
+    assert int(stack) <= int(fmas) // 2, done.stdout

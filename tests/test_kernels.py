@@ -166,6 +166,9 @@ def test_warmup_compiles_every_kernel_and_says_how_long():
     other_isa |= {name for name in kernels if name.startswith("fastconv.strategies._winograd_kernels.")
                   and not name.split(".")[-1].startswith(tuple(f"_winograd_f32_{v}_{isa}" for v in ("m4_k3", "m2_k3",
                                                                                                    "m4_k2")))}
+    # and the FFT's rows kernels (one per vector width)
+    other_isa |= {f"fastconv.strategies.fft._row_products_w{width}" for width in (16, 8, 4)
+                  if width != fastconv._simd.LANES["float32"]}
     missing = sorted(set(kernels) - compiled - other_isa)
     assert not missing, f"warmup() left these kernels uncompiled: {missing}"
 

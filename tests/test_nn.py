@@ -171,8 +171,12 @@ PREPARED = [
 
 
 def _functional(layer, x):
+    """The functional call on copies of the layer's parameters, under a fresh WeightCache of its own: the FFT
+    strategy picks its form knowing whether the kernel spectra are kept (a layer's are), so this runs the same
+    algorithm as the layer, which must then agree bit for bit."""
     fn = fastconv.conv_transpose2d if isinstance(layer, nn.ConvTranspose2d) else fastconv.conv2d
-    return fn(x, layer.weight.copy(), layer.bias.copy(), method=layer.method, **layer._geometry())
+    with fastconv.WeightCache():
+        return fn(x, layer.weight.copy(), layer.bias.copy(), method=layer.method, **layer._geometry())
 
 
 @pytest.mark.parametrize("cls, kwargs, shape, method, deriving", PREPARED)

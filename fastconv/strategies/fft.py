@@ -16,7 +16,13 @@ when both are zero-padded to a length ``L`` the wrap-around cannot reach. Per ca
 The cost is
 ``O((N*C_in + N*C_out + C_out*C_in) * L log L)`` for the transforms and ``N*C_out*C_in*F`` complex
 multiply-adds, whatever the kernel's size: FFT wins for large kernels and loses for small ones
-(``fastconv.dispatch`` decides with a measured cost model).
+(``fastconv.dispatch`` decides with a measured cost model). With one image and many channels the
+kernels' spectra (``C_out x C_in`` full-size transforms, 75 MB for 16 -> 16 15x15 kernels on 256x256)
+are most of the work and memory traffic, so 2D problems have a second form, the **rows form**
+(:func:`_conv_rows`): transforms along the last axis only, and per frequency the convolution along
+the other axis summed directly, ``kH`` taps (:func:`_row_products`, a register-tiled kernel on the
+SIMD layer at ~80 % of the FMA peak), with kernel spectra of ``kH`` rows only. :func:`form` picks
+the form with fewer weighted multiply-adds (16 -> 16 15x15 on 256x256: 14.0 ms against 25.1).
 
 ``L`` per axis is the smallest 2-3-5-smooth length at which the wrap-around reaches no output
 (:func:`plan`: ``n + max(lo, hi)`` for a 'same' convolution, ``n`` for a 'valid' one).
@@ -25,8 +31,8 @@ The transforms (:func:`transforms`) are ducc0's where it is installed (``pip ins
 ducc0 is GPL-2.0-or-later, so fastconv never installs it by itself: 1.5-1.8x faster than
 scipy.fft on the bench shapes, Zen 4, 2026-12-05), else scipy.fft's (``pip install fastconv[fft]``),
 both with fastconv's thread count and float32 kept float32; else numpy.fft's (single-threaded,
-float64 internally). ``FASTCONV_FFT=ducc0|scipy|numpy`` picks one. Rounding differs from a sum of products: the error is relative to the
-whole signal's energy, not to each output (measured bounds in :data:`ERROR_BOUND`; below direct's
+float64 internally). ``FASTCONV_FFT=ducc0|scipy|numpy`` picks one. Rounding differs from a sum of
+products: the error is relative to the whole signal's energy, not to each output (measured bounds in :data:`ERROR_BOUND`; below direct's
 own float32 error on the layers measured), so ``auto`` considers it under the precision setting
 "high" only, like Winograd.
 """
@@ -41,9 +47,10 @@ import numba
 import numpy as np
 from numba import prange
 
-from .. import _jit
-from .._jit import kernel
-from .._prepared import prepared
+from .. import _jit, _simd
+from .._jit import inlined, kernel
+from .._simd import vfma, vload, vstore, vzero
+from .._prepared import keeping, prepared
 from ..workspace import get_workspace_limit, scratch
 from . import Strategy
 
@@ -65,9 +72,11 @@ BACKENDS = ("ducc0", "scipy", "numpy")
 
 
 class Transforms(NamedTuple):
-    """One FFT library behind the strategy. ``forward(x, lengths, threads)``: ``rfftn`` over the last
-    ``len(lengths)`` axes of ``x`` zero-extended to ``lengths``; ``inverse(spectra, lengths, threads)``: its
-    inverse (``spectra`` may be overwritten). ``single``: float32 is transformed in float32."""
+    """One FFT library behind the strategy. ``forward(x, lengths, threads, scratch=False)``: ``rfftn`` over the
+    last ``len(lengths)`` axes of ``x`` zero-extended to ``lengths``; ``inverse(spectra, lengths, threads,
+    scratch=False)``: its inverse (``spectra`` may be overwritten). With ``scratch`` the result may live in the
+    calling thread's reusable buffers (:func:`fastconv.workspace.scratch`: no fresh pages per call), valid
+    until the next such call. ``single``: float32 is transformed in float32."""
 
     name: str
     single: bool
@@ -75,12 +84,20 @@ class Transforms(NamedTuple):
     inverse: object
 
 
+def _buffer(shape, dtype, slot, reuse):
+    """An uninitialised array: a reusable scratch buffer (``slot``) or a new one."""
+    if reuse:
+        return scratch(math.prod(shape), dtype, slot).reshape(shape)
+    return np.empty(shape, dtype=dtype)
+
+
 def _zero_extended(x, lengths):
-    """``x`` zero-extended at the end of its last ``len(lengths)`` axes (``x`` itself when it needs nothing)."""
+    """``x`` zero-extended at the end of its last ``len(lengths)`` axes (``x`` itself when it needs nothing), in
+    a scratch buffer."""
     rank = len(lengths)
     if tuple(x.shape[-rank:]) == tuple(lengths):
         return x
-    buf = np.empty(x.shape[:-rank] + tuple(lengths), dtype=x.dtype)
+    buf = _buffer(x.shape[:-rank] + tuple(lengths), x.dtype, "fft-extended", True)
     buf[(Ellipsis,) + tuple(slice(0, n) for n in x.shape[-rank:])] = x
     for axis, n in enumerate(x.shape[-rank:]):
         buf[(Ellipsis,) + (slice(None),) * axis + (slice(n, None),) + (slice(None),) * (rank - 1 - axis)] = 0
@@ -90,23 +107,27 @@ def _zero_extended(x, lengths):
 def _ducc0(module):
     fft = module.fft
 
-    def forward(x, lengths, threads):
+    def forward(x, lengths, threads, scratch=False):
         axes = tuple(range(x.ndim - len(lengths), x.ndim))
-        return fft.r2c(_zero_extended(x, lengths), axes=axes, nthreads=threads)
+        shape = x.shape[:-len(lengths)] + tuple(lengths[:-1]) + (lengths[-1] // 2 + 1,)
+        out = _buffer(shape, np.complex64 if x.dtype == np.float32 else np.complex128, "fft-forward", scratch)
+        return fft.r2c(_zero_extended(x, lengths), axes=axes, nthreads=threads, out=out)
 
-    def inverse(spectra, lengths, threads):
+    def inverse(spectra, lengths, threads, scratch=False):
         axes = tuple(range(spectra.ndim - len(lengths), spectra.ndim))
+        real = np.float32 if spectra.dtype == np.complex64 else np.float64
+        out = _buffer(spectra.shape[:-len(lengths)] + tuple(lengths), real, "fft-inverse", scratch)
         return fft.c2r(spectra, axes=axes, lastsize=lengths[-1], forward=False, inorm=2, nthreads=threads,
-                       allow_overwriting_input=True)
+                       allow_overwriting_input=True, out=out)
 
     return Transforms("ducc0", True, forward, inverse)
 
 
 def _scipy(module):
-    def forward(x, lengths, threads):
+    def forward(x, lengths, threads, scratch=False):
         return module.rfftn(x, s=lengths, axes=tuple(range(x.ndim - len(lengths), x.ndim)), workers=threads)
 
-    def inverse(spectra, lengths, threads):
+    def inverse(spectra, lengths, threads, scratch=False):
         return module.irfftn(spectra, s=lengths, axes=tuple(range(spectra.ndim - len(lengths), spectra.ndim)),
                              workers=threads, overwrite_x=True)
 
@@ -114,10 +135,10 @@ def _scipy(module):
 
 
 def _numpy(module):
-    def forward(x, lengths, threads):
+    def forward(x, lengths, threads, scratch=False):
         return module.rfftn(x, s=lengths, axes=tuple(range(x.ndim - len(lengths), x.ndim)))
 
-    def inverse(spectra, lengths, threads):
+    def inverse(spectra, lengths, threads, scratch=False):
         return module.irfftn(spectra, s=lengths, axes=tuple(range(spectra.ndim - len(lengths), spectra.ndim)))
 
     return Transforms("numpy", False, forward, inverse)
@@ -285,6 +306,280 @@ def _dft_spectra(weight, geom, complex_dtype):
     return spectra.reshape(C_out, cg, -1)
 
 
+@inlined
+def _row_products(xs, ks, images, channels, rows_in, taps, stride, dilation, out_channels, out_rows, freqs, ys, width):
+    """The "rows" form (:func:`_conv_rows`): ``Y[n, o, i, f] = sum_c sum_a X[n, c, i*stride + a*dilation, f] *
+    conj(K[o, c, a, f])`` on spectra split into real and imaginary parts, vectorised over the frequencies
+    ``f``, in blocks of ``width`` (``B = freqs // width`` of them, flat arrays):
+
+    - ``xs (images, channels, rows_in, B, 2, width)``: real, imaginary;
+    - ``ks (out_channels // 2, channels, taps, B, 6, width)``: real, imaginary, negated imaginary of an
+      even output channel, then of the odd one;
+    - ``ys (images, out_channels, out_rows, B, 2, width)``.
+
+    ``out_channels`` and ``out_rows`` even. A tile of 2 output channels x 2 rows x one vector of frequencies,
+    real and imaginary parts (8 accumulators), stays in registers over every channel and tap; every load but
+    the second row's sits at a constant offset from one of two addresses, so the loop needs few integer
+    registers. Inlined into one kernel per width (``_row_products_w16``, ``_w8``, ``_w4``: ``width`` a literal there)."""
+    blocks = freqs // width
+    r_blocks = out_rows // 2
+    o_pairs = out_channels // 2
+    row = 2 * freqs             # one row of xs and ys
+    step = stride * row         # from output row i0 to i0 + 1
+    k_tap = 6 * freqs           # one tap of an output channel pair
+    for item in prange(images * o_pairs * r_blocks * blocks):
+        b = item % blocks
+        rest = item // blocks
+        i0 = (rest % r_blocks) * 2
+        rest //= r_blocks
+        pair = rest % o_pairs
+        n = rest // o_pairs
+        a0r = vzero(ys, width)
+        a0i = a0r
+        a1r = a0r
+        a1i = a0r
+        b0r = a0r
+        b0i = a0r
+        b1r = a0r
+        b1i = a0r
+        for c in range(channels):
+            x_at = ((n * channels + c) * rows_in + i0 * stride) * row + b * 2 * width
+            k_at = (pair * channels + c) * taps * k_tap + b * 6 * width
+            for a in range(taps):
+                x0r = vload(xs, x_at, width)
+                x0i = vload(xs, x_at + width, width)
+                x1r = vload(xs, x_at + step, width)
+                x1i = vload(xs, x_at + step + width, width)
+                k_r = vload(ks, k_at, width)  # the even output channel: rows i0 (a0) and i0 + 1 (a1)
+                k_i = vload(ks, k_at + width, width)
+                k_n = vload(ks, k_at + 2 * width, width)
+                a0r = vfma(x0i, k_i, vfma(x0r, k_r, a0r))
+                a1r = vfma(x1i, k_i, vfma(x1r, k_r, a1r))
+                a0i = vfma(x0r, k_n, vfma(x0i, k_r, a0i))
+                a1i = vfma(x1r, k_n, vfma(x1i, k_r, a1i))
+                k_r = vload(ks, k_at + 3 * width, width)  # the odd one (b0, b1)
+                k_i = vload(ks, k_at + 4 * width, width)
+                k_n = vload(ks, k_at + 5 * width, width)
+                b0r = vfma(x0i, k_i, vfma(x0r, k_r, b0r))
+                b1r = vfma(x1i, k_i, vfma(x1r, k_r, b1r))
+                b0i = vfma(x0r, k_n, vfma(x0i, k_r, b0i))
+                b1i = vfma(x1r, k_n, vfma(x1i, k_r, b1i))
+                x_at += dilation * row
+                k_at += k_tap
+        y0 = ((n * out_channels + 2 * pair) * out_rows + i0) * row + b * 2 * width
+        y1 = y0 + out_rows * row
+        vstore(ys, y0, a0r)
+        vstore(ys, y0 + width, a0i)
+        vstore(ys, y0 + row, a1r)
+        vstore(ys, y0 + row + width, a1i)
+        vstore(ys, y1, b0r)
+        vstore(ys, y1 + width, b0i)
+        vstore(ys, y1 + row, b1r)
+        vstore(ys, y1 + row + width, b1i)
+
+
+# One kernel per vector width (a literal in each: the layout's blocks have that width), named for it so
+# that a cached build is never used with another width (FASTCONV_SIMD=avx2 on an AVX-512 machine).
+@kernel
+def _row_products_w16(xs, ks, images, channels, rows_in, taps, stride, dilation, out_channels, out_rows, freqs, ys):
+    _row_products(xs, ks, images, channels, rows_in, taps, stride, dilation, out_channels, out_rows, freqs, ys, 16)
+
+
+@kernel
+def _row_products_w8(xs, ks, images, channels, rows_in, taps, stride, dilation, out_channels, out_rows, freqs, ys):
+    _row_products(xs, ks, images, channels, rows_in, taps, stride, dilation, out_channels, out_rows, freqs, ys, 8)
+
+
+@kernel
+def _row_products_w4(xs, ks, images, channels, rows_in, taps, stride, dilation, out_channels, out_rows, freqs, ys):
+    _row_products(xs, ks, images, channels, rows_in, taps, stride, dilation, out_channels, out_rows, freqs, ys, 4)
+
+
+_ROW_PRODUCTS = {16: _row_products_w16, 8: _row_products_w8, 4: _row_products_w4}
+
+
+def _even(n: int) -> int:
+    return n + (n & 1)
+
+
+class RowsPlan(NamedTuple):
+    """The "rows" form's sizes: input rows padded (``rows_in``), output channels and rows padded to even,
+    frequencies padded to whole vectors (``freqs``; ``F`` of them real)."""
+
+    rows_in: int
+    out_channels: int
+    out_rows: int
+    F: int
+    freqs: int
+
+
+def rows_plan(geom) -> RowsPlan:
+    lanes = _simd.LANES[geom.dtype]
+    L = plan(geom).lengths[-1]
+    F = L // 2 + 1
+    out_rows = _even(geom.out_size[0])
+    (lo, _), k, s, d = geom.padding[0], geom.kernel[0], geom.stride[0], geom.dilation[0]
+    rows_in = max(lo + geom.in_size[0], (out_rows - 1) * s + (k - 1) * d + 1)
+    return RowsPlan(rows_in, _even(geom.out_channels), out_rows, F, -(-F // lanes) * lanes)
+
+
+#: What a complex multiply-add of the full form costs against one of the rows form's (memory-bound spectra
+#: and per-frequency products against a register-tiled kernel), measured (Zen 4, 2026-12-05, rows / full ms):
+#: 16 -> 16 channels 15x15 on 256x256 12.7 / 25.1 (batch 4: 63 / 58), 4 -> 4 1.4 / 2.0, 3 -> 8 21x21 on
+#: 512x512 batch 2 17.3 / 20.3, one channel 31x31 on 1024x1024 5.0 / 5.1, 15x15 5.4 / 5.2.
+FULL_COST = 2
+
+
+def form(geom) -> str:
+    """``"rows"`` (one FFT axis, the other summed directly: :func:`_conv_rows`) or ``"full"`` (the module
+    docstring's): the one with fewer weighted complex multiply-adds. The rows form needs rank 2, one group and
+    the SIMD layer; the full form's kernel spectra cost nothing after the first call under a
+    :class:`~fastconv.WeightCache` (a layer's), so it is costed without them there."""
+    if geom.rank != 2 or geom.groups != 1 or not _simd.AVAILABLE or geom.dtype not in ("float32", "float64"):
+        return "full"
+    r, p = rows_plan(geom), plan(geom)
+    pairs = geom.out_channels * geom.in_channels
+    F0, F1 = p.spectrum
+    full = pairs * F0 * F1 * (geom.batch + (0 if keeping() else geom.kernel[0]))
+    rows = geom.batch * r.out_channels * geom.in_channels * geom.kernel[0] * r.out_rows * r.freqs
+    return "rows" if rows <= FULL_COST * full else "full"
+
+
+def _rows_image_bytes(geom, itemsize) -> int:
+    r = rows_plan(geom)
+    L = plan(geom).lengths[-1]
+    return itemsize * (2 * geom.in_channels * (r.rows_in * r.freqs + geom.in_size[0] * r.F)  # spectra, split
+                       + 2 * r.out_channels * r.out_rows * r.freqs + 2 * geom.out_channels * geom.out_size[0] * r.F
+                       + geom.out_channels * geom.out_size[0] * L + geom.in_channels * geom.in_size[0] * L)
+
+
+@kernel
+def _split_rows(spectra, lo, out):
+    """``out[n, c, lo + h, b, 0 | 1, w] = spectra[n, c, h, b*width + w]``'s real | imaginary part: row spectra
+    ``(N, C, H, F)`` into :func:`_row_products`' layout ``(N, C, rows, B, 2, width)``; every other element of
+    ``out`` (the padding rows and frequencies) set to zero."""
+    N, C, H, F = spectra.shape
+    rows, blocks, width = out.shape[2], out.shape[3], out.shape[5]
+    zero = out.dtype.type(0)
+    for item in prange(N * C * rows):
+        r = item % rows
+        c = (item // rows) % C
+        n = item // (rows * C)
+        h = r - lo
+        inside = 0 <= h < H
+        for b in range(blocks):
+            for w in range(width):
+                f = b * width + w
+                if inside and f < F:
+                    v = spectra[n, c, h, f]
+                    out[n, c, r, b, 0, w] = v.real
+                    out[n, c, r, b, 1, w] = v.imag
+                else:
+                    out[n, c, r, b, 0, w] = zero
+                    out[n, c, r, b, 1, w] = zero
+
+
+@kernel
+def _split_kernels(spectra, out):
+    """Kernel row spectra ``(C_out, Cg, kH, F)`` into :func:`_row_products`' layout ``(pairs, Cg, kH, B, 6,
+    width)``: real, imaginary, negated imaginary part of output channel ``2p + j`` at ``out[p, ..., 3j + part, :]``;
+    zero for the frequencies beyond ``F`` and the channels beyond ``C_out``."""
+    C_out, cg, k0, F = spectra.shape
+    blocks, width = out.shape[3], out.shape[5]
+    zero = out.dtype.type(0)
+    for item in prange(2 * out.shape[0] * cg * k0):
+        a = item % k0
+        c = (item // k0) % cg
+        o = item // (k0 * cg)
+        j = 3 * (o % 2)
+        for b in range(blocks):
+            for w in range(width):
+                f = b * width + w
+                if o < C_out and f < F:
+                    v = spectra[o, c, a, f]
+                    out[o // 2, c, a, b, j, w] = v.real
+                    out[o // 2, c, a, b, j + 1, w] = v.imag
+                    out[o // 2, c, a, b, j + 2, w] = -v.imag
+                else:
+                    out[o // 2, c, a, b, j, w] = zero
+                    out[o // 2, c, a, b, j + 1, w] = zero
+                    out[o // 2, c, a, b, j + 2, w] = zero
+
+
+@kernel
+def _join_rows(ys, out):
+    """``out[n, o, i, f] = ys[n, o, i, f // width, 0, f % width] + 1j * ys[..., 1, ...]`` for the ``out``'s
+    channels, rows and frequencies: :func:`_row_products`' result back to complex row spectra."""
+    N, C, H, F = out.shape
+    width = ys.shape[5]
+    for item in prange(N * C * H):
+        h = item % H
+        c = (item // H) % C
+        n = item // (H * C)
+        for b in range((F + width - 1) // width):
+            for w in range(min(width, F - b * width)):
+                out[n, c, h, b * width + w] = complex(ys[n, c, h, b, 0, w], ys[n, c, h, b, 1, w])
+
+
+def _row_kernels(weight, geom, owned):
+    """``(C_out // 2 (rounded up), C_in, kH, B, 6, width)`` (the layout of :func:`_row_products`): real,
+    imaginary and negated imaginary parts of every kernel row's spectrum along the last axis, zero in the
+    padding."""
+    r, p = rows_plan(geom), plan(geom)
+    C_out, cg, k0, k1 = weight.shape
+    complex_dtype = np.complex64 if weight.dtype == np.float32 else np.complex128
+    spectra = weight.astype(complex_dtype).reshape(-1, k1) @ _dft(p.taps[-1], r.F, p.lengths[-1], complex_dtype)
+    width = _simd.LANES[geom.dtype]
+    shape = (r.out_channels // 2, cg, k0, r.freqs // width, 6, width)
+    parts = np.empty(shape, weight.dtype) if owned else scratch(math.prod(shape), weight.dtype, "fft-rows-k").reshape(shape)
+    with _jit.launch():
+        _split_kernels(spectra.reshape(C_out, cg, k0, r.F), parts)
+    return parts
+
+
+def _conv_rows(x, weight, bias, geom, out, fft):
+    """The "rows" form: real FFTs along the last axis only; per frequency, the convolution along the other
+    axis summed directly (:func:`_row_products`) with the kernels' row spectra; inverse along the last axis.
+    ``kH`` times the complex products of the full form's, but no 2D transforms and no ``C_out x C_in``
+    full-size kernel spectra: the faster form for one image with many channels."""
+    r, p = rows_plan(geom), plan(geom)
+    L, threads = p.lengths[-1], numba.get_num_threads()
+    real = x.dtype.type if x.dtype in (np.float32, np.float64) else np.float64
+    parts = prepared("fft-rows", weight, (L, p.taps[-1], r.freqs, np.dtype(real).str),
+                     lambda owned: _row_kernels(weight.astype(real, copy=False), geom, owned))
+    lo = geom.padding[0][0]
+    H, oH, C, C_out = geom.in_size[0], geom.out_size[0], geom.in_channels, geom.out_channels
+    images = max(1, min(geom.batch, get_workspace_limit() // max(1, _rows_image_bytes(geom, np.dtype(real).itemsize))))
+    width = _simd.LANES[np.dtype(real).name]
+    products = _ROW_PRODUCTS[width]
+    for n0 in range(0, geom.batch, images):
+        n1 = min(geom.batch, n0 + images)
+        m = n1 - n0
+        xs = fft.forward(x[n0:n1].astype(real, copy=False), (L,), threads, scratch=True)  # (m, C, H, F)
+        shape = (m, C, r.rows_in, r.freqs // width, 2, width)
+        split = scratch(math.prod(shape), real, "fft-rows-x").reshape(shape)
+        with _jit.launch():
+            _split_rows(xs, lo, split)
+        del xs
+        shape = (m, r.out_channels, r.out_rows, r.freqs // width, 2, width)
+        y = scratch(math.prod(shape), real, "fft-rows-y").reshape(shape)
+        with _jit.launch():
+            products(split.reshape(-1), parts.reshape(-1), m, C, r.rows_in, geom.kernel[0], geom.stride[0],
+                     geom.dilation[0], r.out_channels, r.out_rows, r.freqs, y.reshape(-1))
+        del split
+        ys = _buffer((m, C_out, oH, r.F), np.complex64 if real == np.float32 else np.complex128, "fft-rows-spectra",
+                     True)
+        with _jit.launch():
+            _join_rows(y, ys)
+        del y
+        rows = fft.inverse(ys, (L,), threads, scratch=True)
+        crop = (slice(None), slice(None), slice(None), p.crops[-1])
+        if bias is not None:
+            np.add(rows[crop], bias.reshape(1, -1, 1, 1), out=out[n0:n1], casting="unsafe")
+        else:
+            np.copyto(out[n0:n1], rows[crop], casting="unsafe")
+
+
 def _spectra_dtype(dtype, fft):
     """Complex dtype of the spectra: complex64 for float32 where the transforms keep single precision."""
     return np.complex64 if (fft.single and np.dtype(dtype) == np.float32) else np.complex128
@@ -308,7 +603,13 @@ def workspace_bytes(op, geom, itemsize) -> int:
     """Kernel spectra, and per chunk of images the input and output spectra and the inverse transforms."""
     if not supports(op, geom):
         return 0
-    complex_size = np.dtype(_spectra_dtype(geom.dtype, transforms())).itemsize
+    fft = transforms()
+    if fft.single and form(geom) == "rows":
+        r = rows_plan(geom)
+        kernels = r.out_channels * geom.in_channels * geom.kernel[0] * 3 * r.freqs * itemsize
+        per_image = _rows_image_bytes(geom, itemsize)
+        return kernels + per_image * max(1, min(geom.batch, get_workspace_limit() // max(1, per_image)))
+    complex_size = np.dtype(_spectra_dtype(geom.dtype, fft)).itemsize
     images = _images_per_chunk(geom, complex_size, get_workspace_limit())
     fixed = geom.out_channels * (geom.in_channels // geom.groups) * math.prod(plan(geom).spectrum) * complex_size
     return fixed + images * _per_image_bytes(geom, complex_size)
@@ -317,6 +618,8 @@ def workspace_bytes(op, geom, itemsize) -> int:
 def conv(x, weight, bias, geom, out):
     """Convolution of ``x`` (N, C_in, *spatial) into ``out`` through real FFTs (see the module docstring)."""
     fft = transforms()
+    if fft.single and form(geom) == "rows":
+        return _conv_rows(x, weight, bias, geom, out, fft)
     rank = geom.rank
     p = plan(geom)
     threads = numba.get_num_threads()
@@ -330,12 +633,13 @@ def conv(x, weight, bias, geom, out):
     crop = (slice(None), slice(None)) + p.crops
     for n0 in range(0, geom.batch, images):
         n1 = min(geom.batch, n0 + images)
-        xf = fft.forward(x[n0:n1].astype(real, copy=False), p.lengths, threads).reshape(n1 - n0, geom.in_channels, F)
+        xf = fft.forward(x[n0:n1].astype(real, copy=False), p.lengths, threads, scratch=True).reshape(
+            n1 - n0, geom.in_channels, F)
         yf = scratch((n1 - n0) * C_out * F, wf.dtype, "fft-products").reshape(n1 - n0, C_out, F)
         with _jit.launch():
             _products(xf, wf, geom.groups, yf)
         del xf
-        y = fft.inverse(yf.reshape((n1 - n0, C_out) + p.spectrum), p.lengths, threads)  # yf is scratch: may be reused
+        y = fft.inverse(yf.reshape((n1 - n0, C_out) + p.spectrum), p.lengths, threads, scratch=True)
         if bias is not None:
             np.add(y[crop], bias.reshape((1, -1) + (1,) * rank), out=out[n0:n1], casting="unsafe")
         else:
