@@ -183,8 +183,11 @@ WINOGRAD_MIN_CHANNELS = 16
 #: The same rule decides the backward pass (dL/dx through Winograd, dL/dW exact-order; Zen 4,
 #: 2026-12-05, winograd / direct / PyTorch ms: resnet_3x3_28 2.42 / 2.78 / 3.59, batch8_3x3_56
 #: 16.6 / 20.7 / 36.2, resnet_3x3_56 1.99 / 2.57 / 3.71) and 3D layers whose in-plane kernel is
-#: 3x3 (their depth taps become channels of one 2D problem, strategies/_depth.py: c3d_video 50 /
-#: 116 / 94 ms, unet3d_3x3x3 88 / 105 / 101).
+#: 3x3 (their depth taps become channels of one 2D problem, strategies/_depth.py) from
+#: WINOGRAD_MIN_CHANNELS_3D channels: direct runs 3D layers on its planar tile kernel with the depth taps
+#: as steps (no gathered copy), and wins below (Zen 4, 2026-12-05, winograd / direct / PyTorch ms:
+#: c3d_video, 64 -> 128, 50.8 / 103 / 114; unet3d_3x3x3, 32 -> 32, 80.8 / 70.1 / 99.8).
+WINOGRAD_MIN_CHANNELS_3D = 64
 
 
 #: FFT convolution (strategies/fft.py) for large 2D/3D kernels, from FFT_MIN_TAPS taps per output, or
@@ -257,8 +260,9 @@ def _winograd_pays(op, geom, dtype) -> bool:
         return False
     if op == "conv_backward" and geom.rank != 2:
         return False  # not measured
+    channels = WINOGRAD_MIN_CHANNELS_3D if geom.rank == 3 else WINOGRAD_MIN_CHANNELS
     return (_winograd_work(op, geom)[2] >= WINOGRAD_MIN_TILES
-            and geom.in_channels >= WINOGRAD_MIN_CHANNELS and geom.out_channels >= WINOGRAD_MIN_CHANNELS)
+            and geom.in_channels >= channels and geom.out_channels >= channels)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -304,8 +308,8 @@ def _rules(op: str, geom, dtype, threads: int, level: str):
         return "direct", ("adaptive pooling: the direct Numba kernels read each window row as one contiguous run; "
                           "no other automatic strategy implements it (not measured against anything)")
     if geom.rank == 3:
-        return "direct", ("3D: the depth taps' 2D problems run fastest on the direct kernels (measured on "
-                          "unet3d_3x3x3, c3d_video and ct_stem_3d: 1.1-1.8x img2col, 1.6-3.4x vectorized)")
+        return "direct", ("3D: direct's planar tile kernel takes the depth taps as steps of its loop (measured on "
+                          "unet3d_3x3x3 and ct_stem_3d: 4.4x and 8x img2col, Zen 4)")
     per_group_out = geom.out_channels // geom.groups
     per_group_in = geom.in_channels // geom.groups
     reduction = per_group_in * math.prod(geom.kernel)

@@ -243,3 +243,44 @@ def test_empty_batch_3d(method):
     assert fastconv.conv3d(x, np.ones((3, 2, 3, 3, 3), np.float32), method=method).shape == (0, 3, 2, 2, 2)
     assert fastconv.max_pool3d(x, 2, method=method).shape == (0, 2, 2, 2, 2)
     assert fastconv.avg_pool3d(x, 2, method=method).shape == (0, 2, 2, 2, 2)
+
+
+@given(n=st.integers(1, 2), c_in=st.integers(1, 5), c_out=st.integers(8, 20), kernel=st.tuples(*[st.integers(1, 5)] * 3),
+       stride=st.tuples(*[st.integers(1, 3)] * 3), dilation=st.tuples(*[st.integers(1, 2)] * 3),
+       pads=st.tuples(*[st.tuples(st.integers(0, 2), st.integers(0, 2))] * 3), extra=st.tuples(*[st.integers(0, 6)] * 3),
+       dtype=st.sampled_from([np.float32, np.float64]), with_bias=st.booleans(), seed=st.integers(0, 2**16))
+def test_direct_3d_on_the_planar_tile_kernel(n, c_in, c_out, kernel, stride, dilation, pads, extra, dtype, with_bias,
+                                              seed):
+    """3D layers direct runs on its planar tile kernel (depth taps as steps, every padded depth plane packed
+    once, output planes written in place): against the float64 img2col reference; a workspace cap that splits
+    the depth into chunks, and one thread, give the same bits."""
+    from fastconv.strategies import _simd_direct
+
+    spatial = tuple(d * (k - 1) + 1 - lo - hi + e for k, d, (lo, hi), e in zip(kernel, dilation, pads, extra))
+    assume(all(s >= 1 for s in spatial))
+    kw = dict(stride=stride, dilation=dilation, padding=list(pads))
+    geom = fastconv.explain("conv3d", (n, c_in) + spatial, (c_out, c_in) + kernel, **kw).geometry
+    assume(_simd_direct.planar3d_supports(geom))
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, c_in) + spatial).astype(dtype)
+    w = rng.standard_normal((c_out, c_in) + kernel).astype(dtype)
+    b = rng.standard_normal(c_out).astype(dtype) if with_bias else None
+    y = fastconv.conv3d(x, w, b, method="direct", **kw)
+    ref = fastconv.conv3d(x.astype(np.float64), w.astype(np.float64), None if b is None else b.astype(np.float64),
+                          method="img2col", **kw)
+    assert_close(y, ref, dtype)
+    limit = fastconv.get_workspace_limit()
+    try:
+        fastconv.set_workspace_limit(64 * 1024)
+        np.testing.assert_array_equal(fastconv.conv3d(x, w, b, method="direct", **kw), y)
+    finally:
+        fastconv.set_workspace_limit(limit)
+    with fastconv.num_threads(1):
+        np.testing.assert_array_equal(fastconv.conv3d(x, w, b, method="direct", **kw), y)
+
+
+def test_ct_stem_runs_on_the_planar_tile_kernel():
+    from fastconv.strategies import _simd_direct
+
+    geom = fastconv.explain("conv3d", (1, 1, 128, 128, 128), (16, 1, 5, 5, 5), stride=2, padding=2).geometry
+    assert _simd_direct.planar3d_supports(geom) == fastconv._simd.AVAILABLE

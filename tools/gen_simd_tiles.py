@@ -121,11 +121,13 @@ def {name}(xs, weight, step_table, layout, bias, out):
     Step ``i`` reads ``xs[.. + step_table[2*i]]`` and the weight of output channel ``g*cog + k`` at
     ``g*weight_group + k*weight_row + step_table[2*i + 1]`` (the weights as they are, for the
     forward pass and for the input gradient's flipped, transposed kernel alike; one table of
-    pairs, so the loop needs one pointer for both).
+    pairs, so the loop needs one pointer for both). Image ``n``, group ``g`` start at
+    ``n*in_image + g*in_group`` in ``xs``; output channel ``c`` of image ``n`` at
+    ``n*out_image + c*out_channel`` in ``out`` (a 3D layer's depth planes are its images).
     """
-    groups, cg, channel_len = layout.groups, layout.in_per_group, layout.channel_len
+    groups = layout.groups
     cog, co_tiles, positions, block_len = layout.out_per_group, layout.co_tiles, layout.positions, layout.block_len
-    plane = layout.out_h * layout.out_w
+    out_channel = layout.out_channel
     w_row, w_group = layout.weight_row, layout.weight_group
     steps = step_table.shape[0] // 2
     blocks = (positions + block_len - 1) // block_len
@@ -136,8 +138,8 @@ def {name}(xs, weight, step_table, layout, bias, out):
         n = item // (blocks * co_tiles * groups)
         co_first = g * cog + ct * {rows}
         co0 = co_first if (ct + 1) * {rows} <= cog else g * cog + cog - {rows}
-        x_group = (n * groups + g) * cg * channel_len
-        out_image = n * groups * cog * plane
+        x_group = n * layout.in_image + g * layout.in_group
+        out_image = n * layout.out_image
         w0 = g * w_group + (co0 - g * cog) * w_row
         p0 = pb * block_len
         p_end = min(positions, p0 + block_len)
@@ -173,7 +175,7 @@ def planar(name, dtype, lanes, rows, vectors):
     for r in range(rows):
         store.append(f"{pad}if co0 + {r} >= co_first:")
         store += [f"{pad}    put_planar(out, c{r}_{b}, {lanes}, start + {b * lanes}, p0, p_end, "
-                  f"out_image + (co0 + {r}) * plane, layout)" for b in range(vectors)]
+                  f"out_image + (co0 + {r}) * out_channel, layout)" for b in range(vectors)]
     return PLANAR.format(name=name, rows=rows, vectors=vectors, lanes=lanes, span=span,
                          init="\n".join(init), body="\n".join(body), store="\n".join(store))
 

@@ -320,6 +320,10 @@ class PlanarLayout(NamedTuple):
     out_w: int
     weight_row: int      # weight elements between consecutive output channels (see the kernel)
     weight_group: int    # weight elements per group
+    in_image: int        # packed elements between consecutive images (2D: groups * Cg * channel_len)
+    in_group: int        # packed elements between consecutive groups (2D: Cg * channel_len)
+    out_image: int       # output elements between consecutive images (2D: C_out * oH * oW)
+    out_channel: int     # output elements between consecutive channels (2D: oH * oW)
 
 
 class _PlanarPlan(NamedTuple):
@@ -369,7 +373,9 @@ def _planar_plan(geom, limit):
     layout = PlanarLayout(images=int(images), groups=int(G), in_per_group=int(cg), channel_len=int(channel_len),
                           out_per_group=int(cog), co_tiles=int(co_tiles), positions=int(positions),
                           block_len=int(block_spans * span), row_pitch=int(row_pitch), out_h=int(oH), out_w=int(oW),
-                          weight_row=int(cg * kH * kW), weight_group=int(cog * cg * kH * kW))
+                          weight_row=int(cg * kH * kW), weight_group=int(cog * cg * kH * kW),
+                          in_image=int(G * cg * channel_len), in_group=int(cg * channel_len),
+                          out_image=int(G * cog * oH * oW), out_channel=int(oH * oW))
     tap_offset = _tap_offsets(np.asarray(taps, dtype=np.int64), cg, channel_len)
     return _PlanarPlan(packed=not in_place, pack=pack, phase_h=phase_h, phase_w=phase_w, tap_offset=tap_offset,
                        step_table=_step_table(tap_offset, np.arange(cg * kH * kW, dtype=np.int64)),
@@ -439,6 +445,124 @@ def conv2d_planar(x, weight, bias, geom, out, weights=None):
         with _jit.launch():
             _pack_phases(x[n0:n1], 0, geom.groups, plan.pack, plan.phase_h, plan.phase_w, xs)
             kern(buffer, w, table, chunk, b, out[n0:n1].reshape(-1))
+
+
+# --------------------------------------------------------------------------- 3D layers
+
+
+class _Planar3d(NamedTuple):
+    """How :func:`conv3d_planar` runs a 3D layer (see there)."""
+
+    plane: ConvGeometry      # one depth plane's 2D problem (C_in channels, the layer's last two axes)
+    pack: _PackLayout
+    phase_h: np.ndarray
+    phase_w: np.ndarray
+    channel_len: int         # packed elements of one channel of one padded depth plane
+    planes_per_chunk: int    # output depth planes per chunk (the packed planes of a chunk fit half the cap)
+    tap_in_plane: np.ndarray  # (kH*kW,) offsets inside one packed plane
+
+
+def _planar3d_chunk_inputs(geom, outputs: int) -> int:
+    """Padded input depth planes the outputs ``o .. o + outputs - 1`` read."""
+    return (outputs - 1) * geom.stride[0] + (geom.kernel[0] - 1) * geom.dilation[0] + 1
+
+
+@functools.lru_cache(maxsize=32)
+def _planar3d_plan(geom, limit):
+    N, C = geom.batch, geom.in_channels
+    plane = ConvGeometry(batch=1, in_channels=C, out_channels=geom.out_channels, groups=geom.groups,
+                         in_size=geom.in_size[1:], kernel=geom.kernel[1:], stride=geom.stride[1:],
+                         dilation=geom.dilation[1:], padding=geom.padding[1:], out_size=geom.out_size[1:],
+                         dtype=geom.dtype, layout="channels_first")
+    _, lanes, rows, vectors = planar_kernel(geom.dtype)
+    phases = _phase_layout(plane)
+    (top, _), (left, _) = plane.padding
+    channel_len = phases.phase_h.size * phases.plane_h * phases.plane_w + lanes * vectors
+    pack = _PackLayout(top=int(top), left=int(left), stride_h=int(plane.stride[0]), stride_w=int(plane.stride[1]),
+                       plane_h=int(phases.plane_h), plane_w=int(phases.plane_w),
+                       rows_per_item=max(1, 4096 // int(phases.plane_w)))
+    per_input_plane = C * channel_len * np.dtype(geom.dtype).itemsize
+    m = geom.out_size[0]
+    while m > 1 and _planar3d_chunk_inputs(geom, m) * per_input_plane > limit // 2:
+        m = (m + 1) // 2
+    return _Planar3d(plane=plane, pack=pack, phase_h=phases.phase_h, phase_w=phases.phase_w,
+                     channel_len=int(channel_len), planes_per_chunk=int(m), tap_in_plane=phases.tap_in_plane)
+
+
+def planar3d_supports(geom) -> bool:
+    """Whether :func:`conv3d_planar` runs ``geom``: a channels-first 3D layer whose depth planes' 2D problem
+    (the depth taps as extra steps) the planar tile kernel runs, one output plane's packed input under the cap."""
+    if geom.rank != 3 or geom.layout != "channels_first" or not _simd.AVAILABLE:
+        return False
+    stacked = ConvGeometry(batch=geom.batch, in_channels=geom.in_channels * geom.kernel[0],
+                           out_channels=geom.out_channels, groups=geom.groups, in_size=geom.in_size[1:],
+                           kernel=geom.kernel[1:], stride=geom.stride[1:], dilation=geom.dilation[1:],
+                           padding=geom.padding[1:], out_size=geom.out_size[1:], dtype=geom.dtype,
+                           layout="channels_first")
+    if geom.groups != 1 or not planar_supports(stacked):
+        return False
+    plan = _planar3d_plan(geom, get_workspace_limit())
+    return (_planar3d_chunk_inputs(geom, 1) * geom.in_channels * plan.channel_len * np.dtype(geom.dtype).itemsize
+            <= get_workspace_limit())
+
+
+def planar3d_workspace_bytes(geom, itemsize) -> int:
+    """The packed depth planes of one chunk."""
+    plan = _planar3d_plan(geom, get_workspace_limit())
+    return _planar3d_chunk_inputs(geom, plan.planes_per_chunk) * geom.in_channels * plan.channel_len * itemsize
+
+
+def conv3d_planar(x, weight, bias, geom, out):
+    """A 3D layer on the planar tile kernel, without a gathered copy of the depth taps: every padded input depth
+    plane is packed once (its stride phases, as for a 2D layer; channel-major: ``xs[c, d, :]``), the output depth
+    planes are the kernel's images (image ``o`` starts ``o*stride_d`` packed planes in), the depth taps are steps
+    of the step table (``a*dilation_d`` planes further), and the kernel writes each output plane in place
+    (image stride ``oH*oW``, channel stride ``oD*oH*oW``). ``x`` and ``out`` C-contiguous, one group."""
+    kern = planar_kernel(x.dtype)[0]
+    plan = _planar3d_plan(geom, get_workspace_limit())
+    N, C, D = x.shape[:3]
+    C_out = geom.out_channels
+    kD, kH, kW = geom.kernel
+    sD, dD, lo = geom.stride[0], geom.dilation[0], geom.padding[0][0]
+    oD, oH, oW = geom.out_size
+    P = oH * oW
+    L = plan.channel_len
+    _, lanes, rows, vectors = planar_kernel(geom.dtype)
+    span = lanes * vectors
+    row_pitch = plan.pack.plane_w
+    positions = (oH - 1) * row_pitch + oW
+    co_tiles = -(-C_out // rows)
+    spans = -(-positions // span)
+    w = weight.reshape(-1)
+    b = np.zeros(C_out, dtype=x.dtype) if bias is None else bias
+    steps = np.arange(C * kD * kH * kW, dtype=np.int64)  # weights (C_out, C, kD, kH, kW): step (c, a, t)
+    for o0 in range(0, oD, plan.planes_per_chunk):
+        o1 = min(oD, o0 + plan.planes_per_chunk)
+        q0 = o0 * sD                          # first padded input plane of the chunk
+        depth = _planar3d_chunk_inputs(geom, o1 - o0)
+        offsets = (np.arange(C, dtype=np.int64)[:, None, None] * depth * L
+                   + np.arange(kD, dtype=np.int64)[None, :, None] * dD * L
+                   + plan.tap_in_plane[None, None, :]).reshape(-1)
+        table = _step_table(offsets, steps)
+        block_spans = max(1, min(BLOCK_TILES, -(-spans * (o1 - o0) * co_tiles // 32)))
+        layout = PlanarLayout(images=int(o1 - o0), groups=1, in_per_group=int(C), channel_len=int(L),
+                              out_per_group=int(C_out), co_tiles=int(co_tiles), positions=int(positions),
+                              block_len=int(block_spans * span), row_pitch=int(row_pitch), out_h=int(oH), out_w=int(oW),
+                              weight_row=int(C * kD * kH * kW), weight_group=int(C_out * C * kD * kH * kW),
+                              in_image=int(sD * L), in_group=0, out_image=int(P), out_channel=int(oD * P))
+        buffer = scratch(C * depth * L, x.dtype).reshape(C, depth, L)
+        d0, d1 = max(0, q0 - lo), min(D, q0 + depth - lo)  # the input planes the chunk reads
+        for n in range(N):
+            for c in range(C):
+                buffer[c, :max(0, d0 + lo - q0)] = 0  # padding planes before and after the volume
+                buffer[c, max(0, d1 + lo - q0):] = 0
+                if d1 > d0:
+                    with _jit.launch():
+                        _pack_phases(x[n, c, d0:d1].reshape(d1 - d0, 1, x.shape[3], x.shape[4]), 0, 1, plan.pack,
+                                     plan.phase_h, plan.phase_w,
+                                     buffer[c, d0 + lo - q0:d1 + lo - q0].reshape(d1 - d0, 1, L))
+            with _jit.launch():
+                kern(buffer.reshape(-1), w, table, layout, b, out[n].reshape(-1)[o0 * P:])
 
 
 # --------------------------------------------------------------------------- the input gradient

@@ -438,11 +438,13 @@ def _planar_f32_avx512(xs, weight, step_table, layout, bias, out):
     Step ``i`` reads ``xs[.. + step_table[2*i]]`` and the weight of output channel ``g*cog + k`` at
     ``g*weight_group + k*weight_row + step_table[2*i + 1]`` (the weights as they are, for the
     forward pass and for the input gradient's flipped, transposed kernel alike; one table of
-    pairs, so the loop needs one pointer for both).
+    pairs, so the loop needs one pointer for both). Image ``n``, group ``g`` start at
+    ``n*in_image + g*in_group`` in ``xs``; output channel ``c`` of image ``n`` at
+    ``n*out_image + c*out_channel`` in ``out`` (a 3D layer's depth planes are its images).
     """
-    groups, cg, channel_len = layout.groups, layout.in_per_group, layout.channel_len
+    groups = layout.groups
     cog, co_tiles, positions, block_len = layout.out_per_group, layout.co_tiles, layout.positions, layout.block_len
-    plane = layout.out_h * layout.out_w
+    out_channel = layout.out_channel
     w_row, w_group = layout.weight_row, layout.weight_group
     steps = step_table.shape[0] // 2
     blocks = (positions + block_len - 1) // block_len
@@ -453,8 +455,8 @@ def _planar_f32_avx512(xs, weight, step_table, layout, bias, out):
         n = item // (blocks * co_tiles * groups)
         co_first = g * cog + ct * 8
         co0 = co_first if (ct + 1) * 8 <= cog else g * cog + cog - 8
-        x_group = (n * groups + g) * cg * channel_len
-        out_image = n * groups * cog * plane
+        x_group = n * layout.in_image + g * layout.in_group
+        out_image = n * layout.out_image
         w0 = g * w_group + (co0 - g * cog) * w_row
         p0 = pb * block_len
         p_end = min(positions, p0 + block_len)
@@ -507,29 +509,29 @@ def _planar_f32_avx512(xs, weight, step_table, layout, bias, out):
                 c7_0 = vfma(w, x0, c7_0)
                 c7_1 = vfma(w, x1, c7_1)
             if co0 + 0 >= co_first:
-                put_planar(out, c0_0, 16, start + 0, p0, p_end, out_image + (co0 + 0) * plane, layout)
-                put_planar(out, c0_1, 16, start + 16, p0, p_end, out_image + (co0 + 0) * plane, layout)
+                put_planar(out, c0_0, 16, start + 0, p0, p_end, out_image + (co0 + 0) * out_channel, layout)
+                put_planar(out, c0_1, 16, start + 16, p0, p_end, out_image + (co0 + 0) * out_channel, layout)
             if co0 + 1 >= co_first:
-                put_planar(out, c1_0, 16, start + 0, p0, p_end, out_image + (co0 + 1) * plane, layout)
-                put_planar(out, c1_1, 16, start + 16, p0, p_end, out_image + (co0 + 1) * plane, layout)
+                put_planar(out, c1_0, 16, start + 0, p0, p_end, out_image + (co0 + 1) * out_channel, layout)
+                put_planar(out, c1_1, 16, start + 16, p0, p_end, out_image + (co0 + 1) * out_channel, layout)
             if co0 + 2 >= co_first:
-                put_planar(out, c2_0, 16, start + 0, p0, p_end, out_image + (co0 + 2) * plane, layout)
-                put_planar(out, c2_1, 16, start + 16, p0, p_end, out_image + (co0 + 2) * plane, layout)
+                put_planar(out, c2_0, 16, start + 0, p0, p_end, out_image + (co0 + 2) * out_channel, layout)
+                put_planar(out, c2_1, 16, start + 16, p0, p_end, out_image + (co0 + 2) * out_channel, layout)
             if co0 + 3 >= co_first:
-                put_planar(out, c3_0, 16, start + 0, p0, p_end, out_image + (co0 + 3) * plane, layout)
-                put_planar(out, c3_1, 16, start + 16, p0, p_end, out_image + (co0 + 3) * plane, layout)
+                put_planar(out, c3_0, 16, start + 0, p0, p_end, out_image + (co0 + 3) * out_channel, layout)
+                put_planar(out, c3_1, 16, start + 16, p0, p_end, out_image + (co0 + 3) * out_channel, layout)
             if co0 + 4 >= co_first:
-                put_planar(out, c4_0, 16, start + 0, p0, p_end, out_image + (co0 + 4) * plane, layout)
-                put_planar(out, c4_1, 16, start + 16, p0, p_end, out_image + (co0 + 4) * plane, layout)
+                put_planar(out, c4_0, 16, start + 0, p0, p_end, out_image + (co0 + 4) * out_channel, layout)
+                put_planar(out, c4_1, 16, start + 16, p0, p_end, out_image + (co0 + 4) * out_channel, layout)
             if co0 + 5 >= co_first:
-                put_planar(out, c5_0, 16, start + 0, p0, p_end, out_image + (co0 + 5) * plane, layout)
-                put_planar(out, c5_1, 16, start + 16, p0, p_end, out_image + (co0 + 5) * plane, layout)
+                put_planar(out, c5_0, 16, start + 0, p0, p_end, out_image + (co0 + 5) * out_channel, layout)
+                put_planar(out, c5_1, 16, start + 16, p0, p_end, out_image + (co0 + 5) * out_channel, layout)
             if co0 + 6 >= co_first:
-                put_planar(out, c6_0, 16, start + 0, p0, p_end, out_image + (co0 + 6) * plane, layout)
-                put_planar(out, c6_1, 16, start + 16, p0, p_end, out_image + (co0 + 6) * plane, layout)
+                put_planar(out, c6_0, 16, start + 0, p0, p_end, out_image + (co0 + 6) * out_channel, layout)
+                put_planar(out, c6_1, 16, start + 16, p0, p_end, out_image + (co0 + 6) * out_channel, layout)
             if co0 + 7 >= co_first:
-                put_planar(out, c7_0, 16, start + 0, p0, p_end, out_image + (co0 + 7) * plane, layout)
-                put_planar(out, c7_1, 16, start + 16, p0, p_end, out_image + (co0 + 7) * plane, layout)
+                put_planar(out, c7_0, 16, start + 0, p0, p_end, out_image + (co0 + 7) * out_channel, layout)
+                put_planar(out, c7_1, 16, start + 16, p0, p_end, out_image + (co0 + 7) * out_channel, layout)
             p0 += 32
 
 
@@ -540,11 +542,13 @@ def _planar_f64_avx512(xs, weight, step_table, layout, bias, out):
     Step ``i`` reads ``xs[.. + step_table[2*i]]`` and the weight of output channel ``g*cog + k`` at
     ``g*weight_group + k*weight_row + step_table[2*i + 1]`` (the weights as they are, for the
     forward pass and for the input gradient's flipped, transposed kernel alike; one table of
-    pairs, so the loop needs one pointer for both).
+    pairs, so the loop needs one pointer for both). Image ``n``, group ``g`` start at
+    ``n*in_image + g*in_group`` in ``xs``; output channel ``c`` of image ``n`` at
+    ``n*out_image + c*out_channel`` in ``out`` (a 3D layer's depth planes are its images).
     """
-    groups, cg, channel_len = layout.groups, layout.in_per_group, layout.channel_len
+    groups = layout.groups
     cog, co_tiles, positions, block_len = layout.out_per_group, layout.co_tiles, layout.positions, layout.block_len
-    plane = layout.out_h * layout.out_w
+    out_channel = layout.out_channel
     w_row, w_group = layout.weight_row, layout.weight_group
     steps = step_table.shape[0] // 2
     blocks = (positions + block_len - 1) // block_len
@@ -555,8 +559,8 @@ def _planar_f64_avx512(xs, weight, step_table, layout, bias, out):
         n = item // (blocks * co_tiles * groups)
         co_first = g * cog + ct * 8
         co0 = co_first if (ct + 1) * 8 <= cog else g * cog + cog - 8
-        x_group = (n * groups + g) * cg * channel_len
-        out_image = n * groups * cog * plane
+        x_group = n * layout.in_image + g * layout.in_group
+        out_image = n * layout.out_image
         w0 = g * w_group + (co0 - g * cog) * w_row
         p0 = pb * block_len
         p_end = min(positions, p0 + block_len)
@@ -609,29 +613,29 @@ def _planar_f64_avx512(xs, weight, step_table, layout, bias, out):
                 c7_0 = vfma(w, x0, c7_0)
                 c7_1 = vfma(w, x1, c7_1)
             if co0 + 0 >= co_first:
-                put_planar(out, c0_0, 8, start + 0, p0, p_end, out_image + (co0 + 0) * plane, layout)
-                put_planar(out, c0_1, 8, start + 8, p0, p_end, out_image + (co0 + 0) * plane, layout)
+                put_planar(out, c0_0, 8, start + 0, p0, p_end, out_image + (co0 + 0) * out_channel, layout)
+                put_planar(out, c0_1, 8, start + 8, p0, p_end, out_image + (co0 + 0) * out_channel, layout)
             if co0 + 1 >= co_first:
-                put_planar(out, c1_0, 8, start + 0, p0, p_end, out_image + (co0 + 1) * plane, layout)
-                put_planar(out, c1_1, 8, start + 8, p0, p_end, out_image + (co0 + 1) * plane, layout)
+                put_planar(out, c1_0, 8, start + 0, p0, p_end, out_image + (co0 + 1) * out_channel, layout)
+                put_planar(out, c1_1, 8, start + 8, p0, p_end, out_image + (co0 + 1) * out_channel, layout)
             if co0 + 2 >= co_first:
-                put_planar(out, c2_0, 8, start + 0, p0, p_end, out_image + (co0 + 2) * plane, layout)
-                put_planar(out, c2_1, 8, start + 8, p0, p_end, out_image + (co0 + 2) * plane, layout)
+                put_planar(out, c2_0, 8, start + 0, p0, p_end, out_image + (co0 + 2) * out_channel, layout)
+                put_planar(out, c2_1, 8, start + 8, p0, p_end, out_image + (co0 + 2) * out_channel, layout)
             if co0 + 3 >= co_first:
-                put_planar(out, c3_0, 8, start + 0, p0, p_end, out_image + (co0 + 3) * plane, layout)
-                put_planar(out, c3_1, 8, start + 8, p0, p_end, out_image + (co0 + 3) * plane, layout)
+                put_planar(out, c3_0, 8, start + 0, p0, p_end, out_image + (co0 + 3) * out_channel, layout)
+                put_planar(out, c3_1, 8, start + 8, p0, p_end, out_image + (co0 + 3) * out_channel, layout)
             if co0 + 4 >= co_first:
-                put_planar(out, c4_0, 8, start + 0, p0, p_end, out_image + (co0 + 4) * plane, layout)
-                put_planar(out, c4_1, 8, start + 8, p0, p_end, out_image + (co0 + 4) * plane, layout)
+                put_planar(out, c4_0, 8, start + 0, p0, p_end, out_image + (co0 + 4) * out_channel, layout)
+                put_planar(out, c4_1, 8, start + 8, p0, p_end, out_image + (co0 + 4) * out_channel, layout)
             if co0 + 5 >= co_first:
-                put_planar(out, c5_0, 8, start + 0, p0, p_end, out_image + (co0 + 5) * plane, layout)
-                put_planar(out, c5_1, 8, start + 8, p0, p_end, out_image + (co0 + 5) * plane, layout)
+                put_planar(out, c5_0, 8, start + 0, p0, p_end, out_image + (co0 + 5) * out_channel, layout)
+                put_planar(out, c5_1, 8, start + 8, p0, p_end, out_image + (co0 + 5) * out_channel, layout)
             if co0 + 6 >= co_first:
-                put_planar(out, c6_0, 8, start + 0, p0, p_end, out_image + (co0 + 6) * plane, layout)
-                put_planar(out, c6_1, 8, start + 8, p0, p_end, out_image + (co0 + 6) * plane, layout)
+                put_planar(out, c6_0, 8, start + 0, p0, p_end, out_image + (co0 + 6) * out_channel, layout)
+                put_planar(out, c6_1, 8, start + 8, p0, p_end, out_image + (co0 + 6) * out_channel, layout)
             if co0 + 7 >= co_first:
-                put_planar(out, c7_0, 8, start + 0, p0, p_end, out_image + (co0 + 7) * plane, layout)
-                put_planar(out, c7_1, 8, start + 8, p0, p_end, out_image + (co0 + 7) * plane, layout)
+                put_planar(out, c7_0, 8, start + 0, p0, p_end, out_image + (co0 + 7) * out_channel, layout)
+                put_planar(out, c7_1, 8, start + 8, p0, p_end, out_image + (co0 + 7) * out_channel, layout)
             p0 += 16
 
 
@@ -642,11 +646,13 @@ def _planar_f32_avx2(xs, weight, step_table, layout, bias, out):
     Step ``i`` reads ``xs[.. + step_table[2*i]]`` and the weight of output channel ``g*cog + k`` at
     ``g*weight_group + k*weight_row + step_table[2*i + 1]`` (the weights as they are, for the
     forward pass and for the input gradient's flipped, transposed kernel alike; one table of
-    pairs, so the loop needs one pointer for both).
+    pairs, so the loop needs one pointer for both). Image ``n``, group ``g`` start at
+    ``n*in_image + g*in_group`` in ``xs``; output channel ``c`` of image ``n`` at
+    ``n*out_image + c*out_channel`` in ``out`` (a 3D layer's depth planes are its images).
     """
-    groups, cg, channel_len = layout.groups, layout.in_per_group, layout.channel_len
+    groups = layout.groups
     cog, co_tiles, positions, block_len = layout.out_per_group, layout.co_tiles, layout.positions, layout.block_len
-    plane = layout.out_h * layout.out_w
+    out_channel = layout.out_channel
     w_row, w_group = layout.weight_row, layout.weight_group
     steps = step_table.shape[0] // 2
     blocks = (positions + block_len - 1) // block_len
@@ -657,8 +663,8 @@ def _planar_f32_avx2(xs, weight, step_table, layout, bias, out):
         n = item // (blocks * co_tiles * groups)
         co_first = g * cog + ct * 4
         co0 = co_first if (ct + 1) * 4 <= cog else g * cog + cog - 4
-        x_group = (n * groups + g) * cg * channel_len
-        out_image = n * groups * cog * plane
+        x_group = n * layout.in_image + g * layout.in_group
+        out_image = n * layout.out_image
         w0 = g * w_group + (co0 - g * cog) * w_row
         p0 = pb * block_len
         p_end = min(positions, p0 + block_len)
@@ -700,21 +706,21 @@ def _planar_f32_avx2(xs, weight, step_table, layout, bias, out):
                 c3_1 = vfma(w, x1, c3_1)
                 c3_2 = vfma(w, x2, c3_2)
             if co0 + 0 >= co_first:
-                put_planar(out, c0_0, 8, start + 0, p0, p_end, out_image + (co0 + 0) * plane, layout)
-                put_planar(out, c0_1, 8, start + 8, p0, p_end, out_image + (co0 + 0) * plane, layout)
-                put_planar(out, c0_2, 8, start + 16, p0, p_end, out_image + (co0 + 0) * plane, layout)
+                put_planar(out, c0_0, 8, start + 0, p0, p_end, out_image + (co0 + 0) * out_channel, layout)
+                put_planar(out, c0_1, 8, start + 8, p0, p_end, out_image + (co0 + 0) * out_channel, layout)
+                put_planar(out, c0_2, 8, start + 16, p0, p_end, out_image + (co0 + 0) * out_channel, layout)
             if co0 + 1 >= co_first:
-                put_planar(out, c1_0, 8, start + 0, p0, p_end, out_image + (co0 + 1) * plane, layout)
-                put_planar(out, c1_1, 8, start + 8, p0, p_end, out_image + (co0 + 1) * plane, layout)
-                put_planar(out, c1_2, 8, start + 16, p0, p_end, out_image + (co0 + 1) * plane, layout)
+                put_planar(out, c1_0, 8, start + 0, p0, p_end, out_image + (co0 + 1) * out_channel, layout)
+                put_planar(out, c1_1, 8, start + 8, p0, p_end, out_image + (co0 + 1) * out_channel, layout)
+                put_planar(out, c1_2, 8, start + 16, p0, p_end, out_image + (co0 + 1) * out_channel, layout)
             if co0 + 2 >= co_first:
-                put_planar(out, c2_0, 8, start + 0, p0, p_end, out_image + (co0 + 2) * plane, layout)
-                put_planar(out, c2_1, 8, start + 8, p0, p_end, out_image + (co0 + 2) * plane, layout)
-                put_planar(out, c2_2, 8, start + 16, p0, p_end, out_image + (co0 + 2) * plane, layout)
+                put_planar(out, c2_0, 8, start + 0, p0, p_end, out_image + (co0 + 2) * out_channel, layout)
+                put_planar(out, c2_1, 8, start + 8, p0, p_end, out_image + (co0 + 2) * out_channel, layout)
+                put_planar(out, c2_2, 8, start + 16, p0, p_end, out_image + (co0 + 2) * out_channel, layout)
             if co0 + 3 >= co_first:
-                put_planar(out, c3_0, 8, start + 0, p0, p_end, out_image + (co0 + 3) * plane, layout)
-                put_planar(out, c3_1, 8, start + 8, p0, p_end, out_image + (co0 + 3) * plane, layout)
-                put_planar(out, c3_2, 8, start + 16, p0, p_end, out_image + (co0 + 3) * plane, layout)
+                put_planar(out, c3_0, 8, start + 0, p0, p_end, out_image + (co0 + 3) * out_channel, layout)
+                put_planar(out, c3_1, 8, start + 8, p0, p_end, out_image + (co0 + 3) * out_channel, layout)
+                put_planar(out, c3_2, 8, start + 16, p0, p_end, out_image + (co0 + 3) * out_channel, layout)
             p0 += 24
 
 
@@ -725,11 +731,13 @@ def _planar_f64_avx2(xs, weight, step_table, layout, bias, out):
     Step ``i`` reads ``xs[.. + step_table[2*i]]`` and the weight of output channel ``g*cog + k`` at
     ``g*weight_group + k*weight_row + step_table[2*i + 1]`` (the weights as they are, for the
     forward pass and for the input gradient's flipped, transposed kernel alike; one table of
-    pairs, so the loop needs one pointer for both).
+    pairs, so the loop needs one pointer for both). Image ``n``, group ``g`` start at
+    ``n*in_image + g*in_group`` in ``xs``; output channel ``c`` of image ``n`` at
+    ``n*out_image + c*out_channel`` in ``out`` (a 3D layer's depth planes are its images).
     """
-    groups, cg, channel_len = layout.groups, layout.in_per_group, layout.channel_len
+    groups = layout.groups
     cog, co_tiles, positions, block_len = layout.out_per_group, layout.co_tiles, layout.positions, layout.block_len
-    plane = layout.out_h * layout.out_w
+    out_channel = layout.out_channel
     w_row, w_group = layout.weight_row, layout.weight_group
     steps = step_table.shape[0] // 2
     blocks = (positions + block_len - 1) // block_len
@@ -740,8 +748,8 @@ def _planar_f64_avx2(xs, weight, step_table, layout, bias, out):
         n = item // (blocks * co_tiles * groups)
         co_first = g * cog + ct * 4
         co0 = co_first if (ct + 1) * 4 <= cog else g * cog + cog - 4
-        x_group = (n * groups + g) * cg * channel_len
-        out_image = n * groups * cog * plane
+        x_group = n * layout.in_image + g * layout.in_group
+        out_image = n * layout.out_image
         w0 = g * w_group + (co0 - g * cog) * w_row
         p0 = pb * block_len
         p_end = min(positions, p0 + block_len)
@@ -783,19 +791,19 @@ def _planar_f64_avx2(xs, weight, step_table, layout, bias, out):
                 c3_1 = vfma(w, x1, c3_1)
                 c3_2 = vfma(w, x2, c3_2)
             if co0 + 0 >= co_first:
-                put_planar(out, c0_0, 4, start + 0, p0, p_end, out_image + (co0 + 0) * plane, layout)
-                put_planar(out, c0_1, 4, start + 4, p0, p_end, out_image + (co0 + 0) * plane, layout)
-                put_planar(out, c0_2, 4, start + 8, p0, p_end, out_image + (co0 + 0) * plane, layout)
+                put_planar(out, c0_0, 4, start + 0, p0, p_end, out_image + (co0 + 0) * out_channel, layout)
+                put_planar(out, c0_1, 4, start + 4, p0, p_end, out_image + (co0 + 0) * out_channel, layout)
+                put_planar(out, c0_2, 4, start + 8, p0, p_end, out_image + (co0 + 0) * out_channel, layout)
             if co0 + 1 >= co_first:
-                put_planar(out, c1_0, 4, start + 0, p0, p_end, out_image + (co0 + 1) * plane, layout)
-                put_planar(out, c1_1, 4, start + 4, p0, p_end, out_image + (co0 + 1) * plane, layout)
-                put_planar(out, c1_2, 4, start + 8, p0, p_end, out_image + (co0 + 1) * plane, layout)
+                put_planar(out, c1_0, 4, start + 0, p0, p_end, out_image + (co0 + 1) * out_channel, layout)
+                put_planar(out, c1_1, 4, start + 4, p0, p_end, out_image + (co0 + 1) * out_channel, layout)
+                put_planar(out, c1_2, 4, start + 8, p0, p_end, out_image + (co0 + 1) * out_channel, layout)
             if co0 + 2 >= co_first:
-                put_planar(out, c2_0, 4, start + 0, p0, p_end, out_image + (co0 + 2) * plane, layout)
-                put_planar(out, c2_1, 4, start + 4, p0, p_end, out_image + (co0 + 2) * plane, layout)
-                put_planar(out, c2_2, 4, start + 8, p0, p_end, out_image + (co0 + 2) * plane, layout)
+                put_planar(out, c2_0, 4, start + 0, p0, p_end, out_image + (co0 + 2) * out_channel, layout)
+                put_planar(out, c2_1, 4, start + 4, p0, p_end, out_image + (co0 + 2) * out_channel, layout)
+                put_planar(out, c2_2, 4, start + 8, p0, p_end, out_image + (co0 + 2) * out_channel, layout)
             if co0 + 3 >= co_first:
-                put_planar(out, c3_0, 4, start + 0, p0, p_end, out_image + (co0 + 3) * plane, layout)
-                put_planar(out, c3_1, 4, start + 4, p0, p_end, out_image + (co0 + 3) * plane, layout)
-                put_planar(out, c3_2, 4, start + 8, p0, p_end, out_image + (co0 + 3) * plane, layout)
+                put_planar(out, c3_0, 4, start + 0, p0, p_end, out_image + (co0 + 3) * out_channel, layout)
+                put_planar(out, c3_1, 4, start + 4, p0, p_end, out_image + (co0 + 3) * out_channel, layout)
+                put_planar(out, c3_2, 4, start + 8, p0, p_end, out_image + (co0 + 3) * out_channel, layout)
             p0 += 12

@@ -891,7 +891,22 @@ def _bind(op, geom, dtype):
     return None
 
 
+_depth_conv = _depth.conv(conv2d)
+
+
+def _conv_any_rank(x, weight, bias, geom, out):
+    """Rank 2 as :func:`conv2d`; rank 3 on the planar tile kernel with the depth taps as its steps where it runs
+    (:func:`._simd_direct.conv3d_planar`), else as 2D problems over a gathered copy of the depth taps
+    (:mod:`._depth`)."""
+    if (geom.rank == 3 and x.flags.c_contiguous and out.flags.c_contiguous and _simd_direct.planar3d_supports(geom)
+            and _simd_direct.guarded(_simd_direct.conv3d_planar, x, weight, bias, geom, out)):
+        return None
+    return _depth_conv(x, weight, bias, geom, out)
+
+
 def _workspace(op, geom, itemsize):
+    if geom.rank == 3 and op == "conv" and _simd_direct.planar3d_supports(geom):
+        return _simd_direct.planar3d_workspace_bytes(geom, itemsize)
     if geom.rank == 3 and op.startswith("conv"):
         return _depth.workspace_bytes(geom, itemsize, lambda plane: _workspace(op, plane, itemsize))
     if op == "conv":
@@ -908,6 +923,7 @@ STRATEGY = Strategy(
     summary="Numba kernels computing each output row in place, no im2col buffer",
     ranks=(2, 3),
     ops={**_depth.ops(conv2d, conv2d_backward, max_pool2d, max_pool2d_backward, avg_pool2d, avg_pool2d_backward),
+         "conv": _conv_any_rank,
          "max_pool": _depth.max_pool(max_pool2d, depth_max),  # 3D: the depth step compiled too
          # adaptive pooling: one kernel per op for ranks 2 and 3 (see _adaptive_kernels)
          "adaptive_max_pool": adaptive_max_pool, "adaptive_max_pool_backward": adaptive_max_pool_backward,
