@@ -1,6 +1,6 @@
 """Re-derive the dispatcher's rules: time every candidate strategy on the shape set and a grid around it.
 
-    python benchmarks/derive_dispatch.py [--threads 2] [--json out.json]
+    python benchmarks/derive_dispatch.py [--threads 2] [--json out.json] [--shape-set-only | --shapes a,b]
 
 Prints, for each problem, each candidate's median time and the winner, next to what
 ``method="auto"`` currently picks and how far that is from the best (the issue's bar: within
@@ -38,9 +38,12 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json")
     parser.add_argument("--shape-set-only", action="store_true")
+    parser.add_argument("--shapes", help="comma-separated names from the shape set: only these")
     parser.add_argument("--repeat", type=int, default=3, help="interleaved rounds per problem (best median kept)")
     args = parser.parse_args(argv)
     problems = list(shapes.SHAPES.values()) if args.shape_set_only else grid()
+    if args.shapes:
+        problems = [shapes.SHAPES[name] for name in args.shapes.split(",")]
     automatic = tuple(n for n in strategies.names() if strategies.strategy(n).automatic)
     records = []
     print(f"{'problem':<22}{'op':<20}" + "".join(f"{m:>12}" for m in automatic) + f"{'best':>12}{'auto':>12}{'auto/best':>10}")
@@ -55,7 +58,8 @@ def main(argv=None):
             auto = bench.auto_method_for(problem, np.float32, backward)
             ratio = times[auto] / times[best]
             op = problem.op + ("_backward" if backward else "")
-            print(f"{problem.name:<22}{op:<20}" + "".join(f"{times[m]:>12.3f}" for m in automatic)
+            print(f"{problem.name:<22}{op:<20}" + "".join(f"{times[m]:>12.3f}" if m in times else f"{'-':>12}"
+                                                          for m in automatic)
                   + f"{best:>12}{auto:>12}{ratio:>10.2f}", flush=True)
             records.append({"problem": dataclasses.asdict(problem), "op": op, "ms": times, "best": best,
                             "auto": auto, "auto_over_best": ratio})

@@ -281,6 +281,8 @@ def implements(method: str, op: str, problem: Problem | None = None, dtype=np.fl
     kw = problem.kwargs()
     shapes = (problem.input_shape, problem.weight_shape) if problem.is_conv else (problem.input_shape,)
     geom = explain(op, *shapes, dtype=dtype, **kw).geometry
+    if op.startswith("conv_transpose") and op.endswith("_backward"):  # dL/dx a convolution, dL/dW a conv_backward
+        return record.can_run("conv", geom) and record.can_run("conv_backward", geom)
     return record.can_run(PUBLIC_OPS[op][0], geom)
 
 

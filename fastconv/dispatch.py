@@ -186,7 +186,9 @@ WINOGRAD_MIN_CHANNELS = 16
 #: 3x3 (their depth taps become channels of one 2D problem, strategies/_depth.py) from
 #: WINOGRAD_MIN_CHANNELS_3D channels: direct runs 3D layers on its planar tile kernel with the depth taps
 #: as steps (no gathered copy), and wins below (Zen 4, 2026-12-05, winograd / direct / PyTorch ms:
-#: c3d_video, 64 -> 128, 50.8 / 103 / 114; unet3d_3x3x3, 32 -> 32, 80.8 / 70.1 / 99.8).
+#: c3d_video, 64 -> 128, 50.8 / 103 / 114; unet3d_3x3x3, 32 -> 32, 80.8 / 70.1 / 99.8). Their backward
+#: passes (dL/dx through Winograd by depth, dL/dW direct) from WINOGRAD_MIN_CHANNELS, as in 2D
+#: (benchmarks/derive_dispatch.py, winograd / direct ms: unet3d_3x3x3 194 / 233, c3d_video 195 / 258).
 WINOGRAD_MIN_CHANNELS_3D = 64
 
 
@@ -258,9 +260,7 @@ def _winograd_pays(op, geom, dtype) -> bool:
     """Whether the float32 Winograd kernel is measured faster than direct on ``geom`` (see above)."""
     if np.dtype(dtype) != np.float32 or not strategies.strategy("winograd").can_run(op, geom):
         return False
-    if op == "conv_backward" and geom.rank != 2:
-        return False  # not measured
-    channels = WINOGRAD_MIN_CHANNELS_3D if geom.rank == 3 else WINOGRAD_MIN_CHANNELS
+    channels = WINOGRAD_MIN_CHANNELS_3D if geom.rank == 3 and op == "conv" else WINOGRAD_MIN_CHANNELS
     return (_winograd_work(op, geom)[2] >= WINOGRAD_MIN_TILES
             and geom.in_channels >= channels and geom.out_channels >= channels)
 

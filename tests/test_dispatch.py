@@ -214,7 +214,8 @@ PINNED_HIGH = [
     ("conv2d", (1, 1, 512, 512), (1, 1, 3, 3), dict(padding=1), "direct"),                      # image_filter
     ("conv2d_backward", (1, 128, 28, 28), (128, 128, 3, 3), dict(padding=1), _WINOGRAD or _TILED),
     ("conv3d", (1, 64, 16, 56, 56), (128, 64, 3, 3, 3), dict(padding=1), _WINOGRAD or "direct"),  # c3d_video
-    ("conv3d_backward", (1, 64, 16, 56, 56), (128, 64, 3, 3, 3), dict(padding=1), "direct"),    # not measured
+    ("conv3d_backward", (1, 64, 16, 56, 56), (128, 64, 3, 3, 3), dict(padding=1), _WINOGRAD or "direct"),  # dL/dx by depth
+    ("conv3d", (1, 32, 64, 64, 64), (32, 32, 3, 3, 3), dict(padding=1), "direct"),  # unet3d: depth taps as steps
 ]
 
 

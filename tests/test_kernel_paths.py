@@ -97,11 +97,14 @@ def test_backward_row_by_row_matches_the_loop(xs, ws, kw):
         assert_close(got, ref)
 
 
-# img2col's col2im where the windows tile the image (kernel == stride): rows written once, not added;
-# windows past the edge (ceil_mode pooling) and leftover rows/columns (output_padding) take the
-# general path or are zeroed.
+# img2col's col2im where the windows do not overlap (kernel <= stride): rows written once, not added,
+# the gaps between windows zeroed; windows past the edge (ceil_mode pooling) and leftover rows/columns
+# (output_padding) take the general path or are zeroed.
 TILING = [
     ("conv_transpose2d", (2, 6, 5, 7), (6, 4, 2, 2), dict(stride=2)),
+    ("conv_transpose2d", (2, 6, 5, 7), (6, 4, 1, 1), dict(stride=2)),  # a strided 1x1 layer's dL/dx
+    ("conv_transpose2d", (1, 5, 4, 6), (5, 3, 2, 1), dict(stride=(3, 2), output_padding=(1, 1))),
+    ("conv_transpose2d", (1, 5, 4, 6), (5, 3, 1, 2), dict(stride=(2, 3))),
     ("conv_transpose2d", (1, 5, 4, 3), (5, 3, 3, 2), dict(stride=(3, 2), output_padding=(2, 1))),
     ("conv_transpose2d", (1, 4, 3, 6), (4, 2, 3, 3), dict(stride=3, padding=1)),  # padding: general path
 ]
@@ -114,9 +117,16 @@ def test_tiling_col2im_matches_the_loop(op, xs, ws, kw):
     w = rng.standard_normal(ws)
     fn = getattr(fastconv, op)
     assert_close(fn(x, w, **kw, method="img2col"), fn(x, w, **kw, method="loop"), np.float64)
+    limit = fastconv.get_workspace_limit()
+    try:  # rows of windows in chunks: later chunks write into rows the first one zeroed
+        fastconv.set_workspace_limit(2048)
+        assert_close(fn(x, w, **kw, method="img2col"), fn(x, w, **kw, method="loop"), np.float64)
+    finally:
+        fastconv.set_workspace_limit(limit)
 
 
 @pytest.mark.parametrize("shape, k, s, ceil", [((2, 3, 8, 6), 2, 2, False), ((1, 2, 7, 5), 2, 2, True),
+                                               ((2, 3, 11, 10), 2, 3, False), ((1, 2, 9, 8), (1, 2), (3, 2), True),
                                                ((1, 2, 9, 9), 3, 3, True), ((1, 1, 6, 9), (2, 3), (2, 3), False)])
 def test_tiling_col2im_in_the_pooling_backward(shape, k, s, ceil):
     rng = np.random.default_rng(3)
