@@ -220,7 +220,7 @@ def _fft_pays(geom, dtype) -> bool:
     from .strategies.fft import form, transforms
 
     fft = transforms()
-    rows = fft.single and form(geom) == "rows"
+    rows = fft.single and form(geom, kept=False) == "rows"  # (the rules are cached: not per WeightCache)
     taps = math.prod(geom.kernel)
     many = geom.in_channels // geom.groups >= FFT_MIN_CHANNELS and geom.out_channels >= FFT_MIN_CHANNELS
     return (taps >= FFT_MIN_TAPS["rows" if rows else fft.name]

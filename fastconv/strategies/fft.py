@@ -430,17 +430,19 @@ def rows_plan(geom) -> RowsPlan:
 FULL_COST = 2
 
 
-def form(geom) -> str:
+def form(geom, kept: bool | None = None) -> str:
     """``"rows"`` (one FFT axis, the other summed directly: :func:`_conv_rows`) or ``"full"`` (the module
     docstring's): the one with fewer weighted complex multiply-adds. The rows form needs rank 2, one group and
     the SIMD layer; the full form's kernel spectra cost nothing after the first call under a
-    :class:`~fastconv.WeightCache` (a layer's), so it is costed without them there."""
+    :class:`~fastconv.WeightCache` (a layer's), so it is costed without them there (``kept``: whether they
+    are kept; by default, whether a WeightCache is current)."""
     if geom.rank != 2 or geom.groups != 1 or not _simd.AVAILABLE or geom.dtype not in ("float32", "float64"):
         return "full"
     r, p = rows_plan(geom), plan(geom)
     pairs = geom.out_channels * geom.in_channels
     F0, F1 = p.spectrum
-    full = pairs * F0 * F1 * (geom.batch + (0 if keeping() else geom.kernel[0]))
+    kept = keeping() if kept is None else kept
+    full = pairs * F0 * F1 * (geom.batch + (0 if kept else geom.kernel[0]))
     rows = geom.batch * r.out_channels * geom.in_channels * geom.kernel[0] * r.out_rows * r.freqs
     return "rows" if rows <= FULL_COST * full else "full"
 
