@@ -270,8 +270,11 @@ def test_direct_3d_on_the_planar_tile_kernel(n, c_in, c_out, kernel, stride, dil
                           method="img2col", **kw)
     assert_close(y, ref, dtype)
     limit = fastconv.get_workspace_limit()
-    try:
-        fastconv.set_workspace_limit(64 * 1024)
+    plan = _simd_direct._planar3d_plan(geom, limit)
+    one_plane = _simd_direct._planar3d_chunk_inputs(geom, 1) * c_in * plan.channel_len * x.itemsize
+    try:  # room for about one output plane's packed input per chunk: the same path, in chunks of depth
+        fastconv.set_workspace_limit(max(2 * one_plane, 4096))
+        assert _simd_direct.planar3d_supports(geom)
         np.testing.assert_array_equal(fastconv.conv3d(x, w, b, method="direct", **kw), y)
     finally:
         fastconv.set_workspace_limit(limit)
