@@ -32,6 +32,7 @@ moved back to end there: its overlap is recomputed, never written twice.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import NamedTuple
 
@@ -44,7 +45,7 @@ from .._jit import kernel, output_span
 from .._prepared import kept, prepared
 from ..geometry import ConvGeometry, input_gradient_phases, phase_problems
 from ..workspace import get_workspace_limit, scratch
-from . import _simd_tiles
+from . import _depth, _simd_tiles
 from .direct import _in_place_phases, _pack_phases, _PackLayout, _phase_layout, _tap_offsets
 
 #: Tiles per work item at most (a block of positions): 8 tiles of 14 positions keep a
@@ -342,6 +343,25 @@ def planar_kernel(dtype):
     return _tiles("planar", dtype)
 
 
+def _phase_packing(geom, span):
+    """``(phases, pack, channel_len)`` of ``geom``'s stride phases for :func:`_pack_phases` (a 2D problem): the
+    phase planes, the packing layout, and one packed channel's length (its planes, then ``span`` elements of
+    slack that the last tile's vector loads may reach)."""
+    phases = _phase_layout(geom)
+    (top, _), (left, _) = geom.padding
+    pack = _PackLayout(top=int(top), left=int(left), stride_h=int(geom.stride[0]), stride_w=int(geom.stride[1]),
+                       plane_h=int(phases.plane_h), plane_w=int(phases.plane_w),
+                       rows_per_item=max(1, 4096 // int(phases.plane_w)))
+    return phases, pack, int(phases.phase_h.size * phases.plane_h * phases.plane_w + span)
+
+
+def _block_len(positions, span, parallel_tiles):
+    """Positions per work item of a planar kernel: whole spans, enough items for ``parallel_tiles`` (images x
+    groups x channel tiles) to give both cores work, at most :data:`BLOCK_TILES` spans."""
+    spans = -(-positions // span)
+    return max(1, min(BLOCK_TILES, -(-spans * parallel_tiles // 32))) * span
+
+
 @functools.lru_cache(maxsize=64)
 def _planar_plan(geom, limit):
     _, lanes, rows, vectors = planar_kernel(geom.dtype)
@@ -358,21 +378,14 @@ def _planar_plan(geom, limit):
         pack, phase_h, phase_w, row_pitch, channel_len = None, None, None, W, H * W
         images = geom.batch
     else:
-        phases = _phase_layout(geom)
-        (top, _), (left, _) = geom.padding
+        phases, pack, channel_len = _phase_packing(geom, span)
         taps, phase_h, phase_w, row_pitch = phases.tap_in_plane, phases.phase_h, phases.phase_w, phases.plane_w
-        channel_len = phase_h.size * phases.plane_h * phases.plane_w + span
-        pack = _PackLayout(top=int(top), left=int(left), stride_h=int(geom.stride[0]), stride_w=int(geom.stride[1]),
-                           plane_h=int(phases.plane_h), plane_w=int(phases.plane_w),
-                           rows_per_item=max(1, 4096 // int(phases.plane_w)))
         images = max(1, min(geom.batch, limit // max(1, geom.in_channels * channel_len * np.dtype(geom.dtype).itemsize)))
     positions = (oH - 1) * row_pitch + oW
     co_tiles = -(-cog // rows)
-    spans = -(-positions // span)
-    block_spans = max(1, min(BLOCK_TILES, -(-spans * geom.batch * G * co_tiles // 32)))
     layout = PlanarLayout(images=int(images), groups=int(G), in_per_group=int(cg), channel_len=int(channel_len),
                           out_per_group=int(cog), co_tiles=int(co_tiles), positions=int(positions),
-                          block_len=int(block_spans * span), row_pitch=int(row_pitch), out_h=int(oH), out_w=int(oW),
+                          block_len=int(_block_len(positions, span, geom.batch * G * co_tiles)), row_pitch=int(row_pitch), out_h=int(oH), out_w=int(oW),
                           weight_row=int(cg * kH * kW), weight_group=int(cog * cg * kH * kW),
                           in_image=int(G * cg * channel_len), in_group=int(cg * channel_len),
                           out_image=int(G * cog * oH * oW), out_channel=int(oH * oW))
@@ -469,18 +482,10 @@ def _planar3d_chunk_inputs(geom, outputs: int) -> int:
 
 @functools.lru_cache(maxsize=32)
 def _planar3d_plan(geom, limit):
-    N, C = geom.batch, geom.in_channels
-    plane = ConvGeometry(batch=1, in_channels=C, out_channels=geom.out_channels, groups=geom.groups,
-                         in_size=geom.in_size[1:], kernel=geom.kernel[1:], stride=geom.stride[1:],
-                         dilation=geom.dilation[1:], padding=geom.padding[1:], out_size=geom.out_size[1:],
-                         dtype=geom.dtype, layout="channels_first")
+    C = geom.in_channels
+    plane = dataclasses.replace(_depth._plane_problem(geom, 1), in_channels=C)
     _, lanes, rows, vectors = planar_kernel(geom.dtype)
-    phases = _phase_layout(plane)
-    (top, _), (left, _) = plane.padding
-    channel_len = phases.phase_h.size * phases.plane_h * phases.plane_w + lanes * vectors
-    pack = _PackLayout(top=int(top), left=int(left), stride_h=int(plane.stride[0]), stride_w=int(plane.stride[1]),
-                       plane_h=int(phases.plane_h), plane_w=int(phases.plane_w),
-                       rows_per_item=max(1, 4096 // int(phases.plane_w)))
+    phases, pack, channel_len = _phase_packing(plane, lanes * vectors)
     per_input_plane = C * channel_len * np.dtype(geom.dtype).itemsize
     m = geom.out_size[0]
     while m > 1 and _planar3d_chunk_inputs(geom, m) * per_input_plane > limit // 2:
@@ -494,12 +499,7 @@ def planar3d_supports(geom) -> bool:
     (the depth taps as extra steps) the planar tile kernel runs, one output plane's packed input under the cap."""
     if geom.rank != 3 or geom.layout != "channels_first" or not _simd.AVAILABLE:
         return False
-    stacked = ConvGeometry(batch=geom.batch, in_channels=geom.in_channels * geom.kernel[0],
-                           out_channels=geom.out_channels, groups=geom.groups, in_size=geom.in_size[1:],
-                           kernel=geom.kernel[1:], stride=geom.stride[1:], dilation=geom.dilation[1:],
-                           padding=geom.padding[1:], out_size=geom.out_size[1:], dtype=geom.dtype,
-                           layout="channels_first")
-    if geom.groups != 1 or not planar_supports(stacked):
+    if geom.groups != 1 or not planar_supports(_depth._plane_problem(geom, geom.batch)):
         return False
     plan = _planar3d_plan(geom, get_workspace_limit())
     return (_planar3d_chunk_inputs(geom, 1) * geom.in_channels * plan.channel_len * np.dtype(geom.dtype).itemsize
@@ -532,7 +532,6 @@ def conv3d_planar(x, weight, bias, geom, out):
     row_pitch = plan.pack.plane_w
     positions = (oH - 1) * row_pitch + oW
     co_tiles = -(-C_out // rows)
-    spans = -(-positions // span)
     w = weight.reshape(-1)
     b = np.zeros(C_out, dtype=x.dtype) if bias is None else bias
     steps = np.arange(C * kD * kH * kW, dtype=np.int64)  # weights (C_out, C, kD, kH, kW): step (c, a, t)
@@ -544,18 +543,17 @@ def conv3d_planar(x, weight, bias, geom, out):
                    + np.arange(kD, dtype=np.int64)[None, :, None] * dD * L
                    + plan.tap_in_plane[None, None, :]).reshape(-1)
         table = _step_table(offsets, steps)
-        block_spans = max(1, min(BLOCK_TILES, -(-spans * (o1 - o0) * co_tiles // 32)))
         layout = PlanarLayout(images=int(o1 - o0), groups=1, in_per_group=int(C), channel_len=int(L),
                               out_per_group=int(C_out), co_tiles=int(co_tiles), positions=int(positions),
-                              block_len=int(block_spans * span), row_pitch=int(row_pitch), out_h=int(oH), out_w=int(oW),
+                              block_len=int(_block_len(positions, span, (o1 - o0) * co_tiles)), row_pitch=int(row_pitch), out_h=int(oH), out_w=int(oW),
                               weight_row=int(C * kD * kH * kW), weight_group=int(C_out * C * kD * kH * kW),
                               in_image=int(sD * L), in_group=0, out_image=int(P), out_channel=int(oD * P))
         buffer = scratch(C * depth * L, x.dtype).reshape(C, depth, L)
         d0, d1 = max(0, q0 - lo), min(D, q0 + depth - lo)  # the input planes the chunk reads
+        buffer[:, :max(0, d0 + lo - q0)] = 0  # padding planes before and after the volume (no image writes them)
+        buffer[:, max(0, d1 + lo - q0):] = 0
         for n in range(N):
             for c in range(C):
-                buffer[c, :max(0, d0 + lo - q0)] = 0  # padding planes before and after the volume
-                buffer[c, max(0, d1 + lo - q0):] = 0
                 if d1 > d0:
                     with _jit.launch():
                         _pack_phases(x[n, c, d0:d1].reshape(d1 - d0, 1, x.shape[3], x.shape[4]), 0, 1, plan.pack,

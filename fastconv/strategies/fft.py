@@ -40,7 +40,9 @@ own float32 error on the layers measured), so ``auto`` considers it under the pr
 from __future__ import annotations
 
 import functools
+import importlib
 import math
+import os
 from typing import NamedTuple
 
 import numba
@@ -149,8 +151,6 @@ _MODULES = {"ducc0": ("ducc0", _ducc0), "scipy": ("scipy.fft", _scipy), "numpy":
 
 @functools.lru_cache(maxsize=None)
 def _load(name):
-    import importlib
-
     module, wrap = _MODULES[name]
     try:
         return wrap(importlib.import_module(module))
@@ -161,8 +161,6 @@ def _load(name):
 def transforms() -> Transforms:
     """The transforms in use: ``$FASTCONV_FFT`` if set (a clear error when it names something unknown or
     not installed), else ducc0, scipy.fft or numpy.fft, the first installed."""
-    import os
-
     choice = os.environ.get(BACKEND_ENV, "").strip().lower()
     if choice:
         if choice not in BACKENDS:
@@ -447,6 +445,11 @@ def form(geom, kept: bool | None = None) -> str:
     return "rows" if rows <= FULL_COST * full else "full"
 
 
+def _rows_images_per_chunk(geom, itemsize) -> int:
+    """Images the rows form transforms at once: as many as the workspace cap holds (at least one)."""
+    return max(1, min(geom.batch, get_workspace_limit() // max(1, _rows_image_bytes(geom, itemsize))))
+
+
 def _rows_image_bytes(geom, itemsize) -> int:
     r = rows_plan(geom)
     L = plan(geom).lengths[-1]
@@ -551,7 +554,7 @@ def _conv_rows(x, weight, bias, geom, out, fft):
                      lambda owned: _row_kernels(weight.astype(real, copy=False), geom, owned))
     lo = geom.padding[0][0]
     H, oH, C, C_out = geom.in_size[0], geom.out_size[0], geom.in_channels, geom.out_channels
-    images = max(1, min(geom.batch, get_workspace_limit() // max(1, _rows_image_bytes(geom, np.dtype(real).itemsize))))
+    images = _rows_images_per_chunk(geom, np.dtype(real).itemsize)
     width = _simd.LANES[np.dtype(real).name]
     products = _ROW_PRODUCTS[width]
     for n0 in range(0, geom.batch, images):
@@ -609,8 +612,7 @@ def workspace_bytes(op, geom, itemsize) -> int:
     if fft.single and form(geom) == "rows":
         r = rows_plan(geom)
         kernels = r.out_channels * geom.in_channels * geom.kernel[0] * 3 * r.freqs * itemsize
-        per_image = _rows_image_bytes(geom, itemsize)
-        return kernels + per_image * max(1, min(geom.batch, get_workspace_limit() // max(1, per_image)))
+        return kernels + _rows_image_bytes(geom, itemsize) * _rows_images_per_chunk(geom, itemsize)
     complex_size = np.dtype(_spectra_dtype(geom.dtype, fft)).itemsize
     images = _images_per_chunk(geom, complex_size, get_workspace_limit())
     fixed = geom.out_channels * (geom.in_channels // geom.groups) * math.prod(plan(geom).spectrum) * complex_size
