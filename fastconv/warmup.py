@@ -117,7 +117,7 @@ def _general(record) -> bool:
 def _warm_partial(method, dtype):
     """Warm a strategy that computes only some problems on each of a few layers it runs: 3x3 at 28x28
     (Winograd's float32 F(4x4) kernel, and its channels-last reading) and at 8x8 (F(2x2)), 5x5 (FFT),
-    and a 4x4 stride-2 layer and its dL/dx (Winograd's F(4x4, 2x2))."""
+    a 4x4 stride-2 layer and its dL/dx (Winograd's F(4x4, 2x2)) and a 1D layer with 3 taps (F(6, 3))."""
     from .geometry import conv_problem
 
     record = strategies.strategy(method)
@@ -140,6 +140,13 @@ def _warm_partial(method, dtype):
                               output_mask=(True, False, False))
     if record.can_run("conv", geom):  # and its forward pass (Winograd: space to depth)
         _conv.conv2d(x, w, stride=2, padding=1, method=method)
+    # a 1D layer with 3 taps (Winograd's F(6, 3) along rows) and its dL/dx
+    x = np.ones((1, 16, 200), dtype)
+    w = np.ones((32, 16, 3), dtype)
+    geom, _ = conv_problem("warmup", 1, x.shape, w.shape, None, 1, 1, 1, 1, np.dtype(dtype).name)
+    if record.can_run("conv", geom):
+        y = _conv.conv1d(x, w, padding=1, method=method)
+        _conv.conv1d_backward(y, x, w, padding=1, method=method, output_mask=(True, False, False))
     # a 3D layer with 5x5x5 kernels (FFT: the full form's per-frequency products; 2D layers of one image
     # run its rows form)
     w = np.ones((4, 4, 5, 5, 5), dtype)

@@ -1,5 +1,6 @@
 """The winograd strategy (3x3: F(4x4, 3x3) float32, F(2x2, 3x3) float64; 2x2 and the stride phases of
-4x4 stride-2 layers: F(4x4, 2x2), F(3x3, 2x2)) and the precision setting."""
+4x4 stride-2 layers: F(4x4, 2x2), F(3x3, 2x2); 1D layers with 3 taps: F(6, 3) along rows, float32) and the
+precision setting."""
 
 import json
 import os
@@ -60,6 +61,19 @@ def test_the_generators_transforms_compute_a_correlation(m, r):
     Y = mul(mul(AT, [[U[i][j] * V[i][j] for j in range(a)] for i in range(a)]), t(AT))
     direct = [[sum(d[i + p][j + q] * g[p][q] for p in range(r) for q in range(r)) for j in range(m)] for i in range(m)]
     assert Y == direct
+
+
+def test_the_row_transforms_compute_a_correlation():
+    """y = A^T [(G g) o (B^T d)] is the 3-tap correlation of d, exactly: F(6, 3) along rows."""
+    T = _generator().TRANSFORMS[(6, 3)]
+    rng = np.random.default_rng(6)
+    d = [Fraction(int(v)) for v in rng.integers(-9, 10, 8)]
+    g = [Fraction(int(v)) for v in rng.integers(-9, 10, 3)]
+    BT, G, AT = ([[Fraction(v) for v in row] for row in T[k]] for k in ("BT", "G", "AT"))
+    U = [sum(G[i][k] * g[k] for k in range(3)) for i in range(8)]
+    V = [sum(BT[i][k] * d[k] for k in range(8)) for i in range(8)]
+    y = [sum(AT[p][i] * U[i] * V[i] for i in range(8)) for p in range(6)]
+    assert y == [sum(d[p + q] * g[q] for q in range(3)) for p in range(6)]
 
 
 def _reference(x, w, b, padding):
@@ -181,8 +195,12 @@ def test_problems_it_does_not_compute_are_refused_clearly(kw, weight):
     x = np.ones((1, 8, 10, 10), np.float32)
     with pytest.raises(ValueError, match="conv2d: method='winograd' does not compute this problem"):
         fastconv.conv2d(x, np.ones(weight, np.float32), **kw, method="winograd")
+    with pytest.raises(ValueError, match="does not compute this problem"):  # 1D: float32, stride 1, 3 taps
+        fastconv.conv1d(np.ones((1, 8, 10), np.float64), np.ones((8, 8, 3), np.float64), method="winograd")
     with pytest.raises(ValueError, match="does not compute this problem"):
-        fastconv.conv1d(np.ones((1, 8, 10), np.float32), np.ones((8, 8, 3), np.float32), method="winograd")
+        fastconv.conv1d(np.ones((1, 8, 10), np.float32), np.ones((8, 8, 3), np.float32), stride=2, method="winograd")
+    with pytest.raises(ValueError, match="does not compute this problem"):
+        fastconv.conv1d(np.ones((1, 8, 10), np.float32), np.ones((8, 8, 5), np.float32), method="winograd")
 
 
 # ---------------------------------------------------------------------------------------------- precision
@@ -300,10 +318,14 @@ import numpy as np
 import fastconv
 from fastconv import _simd
 from fastconv.strategies import winograd
-r = int(sys.argv[1])
-x = np.ones((1, 16, 28, 28), np.float32); w = np.ones((32, 16, r, r), np.float32)  # 49 tiles: F(4x4, r x r)
-fastconv.conv2d(x, w, padding=1, method="winograd")
-name, fused, lanes, rows = winograd._variant(np.float32, 4, r)
+if sys.argv[1] == "row":  # F(6, 3) along rows: a 1D layer
+    fastconv.conv1d(np.ones((1, 16, 200), np.float32), np.ones((32, 16, 3), np.float32), padding=1, method="winograd")
+    name, fused, lanes, rows = winograd._variant(np.float32, 6, 3, row=True)
+else:
+    r = int(sys.argv[1])
+    x = np.ones((1, 16, 28, 28), np.float32); w = np.ones((32, 16, r, r), np.float32)  # 49 tiles: F(4x4, r x r)
+    fastconv.conv2d(x, w, padding=1, method="winograd")
+    name, fused, lanes, rows = winograd._variant(np.float32, 4, r)
 print(json.dumps(dict(isa=_simd.ISA, rows=rows, asm="\\\\n".join(fused.inspect_asm().values()))))
 """
 
@@ -342,7 +364,7 @@ production_build = pytest.mark.skipif(os.environ.get("NUMBA_BOUNDSCHECK") == "1"
 
 
 @production_build
-@pytest.mark.parametrize("r", [3, 2])
+@pytest.mark.parametrize("r", [3, 2, "row"])
 def test_product_loop_is_one_block_of_register_fmas(r):
     """This CPU's float32 build: R tiles x 2 vectors of FMAs per step, on zmm (AVX-512) or ymm, no stack access."""
     from test_simd import _env
@@ -354,7 +376,7 @@ def test_product_loop_is_one_block_of_register_fmas(r):
 
 @pytest.mark.skipif(not host_has("avx2", "fma"), reason="needs a CPU with AVX2 and FMA")
 @production_build
-@pytest.mark.parametrize("r", [3, 2])
+@pytest.mark.parametrize("r", [3, 2, "row"])
 def test_product_loop_fits_sixteen_ymm_registers_on_haswell(r):
     """The AVX2 build (compiled for Haswell in a subprocess): ymm0-15 only, no stack access."""
     from test_simd import _env
@@ -385,6 +407,16 @@ for dtype in (np.float32, np.float64):
                               method="direct")
         err = np.abs(y - ref).max() / np.abs(ref).max()
         assert err <= winograd.ERROR_BOUND[np.dtype(dtype).name], (dtype, err)
+    if dtype == np.float32:  # F(6, 3) along rows: a 1D layer, forward and dL/dx
+        x = rng.standard_normal((3, 20, 47)).astype(dtype)
+        k = rng.standard_normal((37, 20, 3)).astype(dtype)
+        y = fastconv.conv1d(x, k, padding=1, method="winograd")
+        ref = fastconv.conv1d(x.astype(np.float64), k.astype(np.float64), padding=1, method="direct")
+        assert np.abs(y - ref).max() / np.abs(ref).max() <= winograd.ERROR_BOUND["float32"]
+        dx = fastconv.conv1d_backward(y, x, k, padding=1, method="winograd", output_mask=(True, False, False))[0]
+        ref = fastconv.conv1d_backward(y.astype(np.float64), x.astype(np.float64), k.astype(np.float64), padding=1,
+                                       method="direct", output_mask=(True, False, False))[0]
+        assert np.abs(dx - ref).max() / np.abs(ref).max() <= winograd.ERROR_BOUND["float32"]
     # the 2x2-kernel kernels, through the stride phases of a transposed convolution
     x = rng.standard_normal((2, 24, 6, 7)).astype(dtype)
     k = rng.standard_normal((24, 19, 4, 4)).astype(dtype)
@@ -460,6 +492,75 @@ def test_two_by_two_kernels_forward_and_backward(n, c_in, c_out, h, w, padding, 
                                     method="direct")
     for got, want, terms in zip(ours, ref, sums):
         assert got.dtype == dtype and _relative_error(got, want, terms) <= bound
+
+
+@given(n=st.integers(1, 3), c_in=st.integers(1, 70), c_out=st.integers(1, 70), length=st.integers(1, 90),
+       padding=st.sampled_from([0, 1, 2, "same", ((2, 0),), ((0, 3),)]), with_bias=st.booleans(),
+       channels_last=st.booleans(), seed=st.integers(0, 2**16))
+def test_one_dimensional_layers_forward_and_backward(n, c_in, c_out, length, padding, with_bias, channels_last, seed):
+    """F(6, 3) along rows (float32 1D layers with 3 taps; every tail of a 6-output tile, channel counts
+    that are not whole vectors, tiles that span images), within the bound; dL/dx through the flipped kernel;
+    NLC memory read in place and the result in the same memory format."""
+    (left, right), = fastconv.resolve_padding(padding, (length,), (3,), (1,), (1,))
+    assume(length + left + right >= 3)
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, c_in, length)).astype(np.float32)
+    if channels_last:
+        x = np.ascontiguousarray(x.transpose(0, 2, 1)).transpose(0, 2, 1)
+    wt = rng.standard_normal((c_out, c_in, 3)).astype(np.float32)
+    b = rng.standard_normal(c_out).astype(np.float32) if with_bias else None
+    x0 = x.copy()
+    y = fastconv.conv1d(x, wt, b, padding=padding, method="winograd")
+    np.testing.assert_array_equal(x, x0)
+    assert y.strides == fastconv.conv1d(x, wt, b, padding=padding, method="direct").strides  # its memory format
+    as64 = [None if a is None else a.astype(np.float64) for a in (x, wt, b)]
+    ref = fastconv.conv1d(*as64, padding=padding, method="direct")
+    terms = fastconv.conv1d(*(None if a is None else np.abs(a) for a in as64), padding=padding, method="direct")
+    bound = winograd.ERROR_BOUND["float32"]
+    assert y.dtype == np.float32 and y.shape == ref.shape
+    assert _relative_error(y, ref, terms) <= bound
+    g = rng.standard_normal(y.shape).astype(np.float32)
+    ours = fastconv.conv1d_backward(g, x, wt, padding=padding, method="winograd")
+    want = fastconv.conv1d_backward(g.astype(np.float64), *as64[:2], padding=padding, method="direct")
+    sums = fastconv.conv1d_backward(np.abs(g).astype(np.float64), *(np.abs(a) for a in as64[:2]), padding=padding,
+                                    method="direct")
+    for got, exact, scale in zip(ours, want, sums):
+        assert got.dtype == np.float32 and got.shape == exact.shape
+        assert _relative_error(got, exact, scale) <= bound
+
+
+@given(n=st.integers(1, 2), c_in=st.integers(1, 40), c_out=st.integers(1, 40), h=st.integers(1, 7),
+       w=st.integers(1, 30), padding=st.sampled_from([(0, 1), (0, 0), (0, 2)]), seed=st.integers(0, 2**16))
+def test_two_dimensional_layers_with_one_by_three_kernels(n, c_in, c_out, h, w, padding, seed):
+    """A 2D layer with a 1 x 3 kernel (Inception's factorised convolutions) is one 1D problem per row."""
+    assume(w + 2 * padding[1] >= 3)
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, c_in, h, w)).astype(np.float32)
+    wt = rng.standard_normal((c_out, c_in, 1, 3)).astype(np.float32)
+    y = fastconv.conv2d(x, wt, padding=padding, method="winograd")
+    ref = _reference(x, wt, None, padding)
+    assert _relative_error(y, ref, _reference(np.abs(x), np.abs(wt), None, padding)) <= winograd.ERROR_BOUND["float32"]
+
+
+def test_one_dimensional_layer_against_pytorch_and_auto_picks_it(torch, monkeypatch):
+    """audio_3-like (64 channels, enough tiles): auto runs F(6, 3), forward and backward; 32 channels or few
+    tiles stay on direct; precision "highest" never picks it."""
+    monkeypatch.delenv("FASTCONV_METHOD", raising=False)
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((4, 64, 1000)).astype(np.float32)
+    w = rng.standard_normal((64, 64, 3)).astype(np.float32)
+    b = rng.standard_normal(64).astype(np.float32)
+    with fastconv.precision("high"):
+        ours = fastconv.conv1d(x, w, b, padding=1)
+        assert fastconv.explain("conv1d", x, w, padding=1).method == "winograd"
+        assert "F(6, 3)" in str(fastconv.explain("conv1d", x, w, padding=1))
+        assert fastconv.explain("conv1d_backward", x, w, padding=1).method == "winograd"
+        assert fastconv.explain("conv1d", x[:, :32], w[:32, :32], padding=1).method == "direct"
+        assert fastconv.explain("conv1d", x[:1, :, :300], w, padding=1).method == "direct"  # 50 tiles: too few
+    theirs = torch.nn.functional.conv1d(*map(torch.from_numpy, (x, w, b)), padding=1).numpy()
+    assert _relative_error(ours, theirs.astype(np.float64)) <= 2 * winograd.ERROR_BOUND["float32"]
+    with fastconv.precision("highest"):
+        assert fastconv.explain("conv1d", x, w, padding=1).method != "winograd"
 
 
 @given(n=st.integers(1, 3), c_in=st.integers(1, 36), c_out=st.integers(1, 36), h=st.integers(1, 11),

@@ -21,6 +21,8 @@ KERNELS = {
     "_winograd_f64_m2_k3_avx2": ("float64", 4, 2, 3, 6),
     "_winograd_f32_m4_k2_avx2": ("float32", 8, 4, 2, 6),
     "_winograd_f64_m3_k2_avx2": ("float64", 4, 3, 2, 6),
+    "_winograd_f32_m6_k1x3_avx512": ("float32", 16, 6, 3, 14),
+    "_winograd_f32_m6_k1x3_avx2": ("float32", 8, 6, 3, 6),
 }
 
 
@@ -2612,3 +2614,477 @@ def _winograd_f64_m3_k2_avx2_weights(weight, channels, u):
                 vstore(u, ((cb * 16 + 13) * channels + c) * 8 + half * 4, vfma(k_1_2, h3_1, vmul(k_1_2, h3_0)))
                 vstore(u, ((cb * 16 + 14) * channels + c) * 8 + half * 4, vfma(k_m1_2, h3_1, vmul(k_1_2, h3_0)))
                 vstore(u, ((cb * 16 + 15) * channels + c) * 8 + half * 4, h3_1)
+
+
+@kernel
+def _winograd_f32_m6_k1x3_avx512(xp, u, bias, layout, out, work):
+    """F(6, 3) along the rows of the padded channels-last input ``xp`` (a 1 x 3 kernel: 1D layers, lifted to
+    height 1): 14 tiles of 6 outputs x 2 vectors of 16 output channels per register tile.
+
+    Layouts, output strides and ``work`` as the F(m x m, r x r) kernels'; a tile is 6 outputs of one row.
+    """
+    channels, in_h, in_w, row0, col0 = layout.channels, layout.in_h, layout.in_w, layout.row0, layout.col0
+    tiles_w, tiles = layout.tiles_w, layout.tiles_h * layout.tiles_w
+    co_blocks, per_chunk, chunks = layout.co_blocks, layout.chunk_blocks, layout.co_chunks
+    out_channels, out_w = layout.out_channels, layout.out_w
+    out_image, out_channel, out_row, out_col = layout.out_image, layout.out_channel, layout.out_row, layout.out_col
+    total = layout.images * tiles  # tiles of every row of every image, grouped R at a time
+    groups = (total + 14 - 1) // 14
+    k_m32 = vsplat(np.float32(-32.0), 16)
+    k_m8 = vsplat(np.float32(-8.0), 16)
+    k_m21_4 = vsplat(np.float32(-5.25), 16)
+    k_m5 = vsplat(np.float32(-5.0), 16)
+    k_m17_4 = vsplat(np.float32(-4.25), 16)
+    k_m5_2 = vsplat(np.float32(-2.5), 16)
+    k_m2 = vsplat(np.float32(-2.0), 16)
+    k_m5_4 = vsplat(np.float32(-1.25), 16)
+    k_m1_2 = vsplat(np.float32(-0.5), 16)
+    k_m1_8 = vsplat(np.float32(-0.125), 16)
+    k_m1_32 = vsplat(np.float32(-0.03125), 16)
+    k_1_32 = vsplat(np.float32(0.03125), 16)
+    k_1_16 = vsplat(np.float32(0.0625), 16)
+    k_1_8 = vsplat(np.float32(0.125), 16)
+    k_1_4 = vsplat(np.float32(0.25), 16)
+    k_1_2 = vsplat(np.float32(0.5), 16)
+    k_2 = vsplat(np.float32(2.0), 16)
+    k_5_2 = vsplat(np.float32(2.5), 16)
+    k_4 = vsplat(np.float32(4.0), 16)
+    k_17_4 = vsplat(np.float32(4.25), 16)
+    k_21_4 = vsplat(np.float32(5.25), 16)
+    k_8 = vsplat(np.float32(8.0), 16)
+    k_16 = vsplat(np.float32(16.0), 16)
+    k_32 = vsplat(np.float32(32.0), 16)
+    for item in prange(groups * chunks):
+        chunk = item % chunks
+        tg = item // chunks
+        at = get_thread_id() * layout.work_len
+        v = work[at:at + 8 * 14 * channels]
+        at += 8 * 14 * channels
+        m = work[at:at + 8 * 14 * 32]
+        at += 8 * 14 * 32
+        y = work[at:at + 6 * 16]
+        # the tiles' input transforms, V[xi, r, c] = (B^T d)[xi] (past the last tile: the last again)
+        for r in range(14):
+            t = min(tg * 14 + r, total - 1)
+            n = t // tiles
+            t -= n * tiles
+            ti = t // tiles_w
+            at = ((n * in_h + row0 + ti) * in_w + col0 + (t - ti * tiles_w) * 6) * channels
+            for c in range(0, channels, 16):
+                d0 = vload(xp, at + 0 * channels + c, 16)
+                d1 = vload(xp, at + 1 * channels + c, 16)
+                d2 = vload(xp, at + 2 * channels + c, 16)
+                d3 = vload(xp, at + 3 * channels + c, 16)
+                d4 = vload(xp, at + 4 * channels + c, 16)
+                d5 = vload(xp, at + 5 * channels + c, 16)
+                d6 = vload(xp, at + 6 * channels + c, 16)
+                d7 = vload(xp, at + 7 * channels + c, 16)
+                vstore(v, (0 * 14 + r) * channels + c, vfma(k_m21_4, d4, vfma(k_21_4, d2, vsub(d6, d0))))
+                vstore(v, (1 * 14 + r) * channels + c, vfma(k_m17_4, d4, vfma(k_m17_4, d3, vadd(vadd(vadd(d1, d2), d5), d6))))
+                vstore(v, (2 * 14 + r) * channels + c, vsub(vfma(k_m17_4, d4, vfma(k_17_4, d3, vsub(vadd(d2, d6), d1))), d5))
+                vstore(v, (3 * 14 + r) * channels + c, vfma(k_2, d5, vfma(k_m5_4, d4, vfma(k_m5_2, d3, vfma(k_1_4, d2, vfma(k_1_2, d1, d6))))))
+                vstore(v, (4 * 14 + r) * channels + c, vfma(k_m2, d5, vfma(k_m5_4, d4, vfma(k_5_2, d3, vfma(k_1_4, d2, vfma(k_m1_2, d1, d6))))))
+                vstore(v, (5 * 14 + r) * channels + c, vfma(k_1_2, d5, vfma(k_m5, d4, vfma(k_m5_2, d3, vfma(k_4, d2, vfma(k_2, d1, d6))))))
+                vstore(v, (6 * 14 + r) * channels + c, vfma(k_m1_2, d5, vfma(k_m5, d4, vfma(k_5_2, d3, vfma(k_4, d2, vfma(k_m2, d1, d6))))))
+                vstore(v, (7 * 14 + r) * channels + c, vfma(k_m21_4, d5, vfma(k_21_4, d3, vsub(d7, d1))))
+        for cb in range(chunk * per_chunk, min(co_blocks, (chunk + 1) * per_chunk)):
+            # the 8 products M[xi] (tiles x channels of the block) = V[xi] U[xi]
+            for xi in range(8):
+                ub = (cb * 8 + xi) * channels * 32
+                vb = xi * 14 * channels
+                a0_0 = vzero(v, 16)
+                a0_1 = vzero(v, 16)
+                a1_0 = vzero(v, 16)
+                a1_1 = vzero(v, 16)
+                a2_0 = vzero(v, 16)
+                a2_1 = vzero(v, 16)
+                a3_0 = vzero(v, 16)
+                a3_1 = vzero(v, 16)
+                a4_0 = vzero(v, 16)
+                a4_1 = vzero(v, 16)
+                a5_0 = vzero(v, 16)
+                a5_1 = vzero(v, 16)
+                a6_0 = vzero(v, 16)
+                a6_1 = vzero(v, 16)
+                a7_0 = vzero(v, 16)
+                a7_1 = vzero(v, 16)
+                a8_0 = vzero(v, 16)
+                a8_1 = vzero(v, 16)
+                a9_0 = vzero(v, 16)
+                a9_1 = vzero(v, 16)
+                a10_0 = vzero(v, 16)
+                a10_1 = vzero(v, 16)
+                a11_0 = vzero(v, 16)
+                a11_1 = vzero(v, 16)
+                a12_0 = vzero(v, 16)
+                a12_1 = vzero(v, 16)
+                a13_0 = vzero(v, 16)
+                a13_1 = vzero(v, 16)
+                for c in range(channels):
+                    w0 = vload(u, ub + c * 32, 16)
+                    w1 = vload(u, ub + c * 32 + 16, 16)
+                    x = vbroadcast(v, vb + 0 * channels + c, 16)
+                    a0_0 = vfma(x, w0, a0_0)
+                    a0_1 = vfma(x, w1, a0_1)
+                    x = vbroadcast(v, vb + 1 * channels + c, 16)
+                    a1_0 = vfma(x, w0, a1_0)
+                    a1_1 = vfma(x, w1, a1_1)
+                    x = vbroadcast(v, vb + 2 * channels + c, 16)
+                    a2_0 = vfma(x, w0, a2_0)
+                    a2_1 = vfma(x, w1, a2_1)
+                    x = vbroadcast(v, vb + 3 * channels + c, 16)
+                    a3_0 = vfma(x, w0, a3_0)
+                    a3_1 = vfma(x, w1, a3_1)
+                    x = vbroadcast(v, vb + 4 * channels + c, 16)
+                    a4_0 = vfma(x, w0, a4_0)
+                    a4_1 = vfma(x, w1, a4_1)
+                    x = vbroadcast(v, vb + 5 * channels + c, 16)
+                    a5_0 = vfma(x, w0, a5_0)
+                    a5_1 = vfma(x, w1, a5_1)
+                    x = vbroadcast(v, vb + 6 * channels + c, 16)
+                    a6_0 = vfma(x, w0, a6_0)
+                    a6_1 = vfma(x, w1, a6_1)
+                    x = vbroadcast(v, vb + 7 * channels + c, 16)
+                    a7_0 = vfma(x, w0, a7_0)
+                    a7_1 = vfma(x, w1, a7_1)
+                    x = vbroadcast(v, vb + 8 * channels + c, 16)
+                    a8_0 = vfma(x, w0, a8_0)
+                    a8_1 = vfma(x, w1, a8_1)
+                    x = vbroadcast(v, vb + 9 * channels + c, 16)
+                    a9_0 = vfma(x, w0, a9_0)
+                    a9_1 = vfma(x, w1, a9_1)
+                    x = vbroadcast(v, vb + 10 * channels + c, 16)
+                    a10_0 = vfma(x, w0, a10_0)
+                    a10_1 = vfma(x, w1, a10_1)
+                    x = vbroadcast(v, vb + 11 * channels + c, 16)
+                    a11_0 = vfma(x, w0, a11_0)
+                    a11_1 = vfma(x, w1, a11_1)
+                    x = vbroadcast(v, vb + 12 * channels + c, 16)
+                    a12_0 = vfma(x, w0, a12_0)
+                    a12_1 = vfma(x, w1, a12_1)
+                    x = vbroadcast(v, vb + 13 * channels + c, 16)
+                    a13_0 = vfma(x, w0, a13_0)
+                    a13_1 = vfma(x, w1, a13_1)
+                vstore(m, (xi * 14 + 0) * 32 + 0, a0_0)
+                vstore(m, (xi * 14 + 0) * 32 + 16, a0_1)
+                vstore(m, (xi * 14 + 1) * 32 + 0, a1_0)
+                vstore(m, (xi * 14 + 1) * 32 + 16, a1_1)
+                vstore(m, (xi * 14 + 2) * 32 + 0, a2_0)
+                vstore(m, (xi * 14 + 2) * 32 + 16, a2_1)
+                vstore(m, (xi * 14 + 3) * 32 + 0, a3_0)
+                vstore(m, (xi * 14 + 3) * 32 + 16, a3_1)
+                vstore(m, (xi * 14 + 4) * 32 + 0, a4_0)
+                vstore(m, (xi * 14 + 4) * 32 + 16, a4_1)
+                vstore(m, (xi * 14 + 5) * 32 + 0, a5_0)
+                vstore(m, (xi * 14 + 5) * 32 + 16, a5_1)
+                vstore(m, (xi * 14 + 6) * 32 + 0, a6_0)
+                vstore(m, (xi * 14 + 6) * 32 + 16, a6_1)
+                vstore(m, (xi * 14 + 7) * 32 + 0, a7_0)
+                vstore(m, (xi * 14 + 7) * 32 + 16, a7_1)
+                vstore(m, (xi * 14 + 8) * 32 + 0, a8_0)
+                vstore(m, (xi * 14 + 8) * 32 + 16, a8_1)
+                vstore(m, (xi * 14 + 9) * 32 + 0, a9_0)
+                vstore(m, (xi * 14 + 9) * 32 + 16, a9_1)
+                vstore(m, (xi * 14 + 10) * 32 + 0, a10_0)
+                vstore(m, (xi * 14 + 10) * 32 + 16, a10_1)
+                vstore(m, (xi * 14 + 11) * 32 + 0, a11_0)
+                vstore(m, (xi * 14 + 11) * 32 + 16, a11_1)
+                vstore(m, (xi * 14 + 12) * 32 + 0, a12_0)
+                vstore(m, (xi * 14 + 12) * 32 + 16, a12_1)
+                vstore(m, (xi * 14 + 13) * 32 + 0, a13_0)
+                vstore(m, (xi * 14 + 13) * 32 + 16, a13_1)
+            # output transforms: y = A^T M + bias, into the result
+            for r in range(14):
+                t = tg * 14 + r
+                if t >= total:
+                    break
+                n = t // tiles
+                t -= n * tiles
+                ti = t // tiles_w
+                oj = (t - ti * tiles_w) * 6
+                for half in range(2):
+                    co0 = cb * 32 + half * 16
+                    if co0 >= out_channels:
+                        break
+                    mb = r * 32 + half * 16
+                    q0 = vload(m, 0 * 32 + mb, 16)
+                    q1 = vload(m, 14 * 32 + mb, 16)
+                    q2 = vload(m, 28 * 32 + mb, 16)
+                    q3 = vload(m, 42 * 32 + mb, 16)
+                    q4 = vload(m, 56 * 32 + mb, 16)
+                    q5 = vload(m, 70 * 32 + mb, 16)
+                    q6 = vload(m, 84 * 32 + mb, 16)
+                    q7 = vload(m, 98 * 32 + mb, 16)
+                    b = vload(bias, co0, 16)
+                    vstore(y, 0, vadd(vadd(vadd(vadd(vadd(vadd(vadd(q0, q1), q2), q3), q4), q5), q6), b))
+                    vstore(y, 16, vadd(vfma(k_m1_2, q6, vfma(k_1_2, q5, vfma(k_m2, q4, vfma(k_2, q3, vsub(q1, q2))))), b))
+                    vstore(y, 32, vadd(vfma(k_1_4, q6, vfma(k_1_4, q5, vfma(k_4, q4, vfma(k_4, q3, vadd(q1, q2))))), b))
+                    vstore(y, 48, vadd(vfma(k_m1_8, q6, vfma(k_1_8, q5, vfma(k_m8, q4, vfma(k_8, q3, vsub(q1, q2))))), b))
+                    vstore(y, 64, vadd(vfma(k_1_16, q6, vfma(k_1_16, q5, vfma(k_16, q4, vfma(k_16, q3, vadd(q1, q2))))), b))
+                    vstore(y, 80, vadd(vfma(k_m1_32, q6, vfma(k_1_32, q5, vfma(k_m32, q4, vfma(k_32, q3, vsub(vadd(q1, q7), q2))))), b))
+                    lanes = min(16, out_channels - co0)
+                    cols = min(6, out_w - oj)
+                    corner = n * out_image + ti * out_row + oj * out_col
+                    if out_channel == 1:  # channels-last result: one vector of channels per output
+                        for j in range(cols):
+                            vstore_lanes(out, corner + j * out_col + co0, vload(y, j * 16, 16), 0, lanes)
+                    else:
+                        for k in range(lanes):
+                            plane = corner + (co0 + k) * out_channel
+                            for j in range(cols):
+                                out[plane + j * out_col] = y[j * 16 + k]
+
+
+@kernel
+def _winograd_f32_m6_k1x3_avx512_weights(weight, channels, u):
+    """``u[cb, xi, c, k] = (G g)[xi]`` for F(6, 3) along rows: output channel ``cb*32 + k``, input channel
+    ``c`` of ``weight`` (C_in, C_out, 1, 3), zero past them; vectors over the block's output channels.
+    ``weight`` is any strided view, as for the F(m x m, r x r) kernels.
+    """
+    in_channels, out_channels = weight.shape[0], weight.shape[1]
+    co_blocks = u.shape[0] // (8 * channels * 32)
+    k_m1 = vsplat(np.float32(-1.0), 16)
+    k_m16_45 = vsplat(np.float32(-0.35555555555555557), 16)
+    k_m2_9 = vsplat(np.float32(-0.2222222222222222), 16)
+    k_m1_45 = vsplat(np.float32(-0.022222222222222223), 16)
+    k_1_90 = vsplat(np.float32(0.011111111111111112), 16)
+    k_1_45 = vsplat(np.float32(0.022222222222222223), 16)
+    k_2_45 = vsplat(np.float32(0.044444444444444446), 16)
+    k_8_45 = vsplat(np.float32(0.17777777777777778), 16)
+    k_2_9 = vsplat(np.float32(0.2222222222222222), 16)
+    k_16_45 = vsplat(np.float32(0.35555555555555557), 16)
+    k_32_45 = vsplat(np.float32(0.7111111111111111), 16)
+    spans = (channels + 7) // 8
+    for item in prange(co_blocks * spans):
+        cb = item // spans
+        c0 = (item - cb * spans) * 8
+        valid = min(32, out_channels - cb * 32)
+        g = np.zeros(3 * 32, dtype=np.float32)  # one input channel's kernels, output channel innermost
+        for c in range(c0, min(channels, c0 + 8)):
+            if c < in_channels:
+                for k in range(valid):
+                    for t in range(3):
+                        g[t * 32 + k] = weight[c, cb * 32 + k, 0, t]
+            else:
+                g[:] = 0
+            for half in range(2):
+                g0 = vload(g, 0 + half * 16, 16)
+                g1 = vload(g, 32 + half * 16, 16)
+                g2 = vload(g, 64 + half * 16, 16)
+                vstore(u, ((cb * 8 + 0) * channels + c) * 32 + half * 16, vmul(k_m1, g0))
+                vstore(u, ((cb * 8 + 1) * channels + c) * 32 + half * 16, vfma(k_m2_9, g2, vfma(k_m2_9, g1, vmul(k_m2_9, g0))))
+                vstore(u, ((cb * 8 + 2) * channels + c) * 32 + half * 16, vfma(k_m2_9, g2, vfma(k_2_9, g1, vmul(k_m2_9, g0))))
+                vstore(u, ((cb * 8 + 3) * channels + c) * 32 + half * 16, vfma(k_2_45, g2, vfma(k_1_45, g1, vmul(k_1_90, g0))))
+                vstore(u, ((cb * 8 + 4) * channels + c) * 32 + half * 16, vfma(k_2_45, g2, vfma(k_m1_45, g1, vmul(k_1_90, g0))))
+                vstore(u, ((cb * 8 + 5) * channels + c) * 32 + half * 16, vfma(k_8_45, g2, vfma(k_16_45, g1, vmul(k_32_45, g0))))
+                vstore(u, ((cb * 8 + 6) * channels + c) * 32 + half * 16, vfma(k_8_45, g2, vfma(k_m16_45, g1, vmul(k_32_45, g0))))
+                vstore(u, ((cb * 8 + 7) * channels + c) * 32 + half * 16, g2)
+
+
+@kernel
+def _winograd_f32_m6_k1x3_avx2(xp, u, bias, layout, out, work):
+    """F(6, 3) along the rows of the padded channels-last input ``xp`` (a 1 x 3 kernel: 1D layers, lifted to
+    height 1): 6 tiles of 6 outputs x 2 vectors of 8 output channels per register tile.
+
+    Layouts, output strides and ``work`` as the F(m x m, r x r) kernels'; a tile is 6 outputs of one row.
+    """
+    channels, in_h, in_w, row0, col0 = layout.channels, layout.in_h, layout.in_w, layout.row0, layout.col0
+    tiles_w, tiles = layout.tiles_w, layout.tiles_h * layout.tiles_w
+    co_blocks, per_chunk, chunks = layout.co_blocks, layout.chunk_blocks, layout.co_chunks
+    out_channels, out_w = layout.out_channels, layout.out_w
+    out_image, out_channel, out_row, out_col = layout.out_image, layout.out_channel, layout.out_row, layout.out_col
+    total = layout.images * tiles  # tiles of every row of every image, grouped R at a time
+    groups = (total + 6 - 1) // 6
+    k_m32 = vsplat(np.float32(-32.0), 8)
+    k_m8 = vsplat(np.float32(-8.0), 8)
+    k_m21_4 = vsplat(np.float32(-5.25), 8)
+    k_m5 = vsplat(np.float32(-5.0), 8)
+    k_m17_4 = vsplat(np.float32(-4.25), 8)
+    k_m5_2 = vsplat(np.float32(-2.5), 8)
+    k_m2 = vsplat(np.float32(-2.0), 8)
+    k_m5_4 = vsplat(np.float32(-1.25), 8)
+    k_m1_2 = vsplat(np.float32(-0.5), 8)
+    k_m1_8 = vsplat(np.float32(-0.125), 8)
+    k_m1_32 = vsplat(np.float32(-0.03125), 8)
+    k_1_32 = vsplat(np.float32(0.03125), 8)
+    k_1_16 = vsplat(np.float32(0.0625), 8)
+    k_1_8 = vsplat(np.float32(0.125), 8)
+    k_1_4 = vsplat(np.float32(0.25), 8)
+    k_1_2 = vsplat(np.float32(0.5), 8)
+    k_2 = vsplat(np.float32(2.0), 8)
+    k_5_2 = vsplat(np.float32(2.5), 8)
+    k_4 = vsplat(np.float32(4.0), 8)
+    k_17_4 = vsplat(np.float32(4.25), 8)
+    k_21_4 = vsplat(np.float32(5.25), 8)
+    k_8 = vsplat(np.float32(8.0), 8)
+    k_16 = vsplat(np.float32(16.0), 8)
+    k_32 = vsplat(np.float32(32.0), 8)
+    for item in prange(groups * chunks):
+        chunk = item % chunks
+        tg = item // chunks
+        at = get_thread_id() * layout.work_len
+        v = work[at:at + 8 * 6 * channels]
+        at += 8 * 6 * channels
+        m = work[at:at + 8 * 6 * 16]
+        at += 8 * 6 * 16
+        y = work[at:at + 6 * 8]
+        # the tiles' input transforms, V[xi, r, c] = (B^T d)[xi] (past the last tile: the last again)
+        for r in range(6):
+            t = min(tg * 6 + r, total - 1)
+            n = t // tiles
+            t -= n * tiles
+            ti = t // tiles_w
+            at = ((n * in_h + row0 + ti) * in_w + col0 + (t - ti * tiles_w) * 6) * channels
+            for c in range(0, channels, 8):
+                d0 = vload(xp, at + 0 * channels + c, 8)
+                d1 = vload(xp, at + 1 * channels + c, 8)
+                d2 = vload(xp, at + 2 * channels + c, 8)
+                d3 = vload(xp, at + 3 * channels + c, 8)
+                d4 = vload(xp, at + 4 * channels + c, 8)
+                d5 = vload(xp, at + 5 * channels + c, 8)
+                d6 = vload(xp, at + 6 * channels + c, 8)
+                d7 = vload(xp, at + 7 * channels + c, 8)
+                vstore(v, (0 * 6 + r) * channels + c, vfma(k_m21_4, d4, vfma(k_21_4, d2, vsub(d6, d0))))
+                vstore(v, (1 * 6 + r) * channels + c, vfma(k_m17_4, d4, vfma(k_m17_4, d3, vadd(vadd(vadd(d1, d2), d5), d6))))
+                vstore(v, (2 * 6 + r) * channels + c, vsub(vfma(k_m17_4, d4, vfma(k_17_4, d3, vsub(vadd(d2, d6), d1))), d5))
+                vstore(v, (3 * 6 + r) * channels + c, vfma(k_2, d5, vfma(k_m5_4, d4, vfma(k_m5_2, d3, vfma(k_1_4, d2, vfma(k_1_2, d1, d6))))))
+                vstore(v, (4 * 6 + r) * channels + c, vfma(k_m2, d5, vfma(k_m5_4, d4, vfma(k_5_2, d3, vfma(k_1_4, d2, vfma(k_m1_2, d1, d6))))))
+                vstore(v, (5 * 6 + r) * channels + c, vfma(k_1_2, d5, vfma(k_m5, d4, vfma(k_m5_2, d3, vfma(k_4, d2, vfma(k_2, d1, d6))))))
+                vstore(v, (6 * 6 + r) * channels + c, vfma(k_m1_2, d5, vfma(k_m5, d4, vfma(k_5_2, d3, vfma(k_4, d2, vfma(k_m2, d1, d6))))))
+                vstore(v, (7 * 6 + r) * channels + c, vfma(k_m21_4, d5, vfma(k_21_4, d3, vsub(d7, d1))))
+        for cb in range(chunk * per_chunk, min(co_blocks, (chunk + 1) * per_chunk)):
+            # the 8 products M[xi] (tiles x channels of the block) = V[xi] U[xi]
+            for xi in range(8):
+                ub = (cb * 8 + xi) * channels * 16
+                vb = xi * 6 * channels
+                a0_0 = vzero(v, 8)
+                a0_1 = vzero(v, 8)
+                a1_0 = vzero(v, 8)
+                a1_1 = vzero(v, 8)
+                a2_0 = vzero(v, 8)
+                a2_1 = vzero(v, 8)
+                a3_0 = vzero(v, 8)
+                a3_1 = vzero(v, 8)
+                a4_0 = vzero(v, 8)
+                a4_1 = vzero(v, 8)
+                a5_0 = vzero(v, 8)
+                a5_1 = vzero(v, 8)
+                for c in range(channels):
+                    w0 = vload(u, ub + c * 16, 8)
+                    w1 = vload(u, ub + c * 16 + 8, 8)
+                    x = vbroadcast(v, vb + 0 * channels + c, 8)
+                    a0_0 = vfma(x, w0, a0_0)
+                    a0_1 = vfma(x, w1, a0_1)
+                    x = vbroadcast(v, vb + 1 * channels + c, 8)
+                    a1_0 = vfma(x, w0, a1_0)
+                    a1_1 = vfma(x, w1, a1_1)
+                    x = vbroadcast(v, vb + 2 * channels + c, 8)
+                    a2_0 = vfma(x, w0, a2_0)
+                    a2_1 = vfma(x, w1, a2_1)
+                    x = vbroadcast(v, vb + 3 * channels + c, 8)
+                    a3_0 = vfma(x, w0, a3_0)
+                    a3_1 = vfma(x, w1, a3_1)
+                    x = vbroadcast(v, vb + 4 * channels + c, 8)
+                    a4_0 = vfma(x, w0, a4_0)
+                    a4_1 = vfma(x, w1, a4_1)
+                    x = vbroadcast(v, vb + 5 * channels + c, 8)
+                    a5_0 = vfma(x, w0, a5_0)
+                    a5_1 = vfma(x, w1, a5_1)
+                vstore(m, (xi * 6 + 0) * 16 + 0, a0_0)
+                vstore(m, (xi * 6 + 0) * 16 + 8, a0_1)
+                vstore(m, (xi * 6 + 1) * 16 + 0, a1_0)
+                vstore(m, (xi * 6 + 1) * 16 + 8, a1_1)
+                vstore(m, (xi * 6 + 2) * 16 + 0, a2_0)
+                vstore(m, (xi * 6 + 2) * 16 + 8, a2_1)
+                vstore(m, (xi * 6 + 3) * 16 + 0, a3_0)
+                vstore(m, (xi * 6 + 3) * 16 + 8, a3_1)
+                vstore(m, (xi * 6 + 4) * 16 + 0, a4_0)
+                vstore(m, (xi * 6 + 4) * 16 + 8, a4_1)
+                vstore(m, (xi * 6 + 5) * 16 + 0, a5_0)
+                vstore(m, (xi * 6 + 5) * 16 + 8, a5_1)
+            # output transforms: y = A^T M + bias, into the result
+            for r in range(6):
+                t = tg * 6 + r
+                if t >= total:
+                    break
+                n = t // tiles
+                t -= n * tiles
+                ti = t // tiles_w
+                oj = (t - ti * tiles_w) * 6
+                for half in range(2):
+                    co0 = cb * 16 + half * 8
+                    if co0 >= out_channels:
+                        break
+                    mb = r * 16 + half * 8
+                    q0 = vload(m, 0 * 16 + mb, 8)
+                    q1 = vload(m, 6 * 16 + mb, 8)
+                    q2 = vload(m, 12 * 16 + mb, 8)
+                    q3 = vload(m, 18 * 16 + mb, 8)
+                    q4 = vload(m, 24 * 16 + mb, 8)
+                    q5 = vload(m, 30 * 16 + mb, 8)
+                    q6 = vload(m, 36 * 16 + mb, 8)
+                    q7 = vload(m, 42 * 16 + mb, 8)
+                    b = vload(bias, co0, 8)
+                    vstore(y, 0, vadd(vadd(vadd(vadd(vadd(vadd(vadd(q0, q1), q2), q3), q4), q5), q6), b))
+                    vstore(y, 8, vadd(vfma(k_m1_2, q6, vfma(k_1_2, q5, vfma(k_m2, q4, vfma(k_2, q3, vsub(q1, q2))))), b))
+                    vstore(y, 16, vadd(vfma(k_1_4, q6, vfma(k_1_4, q5, vfma(k_4, q4, vfma(k_4, q3, vadd(q1, q2))))), b))
+                    vstore(y, 24, vadd(vfma(k_m1_8, q6, vfma(k_1_8, q5, vfma(k_m8, q4, vfma(k_8, q3, vsub(q1, q2))))), b))
+                    vstore(y, 32, vadd(vfma(k_1_16, q6, vfma(k_1_16, q5, vfma(k_16, q4, vfma(k_16, q3, vadd(q1, q2))))), b))
+                    vstore(y, 40, vadd(vfma(k_m1_32, q6, vfma(k_1_32, q5, vfma(k_m32, q4, vfma(k_32, q3, vsub(vadd(q1, q7), q2))))), b))
+                    lanes = min(8, out_channels - co0)
+                    cols = min(6, out_w - oj)
+                    corner = n * out_image + ti * out_row + oj * out_col
+                    if out_channel == 1:  # channels-last result: one vector of channels per output
+                        for j in range(cols):
+                            vstore_lanes(out, corner + j * out_col + co0, vload(y, j * 8, 8), 0, lanes)
+                    else:
+                        for k in range(lanes):
+                            plane = corner + (co0 + k) * out_channel
+                            for j in range(cols):
+                                out[plane + j * out_col] = y[j * 8 + k]
+
+
+@kernel
+def _winograd_f32_m6_k1x3_avx2_weights(weight, channels, u):
+    """``u[cb, xi, c, k] = (G g)[xi]`` for F(6, 3) along rows: output channel ``cb*16 + k``, input channel
+    ``c`` of ``weight`` (C_in, C_out, 1, 3), zero past them; vectors over the block's output channels.
+    ``weight`` is any strided view, as for the F(m x m, r x r) kernels.
+    """
+    in_channels, out_channels = weight.shape[0], weight.shape[1]
+    co_blocks = u.shape[0] // (8 * channels * 16)
+    k_m1 = vsplat(np.float32(-1.0), 8)
+    k_m16_45 = vsplat(np.float32(-0.35555555555555557), 8)
+    k_m2_9 = vsplat(np.float32(-0.2222222222222222), 8)
+    k_m1_45 = vsplat(np.float32(-0.022222222222222223), 8)
+    k_1_90 = vsplat(np.float32(0.011111111111111112), 8)
+    k_1_45 = vsplat(np.float32(0.022222222222222223), 8)
+    k_2_45 = vsplat(np.float32(0.044444444444444446), 8)
+    k_8_45 = vsplat(np.float32(0.17777777777777778), 8)
+    k_2_9 = vsplat(np.float32(0.2222222222222222), 8)
+    k_16_45 = vsplat(np.float32(0.35555555555555557), 8)
+    k_32_45 = vsplat(np.float32(0.7111111111111111), 8)
+    spans = (channels + 7) // 8
+    for item in prange(co_blocks * spans):
+        cb = item // spans
+        c0 = (item - cb * spans) * 8
+        valid = min(16, out_channels - cb * 16)
+        g = np.zeros(3 * 16, dtype=np.float32)  # one input channel's kernels, output channel innermost
+        for c in range(c0, min(channels, c0 + 8)):
+            if c < in_channels:
+                for k in range(valid):
+                    for t in range(3):
+                        g[t * 16 + k] = weight[c, cb * 16 + k, 0, t]
+            else:
+                g[:] = 0
+            for half in range(2):
+                g0 = vload(g, 0 + half * 8, 8)
+                g1 = vload(g, 16 + half * 8, 8)
+                g2 = vload(g, 32 + half * 8, 8)
+                vstore(u, ((cb * 8 + 0) * channels + c) * 16 + half * 8, vmul(k_m1, g0))
+                vstore(u, ((cb * 8 + 1) * channels + c) * 16 + half * 8, vfma(k_m2_9, g2, vfma(k_m2_9, g1, vmul(k_m2_9, g0))))
+                vstore(u, ((cb * 8 + 2) * channels + c) * 16 + half * 8, vfma(k_m2_9, g2, vfma(k_2_9, g1, vmul(k_m2_9, g0))))
+                vstore(u, ((cb * 8 + 3) * channels + c) * 16 + half * 8, vfma(k_2_45, g2, vfma(k_1_45, g1, vmul(k_1_90, g0))))
+                vstore(u, ((cb * 8 + 4) * channels + c) * 16 + half * 8, vfma(k_2_45, g2, vfma(k_m1_45, g1, vmul(k_1_90, g0))))
+                vstore(u, ((cb * 8 + 5) * channels + c) * 16 + half * 8, vfma(k_8_45, g2, vfma(k_16_45, g1, vmul(k_32_45, g0))))
+                vstore(u, ((cb * 8 + 6) * channels + c) * 16 + half * 8, vfma(k_8_45, g2, vfma(k_m16_45, g1, vmul(k_32_45, g0))))
+                vstore(u, ((cb * 8 + 7) * channels + c) * 16 + half * 8, g2)

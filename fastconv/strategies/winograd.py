@@ -6,7 +6,9 @@ summed over input channels in the transformed domain, a layer becomes ``(m+2)^2`
 matrix products of (tiles x C_in) by (C_in x C_out). F(4x4, 3x3) does 36 multiplications where a
 direct convolution does 144 (4x fewer); F(2x2, 3x3) 16 for 36 (2.25x). float32 uses F(4x4) where a
 call has enough 4x4 tiles (:data:`F4_MIN_TILES`) and F(2x2) on smaller maps; float64 F(2x2)
-(F(4x4)'s transforms cost float64 more digits than its speed is worth there).
+(F(4x4)'s transforms cost float64 more digits than its speed is worth there). float32 1D layers with 3
+taps (1 x 3 kernels, lifted to height 1; also 2D layers with such kernels, row by row) run F(6, 3) along
+rows: 8 multiplications for 6 outputs where direct does 18 (:func:`_row_kernel`).
 
 The price is rounding: the transforms mix values of different sizes. Measured against a
 float64 reference (``ERROR_BOUND``), float32 F(4x4) errs by up to ~1.5e-5 of the output's scale
@@ -87,7 +89,10 @@ class WinogradLayout(NamedTuple):
 
 def tile(geom) -> int:
     """The output tile ``m`` of F(m x m, r x r) for the rank-2 problem ``geom``: for 3x3 kernels see
-    :data:`F4_MIN_TILES`; 2x2 kernels F(4x4, 2x2) in float32, F(3x3, 2x2) in float64."""
+    :data:`F4_MIN_TILES`; 2x2 kernels F(4x4, 2x2) in float32, F(3x3, 2x2) in float64; 1 x 3 kernels
+    (:func:`_row_kernel`) :data:`ROW_TILE` outputs along the row."""
+    if _row_kernel(geom):
+        return ROW_TILE
     if geom.kernel[-1] == 2:
         return 4 if geom.dtype == "float32" else 3
     if geom.dtype != "float32":
@@ -96,9 +101,10 @@ def tile(geom) -> int:
     return 4 if geom.batch * -(-oH // 4) * -(-oW // 4) >= F4_MIN_TILES else 2
 
 
-def _variant(dtype, m, r):
-    """``(name, kernel, lanes, rows)`` of the generated F(m x m, r x r) kernel for ``dtype`` on this CPU."""
-    name = f"_winograd_{'f32' if np.dtype(dtype) == np.float32 else 'f64'}_m{m}_k{r}_{_simd.ISA}"
+def _variant(dtype, m, r, row=False):
+    """``(name, kernel, lanes, rows)`` of the generated F(m x m, r x r) kernel for ``dtype`` on this CPU (with
+    ``row``: F(m, r) along rows, for 1 x r kernels)."""
+    name = f"_winograd_{'f32' if np.dtype(dtype) == np.float32 else 'f64'}_m{m}_k{'1x' if row else ''}{r}_{_simd.ISA}"
     _, lanes, _, _, rows = _winograd_kernels.KERNELS[name]
     return name, getattr(_winograd_kernels, name), lanes, rows
 
@@ -115,6 +121,23 @@ def _square(geom) -> bool:
             and tuple(geom.dilation[plane]) == (1, 1))
 
 
+#: F(m, 3) along rows (1D layers, 1 x 3 kernels; float32): 6 outputs per tile, 8 multiplications where
+#: direct does 18.
+ROW_TILE = 6
+
+
+def _row_kernel(geom) -> bool:
+    """A float32 rank-2 problem with a 1 x 3 kernel, stride 1, dilation 1 and no row padding: a 1D layer
+    (lifted to height 1) or a 2D one whose rows are independent 1D problems."""
+    return (geom.rank == 2 and geom.dtype == "float32" and tuple(geom.kernel) == (1, 3)
+            and tuple(geom.stride) == (1, 1) and tuple(geom.dilation) == (1, 1) and tuple(geom.padding[0]) == (0, 0))
+
+
+def _plane(geom) -> bool:
+    """A problem the fused kernels run as it is: :func:`_square` or :func:`_row_kernel`."""
+    return _square(geom) or _row_kernel(geom)
+
+
 def supports(op, geom) -> bool:
     """``conv`` and ``conv_backward`` with 3x3 or 2x2 kernels, stride 1 and dilation 1 (in the last two
     axes for rank 3: the depth taps become channels, :mod:`._depth`); ``conv_backward`` of rank 2 also
@@ -124,34 +147,40 @@ def supports(op, geom) -> bool:
     if (op not in ("conv", "conv_backward") or geom.groups != 1 or geom.dtype not in ("float32", "float64")
             or not _simd.AVAILABLE):
         return False
-    if _square(geom) or (op == "conv" and _strided(geom)):
+    if _plane(geom) or (op == "conv" and _strided(geom)):
         return True
     return op == "conv_backward" and geom.rank == 2 and _input_gradient_problems(geom) is not None
 
 
 @functools.lru_cache(maxsize=64)
 def _layout(geom, threads, m):
-    r = geom.kernel[-1]
-    _, _, lanes, rows = _variant(geom.dtype, m, r)
+    r, row = geom.kernel[-1], _row_kernel(geom)
+    _, _, lanes, rows = _variant(geom.dtype, m, r, row)
     oH, oW = geom.out_size
-    tiles_h, tiles_w = -(-oH // m), -(-oW // m)
+    tiles_h, tiles_w = (oH if row else -(-oH // m)), -(-oW // m)
     block = 2 * lanes
     co_blocks = -(-geom.out_channels // block)
     groups = -(-(geom.batch * tiles_h * tiles_w) // rows)  # tile groups span images
     chunks = min(co_blocks, max(1, -(-ITEMS_PER_THREAD * threads // groups)))
     chunk_blocks = -(-co_blocks // chunks)
     channels = -(-geom.in_channels // lanes) * lanes
-    a2 = (m + r - 1) ** 2
+    a2 = _points(m, r, row)
     C = geom.out_channels
     if geom.layout == "channels_last":
         strides = dict(out_image=oH * oW * C, out_channel=1, out_row=oW * C, out_col=C)
     else:
         strides = dict(out_image=C * oH * oW, out_channel=oH * oW, out_row=oW, out_col=1)
-    return WinogradLayout(images=geom.batch, channels=channels, in_h=tiles_h * m + r - 1, in_w=tiles_w * m + r - 1,
+    return WinogradLayout(images=geom.batch, channels=channels, in_h=tiles_h if row else tiles_h * m + r - 1,
+                          in_w=tiles_w * m + r - 1,
                           row0=0, col0=0, tiles_h=tiles_h, tiles_w=tiles_w,
                           co_blocks=co_blocks, chunk_blocks=chunk_blocks, co_chunks=-(-co_blocks // chunk_blocks),
                           out_channels=C, out_h=oH, out_w=oW, **strides,
                           work_len=a2 * rows * (channels + block) + m * m * lanes + a2 * lanes)
+
+
+def _points(m, r, row=False) -> int:
+    """Transformed points per tile: ``(m + r - 1)^2``, or ``m + r - 1`` along rows."""
+    return (m + r - 1) if row else (m + r - 1) ** 2
 
 
 def transform_weights(weight_io, dtype, m):
@@ -164,11 +193,12 @@ def transform_weights(weight_io, dtype, m):
     before the thread's next call.
     """
     r = weight_io.shape[-1]
-    name, _, lanes, _ = _variant(dtype, m, r)
+    row = weight_io.shape[-2] == 1
+    name, _, lanes, _ = _variant(dtype, m, r, row)
     block = 2 * lanes
     C_in, C_out = weight_io.shape[:2]
     channels = -(-C_in // lanes) * lanes
-    u = scratch(-(-C_out // block) * (m + r - 1) ** 2 * channels * block, dtype, "winograd-weights")
+    u = scratch(-(-C_out // block) * _points(m, r, row) * channels * block, dtype, "winograd-weights")
     with _jit.launch():
         getattr(_winograd_kernels, name + "_weights")(weight_io, channels, u)
     return u
@@ -279,7 +309,8 @@ def _strided(geom) -> bool:
 
 def _weights_len(geom, layout, m) -> int:
     """Elements of the transformed weights ``u`` of ``geom``."""
-    return layout.co_blocks * layout.channels * (m + geom.kernel[-1] - 1) ** 2 * (2 * _variant(geom.dtype, m, geom.kernel[-1])[2])
+    r, row = geom.kernel[-1], _row_kernel(geom)
+    return layout.co_blocks * layout.channels * _points(m, r, row) * (2 * _variant(geom.dtype, m, r, row)[2])
 
 
 class _Pass(NamedTuple):
@@ -379,7 +410,7 @@ def _run(x, passes, bias, out, pack=None):
     threads = numba.get_num_threads()
     plan = _shared(geoms, threads, x.itemsize, get_workspace_limit())
     r = geoms[0].kernel[-1]
-    _, fused, lanes, _ = _variant(x.dtype, plan.m, r)
+    _, fused, lanes, _ = _variant(x.dtype, plan.m, r, _row_kernel(geoms[0]))
     batch = geoms[0].batch
     work = scratch(threads * max(lay.work_len for lay in plan.layouts), x.dtype, "winograd-work")
     channels = plan.layouts[0].channels
@@ -422,7 +453,7 @@ def _input_gradient_problems(geom):
         return None
     problems = phase_problems(geom)
     sizes = {phase.kernel for *_, phase in problems if phase is not None}
-    if len(sizes) != 1 or not all(phase is None or _square(phase) for *_, phase in problems):
+    if len(sizes) != 1 or not all(phase is None or _plane(phase) for *_, phase in problems):
         return None
     return problems
 
@@ -474,8 +505,8 @@ def _workspace(op, geom, itemsize):
 STRATEGY = Strategy(
     name="winograd",
     summary=("Winograd F(4x4, 3x3) / F(4x4, 2x2) (float32), F(2x2, 3x3) / F(3x3, 2x2) (float64): 3x3 and 2x2 "
-             "stride-1 layers and dL/dx of 4x4 stride-2 ones (a transposed convolution's forward), fewer "
-             "multiplications"),
+             "stride-1 layers and dL/dx of 4x4 stride-2 ones (a transposed convolution's forward); F(6, 3) for "
+             "float32 1D layers with 3 taps; fewer multiplications"),
     ranks=(2, 3),
     ops={"conv": _depth.conv(conv2d), "conv_backward": _depth.conv_backward(conv2d_backward)},
     channels_last=True,  # its rank-2 conv reads and writes channels-last memory in place
