@@ -210,14 +210,19 @@ WINOGRAD_MIN_CHANNELS_ROWS = 64
 #: Measured on Zen 4 (2026-12-05, blocks of calls, best of 3; fft with ducc0 / with scipy / direct, ms):
 #: full form, one channel on 1024x1024: 15x15 5.1 / 12.3 / 5.9, 21x21 5.2 / 10.9 / 10.6, 25x25 5.3 /
 #: 11.0 / 15.1; 16 -> 16 15x15 on 256x256 27.1 / 35.3 / 35.4, batch 4 with 9x9 on 128x128 11.0 / 11.8 /
-#: 12.9. Rows form, one channel: 11x11 4.2 / 4.3 / 3.1, 13x13 4.1 / 4.4 / 4.4, 15x15 4.5 / 5.2 / 5.7;
-#: 256x256, 16 -> 16: 7x7 8.1 / 8.7 / 8.0, 9x9 9.8 / 10.1 / 13.1, 11x11 12.0 / 13.5 / 20.8; 4 -> 4:
-#: 9x9 1.2 / 1.4 / 2.0, 11x11 1.4 / 1.4 / 2.9; 8 -> 8 9x9 on 128x128 1.0 / 1.1 / 0.86; 64 -> 64 7x7 on
-#: 56x56 5.7 / 6.1 / 6.3. 1D filters stay on direct (long1d_k511 4.1 / 5.9 / 2.3): the direct kernels'
-#: work grows with the kernel, the transforms' does not.
+#: 12.9. Rows form, one channel: 11x11 4.2 / 4.3 / 3.1, 13x13 4.1 / 4.4 / 4.4, 15x15 4.5 / 5.2 / 5.7.
+#: Since its kernel holds 4 rows per tile (`fastconv bench --repeat 3`, rows form with ducc0 / direct, ms):
+#: 9x9 4 -> 4 on 256x256 1.00 / 1.99, 8 -> 8 on 128x128 0.73 / 0.86, on 256x256 2.58 / 3.20; 11x11 3 -> 16
+#: on 224x224 2.08 / 2.81; 7x7 16 -> 16 on 256x256 6.84 / 7.90, 32 -> 32 on 64x64 1.65 / 2.06, 64 -> 64 on
+#: 56x56 3.24 / 6.17, but 8 -> 8 on 256x256 2.68 / 1.99 (few channels) and 128 -> 128 on 32x32 10.7 / 8.6
+#: (19 real frequencies in 32: FFT_ROWS_WIDE's fill). 1D filters stay on direct (long1d_k511 4.1 / 5.9 /
+#: 2.3): the direct kernels' work grows with the kernel, the transforms' does not.
 FFT_MIN_TAPS = {"rows": 225, "ducc0": 225, "scipy": 625, "numpy": 625}
-FFT_MIN_TAPS_CHANNELS = {"rows": 121, "full": 225}
-FFT_MIN_CHANNELS = 4
+FFT_MIN_TAPS_CHANNELS = {"rows": 81, "full": 225}
+FFT_MIN_CHANNELS = {"rows": 3, "full": 4}
+#: The rows form also from this many taps with this many channels in (per group) and out, where at least this
+#: fraction of its padded frequencies are real ones (its kernel works on whole vectors of them).
+FFT_ROWS_WIDE = (49, 16, 0.75)
 
 
 def _fft_pays(geom, dtype) -> bool:
@@ -227,14 +232,21 @@ def _fft_pays(geom, dtype) -> bool:
     plane = [k for k in geom.kernel if k > 1]
     if len(plane) < 2:  # 1D (lifted to 2D with height 1): the direct kernels won the long filter
         return False
-    from .strategies.fft import form, transforms
+    from .strategies.fft import form, rows_plan, transforms
 
     fft = transforms()
     rows = fft.single and form(geom, kept=False) == "rows"  # (the rules are cached: not per WeightCache)
     taps = math.prod(geom.kernel)
-    many = geom.in_channels // geom.groups >= FFT_MIN_CHANNELS and geom.out_channels >= FFT_MIN_CHANNELS
-    return (taps >= FFT_MIN_TAPS["rows" if rows else fft.name]
-            or (many and taps >= FFT_MIN_TAPS_CHANNELS["rows" if rows else "full"]))
+    key = "rows" if rows else "full"
+    channels = min(geom.in_channels // geom.groups, geom.out_channels)
+    if taps >= FFT_MIN_TAPS["rows" if rows else fft.name] or (
+            channels >= FFT_MIN_CHANNELS[key] and taps >= FFT_MIN_TAPS_CHANNELS[key]):
+        return True
+    if not rows:
+        return False
+    wide_taps, wide_channels, fill = FFT_ROWS_WIDE
+    r = rows_plan(geom)
+    return taps >= wide_taps and channels >= wide_channels and r.F >= fill * r.freqs
 
 
 def _winograd_tiles(geom, m=4) -> int:
@@ -294,7 +306,7 @@ def _rules(op: str, geom, dtype, threads: int, level: str):
     if op == "conv" and not last and _fft_pays(geom, dtype) and "fft" in candidates(op, geom, level):
         bound = strategies.strategy("fft").error_bound[np.dtype(dtype).name]
         return "fft", (f"{'x'.join(map(str, geom.kernel))} kernel ({math.prod(geom.kernel)} taps): FFT convolution's "
-                       f"cost does not grow with the kernel (measured 4.4x direct on filter_31x31, 2.5x on "
+                       f"cost does not grow with the kernel (measured 4.5x direct on filter_31x31, 2.9x on "
                        f"multichannel_15x15, Zen 4); error bound {bound:.0e} of the output's scale, allowed by "
                        f"precision '{level}'")
     if (op in ("conv", "conv_backward") and _winograd_pays(op, geom, dtype) and "winograd" in candidates(op, geom, level)

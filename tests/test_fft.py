@@ -171,7 +171,14 @@ def test_auto_chooses_it_for_large_kernels_only_under_high_precision(monkeypatch
         rows = fft.transforms().single and fastconv._simd.AVAILABLE  # the rows form (or ducc0) pays from 225 taps
         assert (small == "fft") == (rows or fft.transforms().name == "ducc0")
         assert fastconv.explain("conv2d", (1, 1, 512, 512), (1, 1, 11, 11), padding=5).method != "fft"
-        assert fastconv.explain("conv2d", (1, 16, 256, 256), (16, 16, 7, 7), padding=3).method != "fft"
+        # 7x7: the rows form with 16+ channels where most of its padded frequencies are real ones
+        seven = fastconv.explain("conv2d", (1, 16, 256, 256), (16, 16, 7, 7), padding=3).method
+        assert (seven == "fft") == rows
+        assert fastconv.explain("conv2d", (1, 8, 256, 256), (8, 8, 7, 7), padding=3).method != "fft"
+        assert fastconv.explain("conv2d", (1, 128, 32, 32), (128, 128, 7, 7), padding=3).method != "fft"
+        assert fastconv.explain("conv2d", (1, 16, 256, 256), (16, 16, 5, 5), padding=2).method != "fft"
+        nine = fastconv.explain("conv2d", (1, 4, 256, 256), (4, 4, 9, 9), padding=4).method
+        assert (nine == "fft") == rows
         assert fastconv.explain("conv1d", (1, 1, 200000), (1, 1, 511), padding=255).method != "fft"
     with fastconv.precision("highest"):
         explained = fastconv.explain("conv2d", (1, 1, 1024, 1024), (1, 1, 31, 31), padding=15)
@@ -218,7 +225,8 @@ def test_the_rows_form_for_one_image_with_many_channels_the_full_form_for_batche
     rows = "rows" if fastconv._simd.AVAILABLE else "full"
     assert fft.form(geometry((1, 16, 256, 256), (16, 16, 15, 15), 7)) == rows
     assert fft.form(geometry((2, 3, 512, 512), (8, 3, 21, 21), 10)) == rows
-    assert fft.form(geometry((4, 16, 256, 256), (16, 16, 15, 15), 7)) == "full"
+    assert fft.form(geometry((4, 16, 256, 256), (16, 16, 15, 15), 7)) == rows  # 42 ms against 50
+    assert fft.form(geometry((16, 8, 128, 128), (8, 8, 11, 11), 5)) == "full"  # 11.3 ms against 13.1
     assert fft.form(geometry((1, 4, 16, 16, 16), (4, 4, 5, 5, 5), 2)) == "full"  # rank 3
     with fastconv.WeightCache():  # a layer's: the full form's spectra are computed once
         assert fft.form(geometry((1, 16, 256, 256), (16, 16, 15, 15), 7)) == "full"

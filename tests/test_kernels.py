@@ -168,10 +168,13 @@ def test_warmup_compiles_every_kernel_and_says_how_long():
                                                                                                    "m4_k2", "m6_k1x3")))}
     # and the FFT's rows kernels (one per vector width); with numpy.fft's double-precision transforms (no SciPy,
     # no ducc0) float32 problems run the FFT's kernels on complex128 spectra and never the rows form
-    other_isa |= {f"fastconv.strategies.fft._row_products_w{width}" for width in (16, 8, 4)
-                  if width != fastconv._simd.LANES["float32"]}
+    other_isa |= {f"fastconv.strategies.fft._row_{part}_w{width}" for part in ("products", "spectra")
+                  for width in (16, 8, 4) if width != fastconv._simd.LANES["float32"]}
     from fastconv.strategies import fft
 
+    # ... and the body of the rows kernel it inlines: 4 rows per register tile with 16 lanes, else 2 (fft.TILE_ROWS)
+    rows = fft.TILE_ROWS[fastconv._simd.LANES["float32"]]
+    other_isa.add("fastconv.strategies.fft." + ("_row_products" if rows == 4 else "_row_products_r4"))
     if not fft.transforms().single:
         other_isa |= {name for name in kernels if name.startswith("fastconv.strategies.fft.")}
     missing = sorted(set(kernels) - compiled - other_isa)

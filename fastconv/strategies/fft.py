@@ -51,7 +51,7 @@ from numba import prange
 
 from .. import _jit, _simd
 from .._jit import inlined, kernel
-from .._simd import vfma, vload, vstore, vzero
+from .._simd import vbroadcast, vfma, vload, vstore, vsub, vzero
 from .._prepared import keeping, prepared
 from ..workspace import get_workspace_limit, scratch
 from . import Strategy
@@ -376,11 +376,103 @@ def _row_products(xs, ks, images, channels, rows_in, taps, stride, dilation, out
         vstore(ys, y1 + row + width, b1i)
 
 
+@inlined
+def _row_products_r4(xs, ks, images, channels, rows_in, taps, stride, dilation, out_channels, out_rows, freqs, ys,
+                     width):
+    """:func:`_row_products` with a tile of 2 output channels x 4 rows (16 accumulators: for 32 vector
+    registers): each kernel vector loaded serves 4 rows, not 2 (14 loads per 32 FMAs instead of 10 per 16).
+    multichannel_15x15's products 5.7 ms against 8.9 with the 2-row tile (Zen 4). ``out_rows`` a multiple
+    of 4; each output summed in the same order as there (bit for bit the same results)."""
+    blocks = freqs // width
+    r_blocks = out_rows // 4
+    o_pairs = out_channels // 2
+    row = 2 * freqs
+    step = stride * row
+    k_tap = 6 * freqs
+    for item in prange(images * o_pairs * r_blocks * blocks):
+        b = item % blocks
+        rest = item // blocks
+        i0 = (rest % r_blocks) * 4
+        rest //= r_blocks
+        pair = rest % o_pairs
+        n = rest // o_pairs
+        a0r = vzero(ys, width)
+        a0i = a0r
+        a1r = a0r
+        a1i = a0r
+        a2r = a0r
+        a2i = a0r
+        a3r = a0r
+        a3i = a0r
+        b0r = a0r
+        b0i = a0r
+        b1r = a0r
+        b1i = a0r
+        b2r = a0r
+        b2i = a0r
+        b3r = a0r
+        b3i = a0r
+        for c in range(channels):
+            x_at = ((n * channels + c) * rows_in + i0 * stride) * row + b * 2 * width
+            k_at = (pair * channels + c) * taps * k_tap + b * 6 * width
+            for a in range(taps):
+                k_r = vload(ks, k_at, width)  # the even output channel (a: rows i0 .. i0 + 3)
+                k_i = vload(ks, k_at + width, width)
+                k_n = vload(ks, k_at + 2 * width, width)
+                l_r = vload(ks, k_at + 3 * width, width)  # the odd one (b)
+                l_i = vload(ks, k_at + 4 * width, width)
+                l_n = vload(ks, k_at + 5 * width, width)
+                xr = vload(xs, x_at, width)
+                xi = vload(xs, x_at + width, width)
+                a0r = vfma(xi, k_i, vfma(xr, k_r, a0r))
+                a0i = vfma(xr, k_n, vfma(xi, k_r, a0i))
+                b0r = vfma(xi, l_i, vfma(xr, l_r, b0r))
+                b0i = vfma(xr, l_n, vfma(xi, l_r, b0i))
+                xr = vload(xs, x_at + step, width)
+                xi = vload(xs, x_at + step + width, width)
+                a1r = vfma(xi, k_i, vfma(xr, k_r, a1r))
+                a1i = vfma(xr, k_n, vfma(xi, k_r, a1i))
+                b1r = vfma(xi, l_i, vfma(xr, l_r, b1r))
+                b1i = vfma(xr, l_n, vfma(xi, l_r, b1i))
+                xr = vload(xs, x_at + 2 * step, width)
+                xi = vload(xs, x_at + 2 * step + width, width)
+                a2r = vfma(xi, k_i, vfma(xr, k_r, a2r))
+                a2i = vfma(xr, k_n, vfma(xi, k_r, a2i))
+                b2r = vfma(xi, l_i, vfma(xr, l_r, b2r))
+                b2i = vfma(xr, l_n, vfma(xi, l_r, b2i))
+                xr = vload(xs, x_at + 3 * step, width)
+                xi = vload(xs, x_at + 3 * step + width, width)
+                a3r = vfma(xi, k_i, vfma(xr, k_r, a3r))
+                a3i = vfma(xr, k_n, vfma(xi, k_r, a3i))
+                b3r = vfma(xi, l_i, vfma(xr, l_r, b3r))
+                b3i = vfma(xr, l_n, vfma(xi, l_r, b3i))
+                x_at += dilation * row
+                k_at += k_tap
+        y0 = ((n * out_channels + 2 * pair) * out_rows + i0) * row + b * 2 * width
+        y1 = y0 + out_rows * row
+        vstore(ys, y0, a0r)
+        vstore(ys, y0 + width, a0i)
+        vstore(ys, y0 + row, a1r)
+        vstore(ys, y0 + row + width, a1i)
+        vstore(ys, y0 + 2 * row, a2r)
+        vstore(ys, y0 + 2 * row + width, a2i)
+        vstore(ys, y0 + 3 * row, a3r)
+        vstore(ys, y0 + 3 * row + width, a3i)
+        vstore(ys, y1, b0r)
+        vstore(ys, y1 + width, b0i)
+        vstore(ys, y1 + row, b1r)
+        vstore(ys, y1 + row + width, b1i)
+        vstore(ys, y1 + 2 * row, b2r)
+        vstore(ys, y1 + 2 * row + width, b2i)
+        vstore(ys, y1 + 3 * row, b3r)
+        vstore(ys, y1 + 3 * row + width, b3i)
+
+
 # One kernel per vector width (a literal in each: the layout's blocks have that width), named for it so
 # that a cached build is never used with another width (FASTCONV_SIMD=avx2 on an AVX-512 machine).
 @kernel
 def _row_products_w16(xs, ks, images, channels, rows_in, taps, stride, dilation, out_channels, out_rows, freqs, ys):
-    _row_products(xs, ks, images, channels, rows_in, taps, stride, dilation, out_channels, out_rows, freqs, ys, 16)
+    _row_products_r4(xs, ks, images, channels, rows_in, taps, stride, dilation, out_channels, out_rows, freqs, ys, 16)
 
 
 @kernel
@@ -394,6 +486,9 @@ def _row_products_w4(xs, ks, images, channels, rows_in, taps, stride, dilation, 
 
 
 _ROW_PRODUCTS = {16: _row_products_w16, 8: _row_products_w8, 4: _row_products_w4}
+#: Output rows per register tile of each width's kernel: 4 with 16 lanes (AVX-512's 32 registers hold the
+#: 16 accumulators), 2 with 8 or 4 (AVX2's 16 registers; float64 on AVX-512 too: one kernel per width).
+TILE_ROWS = {16: 4, 8: 2, 4: 2}
 
 
 def _even(n: int) -> int:
@@ -401,8 +496,8 @@ def _even(n: int) -> int:
 
 
 class RowsPlan(NamedTuple):
-    """The "rows" form's sizes: input rows padded (``rows_in``), output channels and rows padded to even,
-    frequencies padded to whole vectors (``freqs``; ``F`` of them real)."""
+    """The "rows" form's sizes: input rows padded (``rows_in``), output channels padded to even, output rows to
+    whole register tiles (:data:`TILE_ROWS`), frequencies to whole vectors (``freqs``; ``F`` of them real)."""
 
     rows_in: int
     out_channels: int
@@ -415,17 +510,20 @@ def rows_plan(geom) -> RowsPlan:
     lanes = _simd.LANES[geom.dtype]
     L = plan(geom).lengths[-1]
     F = L // 2 + 1
-    out_rows = _even(geom.out_size[0])
+    tile = TILE_ROWS[lanes]
+    out_rows = -(-geom.out_size[0] // tile) * tile
     (lo, _), k, s, d = geom.padding[0], geom.kernel[0], geom.stride[0], geom.dilation[0]
     rows_in = max(lo + geom.in_size[0], (out_rows - 1) * s + (k - 1) * d + 1)
     return RowsPlan(rows_in, _even(geom.out_channels), out_rows, F, -(-F // lanes) * lanes)
 
 
 #: What a complex multiply-add of the full form costs against one of the rows form's (memory-bound spectra
-#: and per-frequency products against a register-tiled kernel), measured (Zen 4, 2026-12-05, rows / full ms):
-#: 16 -> 16 channels 15x15 on 256x256 12.7 / 25.1 (batch 4: 63 / 58), 4 -> 4 1.4 / 2.0, 3 -> 8 21x21 on
-#: 512x512 batch 2 17.3 / 20.3, one channel 31x31 on 1024x1024 5.0 / 5.1, 15x15 5.4 / 5.2.
-FULL_COST = 2
+#: and per-frequency products against a register-tiled kernel), measured (Zen 4, 2026-12-05, rows / full ms,
+#: rows form's multiply-adds over the full form's in brackets): 16 -> 16 channels 15x15 on 256x256 10.6 / 25+
+#: (0.94), batch 4 42 / 50 (3.2), batch 8 88 / 107 (5.2); 4 -> 4 batch 8 10.0 / 11.3 (5.2); 8 -> 8 11x11 on
+#: 128x128 batch 16 13.1 / 11.3 (7.3); 3 -> 8 21x21 on 512x512 batch 2 15.9 / 18.1 (1.7); one channel 31x31
+#: on 1024x1024 4.6 / 5.6 (1.9). The forms break even near 6.
+FULL_COST = 6
 
 
 def form(geom, kept: bool | None = None) -> str:
@@ -484,31 +582,55 @@ def _split_rows(spectra, lo, out):
                     out[n, c, r, b, 1, w] = zero
 
 
-@kernel
-def _split_kernels(spectra, out):
-    """Kernel row spectra ``(C_out, Cg, kH, F)`` into :func:`_row_products`' layout ``(pairs, Cg, kH, B, 6,
-    width)``: real, imaginary, negated imaginary part of output channel ``2p + j`` at ``out[p, ..., 3j + part, :]``;
-    zero for the frequencies beyond ``F`` and the channels beyond ``C_out``."""
-    C_out, cg, k0, F = spectra.shape
-    blocks, width = out.shape[3], out.shape[5]
-    zero = out.dtype.type(0)
-    for item in prange(2 * out.shape[0] * cg * k0):
-        a = item % k0
-        c = (item // k0) % cg
-        o = item // (k0 * cg)
-        j = 3 * (o % 2)
+@inlined
+def _row_spectra(weight, cos, sin, out, shape, width):
+    """Every kernel row's spectrum along the last axis, straight into :func:`_row_products`' layout (flat
+    arrays): ``out (pairs, Cg, kH, B, 6, width)[p, c, a, :, 3j + (0, 1, 2), :]`` = real, imaginary, negated
+    imaginary part of ``sum_t weight[2p + j, c, a, t] * (cos[t] + 1j * sin[t])``; ``weight (C_out, Cg, kH, kW)``,
+    ``cos``, ``sin`` the DFT matrix's parts ``(kW, B * width)``, zero past the real frequencies; ``shape`` is
+    ``(C_out, Cg, kH, kW, pairs, B)``. Zero for the channels beyond ``C_out``. Two vector FMAs per tap and
+    block of frequencies (as a complex GEMM followed by a reordering copy it took 1.2 ms for 16 x 16 15x15
+    kernels on a 270 grid, Zen 4: OpenBLAS's complex GEMM with 15-long sums). Inlined into one kernel per
+    width (``_row_spectra_w16``, ...)."""
+    C_out, cg, k0, k1, pairs, blocks = shape
+    freqs = blocks * width
+    zero = vzero(out, width)
+    for item in prange(2 * pairs * cg * k0):
+        j = item % 2
+        rest = item // 2
+        o = 2 * (rest // (k0 * cg)) + j
+        at = rest * blocks * 6 * width + 3 * j * width
+        w_at = ((o * cg + (rest // k0) % cg) * k0 + rest % k0) * k1
         for b in range(blocks):
-            for w in range(width):
-                f = b * width + w
-                if o < C_out and f < F:
-                    v = spectra[o, c, a, f]
-                    out[o // 2, c, a, b, j, w] = v.real
-                    out[o // 2, c, a, b, j + 1, w] = v.imag
-                    out[o // 2, c, a, b, j + 2, w] = -v.imag
-                else:
-                    out[o // 2, c, a, b, j, w] = zero
-                    out[o // 2, c, a, b, j + 1, w] = zero
-                    out[o // 2, c, a, b, j + 2, w] = zero
+            re = zero
+            im = zero
+            if o < C_out:
+                for t in range(k1):
+                    v = vbroadcast(weight, w_at + t, width)
+                    re = vfma(v, vload(cos, t * freqs + b * width, width), re)
+                    im = vfma(v, vload(sin, t * freqs + b * width, width), im)
+            vstore(out, at, re)
+            vstore(out, at + width, im)
+            vstore(out, at + 2 * width, vsub(zero, im))
+            at += 6 * width
+
+
+@kernel
+def _row_spectra_w16(weight, cos, sin, out, shape):
+    _row_spectra(weight, cos, sin, out, shape, 16)
+
+
+@kernel
+def _row_spectra_w8(weight, cos, sin, out, shape):
+    _row_spectra(weight, cos, sin, out, shape, 8)
+
+
+@kernel
+def _row_spectra_w4(weight, cos, sin, out, shape):
+    _row_spectra(weight, cos, sin, out, shape, 4)
+
+
+_ROW_SPECTRA = {16: _row_spectra_w16, 8: _row_spectra_w8, 4: _row_spectra_w4}
 
 
 @kernel
@@ -532,14 +654,26 @@ def _row_kernels(weight, geom, owned):
     padding."""
     r, p = rows_plan(geom), plan(geom)
     C_out, cg, k0, k1 = weight.shape
-    complex_dtype = np.complex64 if weight.dtype == np.float32 else np.complex128
-    spectra = weight.astype(complex_dtype).reshape(-1, k1) @ _dft(p.taps[-1], r.F, p.lengths[-1], complex_dtype)
     width = _simd.LANES[geom.dtype]
     shape = (r.out_channels // 2, cg, k0, r.freqs // width, 6, width)
     parts = np.empty(shape, weight.dtype) if owned else scratch(math.prod(shape), weight.dtype, "fft-rows-k").reshape(shape)
+    cos, sin = _dft_parts(p.taps[-1], r.F, r.freqs, p.lengths[-1], weight.dtype.str)
     with _jit.launch():
-        _split_kernels(spectra.reshape(C_out, cg, k0, r.F), parts)
+        _ROW_SPECTRA[width](np.ascontiguousarray(weight).reshape(-1), cos, sin, parts.reshape(-1),
+                            (C_out, cg, k0, k1, shape[0], shape[3]))
     return parts
+
+
+@functools.lru_cache(maxsize=32)
+def _dft_parts(taps, frequencies, padded, L, dtype):
+    """The real and imaginary parts of :func:`_dft`'s matrix in ``dtype``, ``(taps, padded)`` flat, zero past
+    ``frequencies`` (read-only, kept per plan)."""
+    matrix = _dft(taps, frequencies, L, np.complex128)
+    parts = np.zeros((2, len(taps) * padded), dtype)
+    parts.reshape(2, len(taps), padded)[0, :, :frequencies] = matrix.real
+    parts.reshape(2, len(taps), padded)[1, :, :frequencies] = matrix.imag
+    parts.flags.writeable = False
+    return parts[0], parts[1]
 
 
 def _conv_rows(x, weight, bias, geom, out, fft):
