@@ -198,16 +198,7 @@ def {name}(xp, u, bias, layout, out, work):
             for c in range(0, channels, {lanes}):
 {input_transform}
         for cb in range(chunk * per_chunk, min(co_blocks, (chunk + 1) * per_chunk)):
-            # the {xi} products M[xi] (tiles x channels of the block) = V[xi] U[xi]
-            for xi in range({xi}):
-                ub = (cb * {xi} + xi) * channels * {block}
-                vb = xi * {rows} * channels
-{zero}
-                for c in range(channels):
-                    w0 = vload(u, ub + c * {block}, {lanes})
-                    w1 = vload(u, ub + c * {block} + {lanes}, {lanes})
-{steps}
-{store}
+{products}
             # output transforms: Y = A^T M A + bias, into the result
             for r in range({rows}):
                 t = tg * {rows} + r
@@ -309,16 +300,7 @@ def {name}(xp, u, bias, layout, out, work):
             for c in range(0, channels, {lanes}):
 {input_transform}
         for cb in range(chunk * per_chunk, min(co_blocks, (chunk + 1) * per_chunk)):
-            # the {a} products M[xi] (tiles x channels of the block) = V[xi] U[xi]
-            for xi in range({a}):
-                ub = (cb * {a} + xi) * channels * {block}
-                vb = xi * {rows} * channels
-{zero}
-                for c in range(channels):
-                    w0 = vload(u, ub + c * {block}, {lanes})
-                    w1 = vload(u, ub + c * {block} + {lanes}, {lanes})
-{steps}
-{store}
+{products}
             # output transforms: y = A^T M + bias, into the result
             for r in range({rows}):
                 t = tg * {rows} + r
@@ -375,6 +357,20 @@ def {name}_weights(weight, channels, u):
             for half in range(2):
 {transform}
 """
+
+
+#: The a (1D) or a^2 (2D) products of one block of output channels, shared by both templates (formatted first by
+#: :func:`_products`, then placed in a template as ``{products}``).
+PRODUCTS = """            # the {points} products M[xi] (tiles x channels of the block) = V[xi] U[xi]
+            for xi in range({points}):
+                ub = (cb * {points} + xi) * channels * {block}
+                vb = xi * {rows} * channels
+{zero}
+                for c in range(channels):
+                    w0 = vload(u, ub + c * {block}, {lanes})
+                    w1 = vload(u, ub + c * {block} + {lanes}, {lanes})
+{steps}
+{store}"""
 
 
 def _const_name(value) -> str:
@@ -438,9 +434,9 @@ def render_weights(name, dtype, lanes, m, r):
                                    constants="\n".join(constants), transform="\n".join(lines))
 
 
-def _products(rows, lanes, block):
-    """The register tile's lines (zeroing, one step per input channel, stores into M): R tiles x 2 vectors,
-    one broadcast per tile and two weight vectors per step."""
+def _products(points, rows, lanes, block):
+    """:data:`PRODUCTS` for ``points`` transformed points: the register tile (zeroing, one step per input channel,
+    stores into M) of R tiles x 2 vectors, one broadcast per tile and two weight vectors per step."""
     ind = " " * 16
     zero = [f"{ind}a{row}_{b} = vzero(v, {lanes})" for row in range(rows) for b in range(2)]
     steps = []
@@ -450,7 +446,8 @@ def _products(rows, lanes, block):
         steps.append(f"{ind}    a{row}_1 = vfma(x, w1, a{row}_1)")
     store = [f"{ind}vstore(m, (xi * {rows} + {row}) * {block} + {b * lanes}, a{row}_{b})"
              for row in range(rows) for b in range(2)]
-    return zero, steps, store
+    return PRODUCTS.format(points=points, rows=rows, lanes=lanes, block=block, zero="\n".join(zero),
+                           steps="\n".join(steps), store="\n".join(store))
 
 
 def render(name, dtype, lanes, m, r, rows):
@@ -482,12 +479,10 @@ def render(name, dtype, lanes, m, r, rows):
     output_lines += [f"{ind_out}    s{l} = vload(tb, (p * {a} + {l}) * {lanes}, {lanes})" for l in range(a)]
     output_lines += [f"{ind_out}    vstore(y, (p * {m} + {q}) * {lanes}, vadd("
                      + _lincomb(T["AT"][q], [f"s{l}" for l in range(a)], consts) + ", b))" for q in range(m)]
-    zero, steps, store = _products(rows, lanes, block)
     constants = [f"    {_const_name(c)} = vsplat(np.{dtype}({float(c)!r}), {lanes})" for c in sorted(consts)]
     return TEMPLATE.format(name=name, dtype=dtype, lanes=lanes, m=m, r=r, rows=rows, xi=xi, block=block, mm=m * m,
                            constants="\n".join(constants), input_transform="\n".join(input_lines),
-                           output_transform="\n".join(output_lines), zero="\n".join(zero), steps="\n".join(steps),
-                           store="\n".join(store))
+                           output_transform="\n".join(output_lines), products=_products(xi, rows, lanes, block))
 
 
 def render_row(name, dtype, lanes, m, r, rows):
@@ -505,12 +500,10 @@ def render_row(name, dtype, lanes, m, r, rows):
     output_lines.append(f"{ind}b = vload(bias, co0, {lanes})")
     output_lines += [f"{ind}vstore(y, {p * lanes}, vadd(" + _lincomb(T["AT"][p], [f"q{k}" for k in range(a)], consts)
                      + ", b))" for p in range(m)]
-    zero, steps, store = _products(rows, lanes, block)
     constants = [f"    {_const_name(c)} = vsplat(np.{dtype}({float(c)!r}), {lanes})" for c in sorted(consts)]
     text = ROW_TEMPLATE.format(name=name, dtype=dtype, lanes=lanes, m=m, r=r, rows=rows, a=a, block=block,
                                constants="\n".join(constants), input_transform="\n".join(input_lines),
-                               output_transform="\n".join(output_lines), zero="\n".join(zero),
-                               steps="\n".join(steps), store="\n".join(store))
+                               output_transform="\n".join(output_lines), products=_products(a, rows, lanes, block))
     consts = set()
     ind = " " * 16
     lines = [f"{ind}g{t} = vload(g, {t * block} + half * {lanes}, {lanes})" for t in range(r)]
