@@ -33,8 +33,8 @@ def warmup(dtypes: Sequence = ("float32",), methods: Sequence[str] | None = None
     Returns
     -------
     float
-        Seconds it took: measured on the 2-core AMD EPYC (Zen 4), 2026-12-05, about 1 s
-        from the cache and 48 s for float32 on a cold cache.
+        Seconds it took: measured on the 2-core AMD EPYC (Zen 4), 2026-12-05, about 0.6 s
+        from the cache and 106 s for float32 on a cold cache.
 
     Examples
     --------
