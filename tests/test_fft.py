@@ -228,6 +228,7 @@ def test_the_rows_form_for_one_image_with_many_channels_the_full_form_for_batche
     assert fft.form(geometry((4, 16, 256, 256), (16, 16, 15, 15), 7)) == rows  # 42 ms against 50
     assert fft.form(geometry((16, 8, 128, 128), (8, 8, 11, 11), 5)) == "full"  # 11.3 ms against 13.1
     assert fft.form(geometry((1, 4, 16, 16, 16), (4, 4, 5, 5, 5), 2)) == "full"  # rank 3
+    assert fft.form(geometry((1, 1, 200000), (1, 1, 511), 255)) == "full"  # 1D: one row, no columns to sum
     with fastconv.WeightCache():  # a layer's: the full form's spectra are computed once
         assert fft.form(geometry((1, 16, 256, 256), (16, 16, 15, 15), 7)) == "full"
 
@@ -250,6 +251,23 @@ def test_the_rows_form_under_a_weight_cache_and_with_odd_sizes():
     for y in kept:
         np.testing.assert_array_equal(y, first)
     assert _relative_error(changed, _reference(2, x, w, None, padding=(3, 4))) <= fft.ERROR_BOUND["float32"]
+
+
+@pytest.mark.skipif(not fastconv._simd.AVAILABLE, reason="the rows form needs the SIMD layer")
+def test_the_rows_form_transforms_long_kernel_rows():
+    """Kernel rows longer than DFT_MAX_TAPS get their spectra by FFT, never from a taps x frequencies table (a
+    511-tap filter on 200k samples would need 400 MB of it): one-row kernels on 3 rows, and 2-row kernels."""
+    if not fft.transforms().single:
+        pytest.skip("numpy.fft's double-precision transforms: the rows form does not run")
+    rng = np.random.default_rng(8)
+    with mock.patch.object(fft, "FULL_COST", 10**9), mock.patch.object(fft, "_dft_parts", side_effect=AssertionError):
+        for nd, x, w, padding in ((2, rng.standard_normal((2, 1, 3, 3000)), rng.standard_normal((1, 1, 1, 201)), (0, 100)),
+                                  (2, rng.standard_normal((1, 3, 5, 400)), rng.standard_normal((5, 3, 2, 80)), (1, 40))):
+            x, w = x.astype(np.float32), w.astype(np.float32)
+            geometry = fastconv.explain(f"conv{nd}d", x, w, padding=padding).geometry
+            assert fft.form(geometry) == "rows"
+            y = CONV[nd](x, w, padding=padding, method="fft")
+            assert _relative_error(y, _reference(nd, x, w, None, padding=padding)) <= fft.ERROR_BOUND["float32"]
 
 
 ROWS_PROBE = """

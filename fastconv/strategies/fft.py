@@ -529,10 +529,13 @@ FULL_COST = 6
 def form(geom, kept: bool | None = None) -> str:
     """``"rows"`` (one FFT axis, the other summed directly: :func:`_conv_rows`) or ``"full"`` (the module
     docstring's): the one with fewer weighted complex multiply-adds. The rows form needs rank 2, one group and
-    the SIMD layer; the full form's kernel spectra cost nothing after the first call under a
-    :class:`~fastconv.WeightCache` (a layer's), so it is costed without them there (``kept``: whether they
-    are kept; by default, whether a WeightCache is current)."""
-    if geom.rank != 2 or geom.groups != 1 or not _simd.AVAILABLE or geom.dtype not in ("float32", "float64"):
+    the SIMD layer, and more than one row (a 1D layer, lifted to one row, has no columns to sum: its
+    register tile would compute padding rows; long1d_k511 4.2 ms full, 5.0-6.4 rows, Zen 4); the full form's
+    kernel spectra cost nothing after the first call under a :class:`~fastconv.WeightCache` (a layer's), so it
+    is costed without them there (``kept``: whether they are kept; by default, whether a WeightCache is
+    current)."""
+    if (geom.rank != 2 or geom.groups != 1 or not _simd.AVAILABLE or geom.dtype not in ("float32", "float64")
+            or geom.in_size[0] == 1):
         return "full"
     r, p = rows_plan(geom), plan(geom)
     pairs = geom.out_channels * geom.in_channels
@@ -657,6 +660,21 @@ def _row_kernels(weight, geom, owned):
     width = _simd.LANES[geom.dtype]
     shape = (r.out_channels // 2, cg, k0, r.freqs // width, 6, width)
     parts = np.empty(shape, weight.dtype) if owned else scratch(math.prod(shape), weight.dtype, "fft-rows-k").reshape(shape)
+    if k1 > DFT_MAX_TAPS:  # long rows (a 1D filter): by FFT, as the full form's (a taps x frequencies table is huge)
+        L = p.lengths[-1]
+        placed = np.zeros((C_out, cg, k0, L), weight.dtype)
+        placed[..., list(p.taps[-1])] = weight
+        spectra = transforms().forward(placed, (L,), numba.get_num_threads())  # (C_out, cg, k0, F)
+        parts[...] = 0
+        for j in range(2):
+            rows = spectra[j::2]
+            padded = np.zeros(rows.shape[:3] + (r.freqs,), spectra.dtype)
+            padded[..., :r.F] = rows
+            padded = padded.reshape(rows.shape[:3] + shape[3:4] + (width,))
+            parts[:len(rows), :, :, :, 3 * j] = padded.real
+            parts[:len(rows), :, :, :, 3 * j + 1] = padded.imag
+            parts[:len(rows), :, :, :, 3 * j + 2] = -padded.imag
+        return parts
     cos, sin = _dft_parts(p.taps[-1], r.F, r.freqs, p.lengths[-1], weight.dtype.str)
     with _jit.launch():
         _ROW_SPECTRA[width](np.ascontiguousarray(weight).reshape(-1), cos, sin, parts.reshape(-1),
@@ -667,11 +685,11 @@ def _row_kernels(weight, geom, owned):
 @functools.lru_cache(maxsize=32)
 def _dft_parts(taps, frequencies, padded, L, dtype):
     """The real and imaginary parts of :func:`_dft`'s matrix in ``dtype``, ``(taps, padded)`` flat, zero past
-    ``frequencies`` (read-only, kept per plan)."""
-    matrix = _dft(taps, frequencies, L, np.complex128)
+    ``frequencies`` (read-only, kept per plan; at most :data:`DFT_MAX_TAPS` taps)."""
+    angle = (-2 * np.pi / L) * (np.outer(np.asarray(taps, dtype=np.int64), np.arange(frequencies, dtype=np.int64)) % L)
     parts = np.zeros((2, len(taps) * padded), dtype)
-    parts.reshape(2, len(taps), padded)[0, :, :frequencies] = matrix.real
-    parts.reshape(2, len(taps), padded)[1, :, :frequencies] = matrix.imag
+    parts.reshape(2, len(taps), padded)[0, :, :frequencies] = np.cos(angle)
+    parts.reshape(2, len(taps), padded)[1, :, :frequencies] = np.sin(angle)
     parts.flags.writeable = False
     return parts[0], parts[1]
 
