@@ -199,6 +199,11 @@ WINOGRAD_MIN_CHANNELS_3D = 64
 #: fewer channels ((8, 32, 4000) 1.65 / 1.21 / 1.08: short channel loops), nor few tiles ((1, 64, 1000) 0.18 /
 #: 0.18, (1, 256, 250) 0.54 / 0.53, (1, 512, 100) 1.58 / 0.95: the weight transform dominates).
 WINOGRAD_MIN_TILES_ROWS = 512
+
+#: Whether backward passes go through Winograd where its dL/dx would run F(2x2, 3x3) (maps with fewer than 49
+#: 4x4 tiles): no, img2col's GEMMs win dx + dW there (resnet_3x3_14, 256 channels on 14x14: img2col 2.91 / 3.87
+#: ms against Winograd 3.31 / 4.46 in two derive_dispatch runs, Zen 4, 2026-12-05).
+WINOGRAD_BACKWARD_F2 = False
 WINOGRAD_MIN_CHANNELS_ROWS = 64
 
 
@@ -291,8 +296,10 @@ def _winograd_pays(op, geom, dtype) -> bool:
     tiles = WINOGRAD_MIN_TILES
     if strategies.get("winograd")._row_kernel(geom):
         channels, tiles = WINOGRAD_MIN_CHANNELS_ROWS, WINOGRAD_MIN_TILES_ROWS
-    return (_winograd_work(op, geom)[2] >= tiles
-            and geom.in_channels >= channels and geom.out_channels >= channels)
+    m, r, count, _ = _winograd_work(op, geom)
+    if op == "conv_backward" and (m, r) == (2, 3) and not WINOGRAD_BACKWARD_F2:
+        return False
+    return count >= tiles and geom.in_channels >= channels and geom.out_channels >= channels
 
 
 @functools.lru_cache(maxsize=1024)

@@ -213,6 +213,8 @@ PINNED_HIGH = [
     ("conv2d", (1, 64, 56, 56), (64, 64, 3, 3), dict(padding=1, stride=2), _TILED),             # stride 2
     ("conv2d", (1, 1, 512, 512), (1, 1, 3, 3), dict(padding=1), "direct"),                      # image_filter
     ("conv2d_backward", (1, 128, 28, 28), (128, 128, 3, 3), dict(padding=1), _WINOGRAD or _TILED),
+    ("conv2d_backward", (1, 256, 14, 14), (256, 256, 3, 3), dict(padding=1), "img2col"),  # F(2x2): img2col's GEMMs
+    ("conv1d", (8, 64, 4000), (64, 64, 3), dict(padding=1), _WINOGRAD or "direct"),             # audio_3: F(6, 3)
     ("conv3d", (1, 64, 16, 56, 56), (128, 64, 3, 3, 3), dict(padding=1), _WINOGRAD or "direct"),  # c3d_video
     ("conv3d_backward", (1, 64, 16, 56, 56), (128, 64, 3, 3, 3), dict(padding=1), _WINOGRAD or "direct"),  # dL/dx by depth
     ("conv3d", (1, 32, 64, 64, 64), (32, 32, 3, 3, 3), dict(padding=1), "direct"),  # unet3d: depth taps as steps
