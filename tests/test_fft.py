@@ -261,13 +261,13 @@ def test_the_rows_form_transforms_long_kernel_rows():
         pytest.skip("numpy.fft's double-precision transforms: the rows form does not run")
     rng = np.random.default_rng(8)
     with mock.patch.object(fft, "FULL_COST", 10**9), mock.patch.object(fft, "_dft_parts", side_effect=AssertionError):
-        for nd, x, w, padding in ((2, rng.standard_normal((2, 1, 3, 3000)), rng.standard_normal((1, 1, 1, 201)), (0, 100)),
-                                  (2, rng.standard_normal((1, 3, 5, 400)), rng.standard_normal((5, 3, 2, 80)), (1, 40))):
-            x, w = x.astype(np.float32), w.astype(np.float32)
-            geometry = fastconv.explain(f"conv{nd}d", x, w, padding=padding).geometry
-            assert fft.form(geometry) == "rows"
-            y = CONV[nd](x, w, padding=padding, method="fft")
-            assert _relative_error(y, _reference(nd, x, w, None, padding=padding)) <= fft.ERROR_BOUND["float32"]
+        for x_shape, w_shape, padding in (((2, 1, 3, 3000), (1, 1, 1, 201), (0, 100)),
+                                          ((1, 3, 5, 400), (5, 3, 2, 80), (1, 40))):
+            x = rng.standard_normal(x_shape).astype(np.float32)
+            w = rng.standard_normal(w_shape).astype(np.float32)
+            assert fft.form(fastconv.explain("conv2d", x, w, padding=padding).geometry) == "rows"
+            y = fastconv.conv2d(x, w, padding=padding, method="fft")
+            assert _relative_error(y, _reference(2, x, w, None, padding=padding)) <= fft.ERROR_BOUND["float32"]
 
 
 ROWS_PROBE = """

@@ -163,9 +163,9 @@ def test_warmup_compiles_every_kernel_and_says_how_long():
     other_isa = {name for name in kernels if name.startswith("fastconv.strategies._simd_tiles.")
                  and not name.endswith("_f32_" + isa)}
     # likewise the Winograd kernels (a transform and a fused kernel per instruction set and dtype)
+    float32_here = tuple(f"_winograd_f32_{v}_{isa}" for v in ("m4_k3", "m2_k3", "m4_k2", "m6_k1x3"))
     other_isa |= {name for name in kernels if name.startswith("fastconv.strategies._winograd_kernels.")
-                  and not name.split(".")[-1].startswith(tuple(f"_winograd_f32_{v}_{isa}" for v in ("m4_k3", "m2_k3",
-                                                                                                   "m4_k2", "m6_k1x3")))}
+                  and not name.split(".")[-1].startswith(float32_here)}
     # and the FFT's rows kernels (one per vector width); with numpy.fft's double-precision transforms (no SciPy,
     # no ducc0) float32 problems run the FFT's kernels on complex128 spectra and never the rows form
     other_isa |= {f"fastconv.strategies.fft._row_{part}_w{width}" for part in ("products", "spectra")

@@ -318,7 +318,8 @@ def _row_products(xs, ks, images, channels, rows_in, taps, stride, dilation, out
     ``out_channels`` and ``out_rows`` even. A tile of 2 output channels x 2 rows x one vector of frequencies,
     real and imaginary parts (8 accumulators), stays in registers over every channel and tap; every load but
     the second row's sits at a constant offset from one of two addresses, so the loop needs few integer
-    registers. Inlined into one kernel per width (``_row_products_w16``, ``_w8``, ``_w4``: ``width`` a literal there)."""
+    registers. Inlined into the kernels of 8 and 4 lanes (``_row_products_w8``, ``_w4``: ``width`` a literal there;
+    16 lanes run :func:`_row_products_r4`)."""
     blocks = freqs // width
     r_blocks = out_rows // 2
     o_pairs = out_channels // 2
