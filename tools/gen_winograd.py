@@ -233,15 +233,21 @@ def {name}(xp, u, bias, layout, out, work):
 '''
 
 
+#: The weight transforms' docstrings (the template below serves both: a 1 x r kernel is r taps of one row).
+WEIGHTS_DOC = """``u[cb, xi, c, k] = (G g G^T)[xi]`` for F({m}x{m}, {r}x{r}): output channel ``cb*{block} + k``, input channel ``c`` of
+    ``weight`` (C_in, C_out, {r}, {r}), zero past them; vectors over the block's output channels.
+
+    ``weight`` is any strided view (typed as such: one compiled version for every caller): the
+    forward weights transposed, or a transposed convolution's taps of one stride phase."""
+ROW_WEIGHTS_DOC = """``u[cb, xi, c, k] = (G g)[xi]`` for F({m}, {r}) along rows: output channel ``cb*{block} + k``, input channel
+    ``c`` of ``weight`` (C_in, C_out, 1, {r}), zero past them; vectors over the block's output channels.
+    ``weight`` is any strided view, as for the F(m x m, r x r) kernels."""
+
 WEIGHTS_TEMPLATE = '''
 
 @kernel
 def {name}_weights(weight, channels, u):
-    """``u[cb, xi, c, k] = (G g G^T)[xi]`` for F({m}x{m}, {r}x{r}): output channel ``cb*{block} + k``, input channel ``c`` of
-    ``weight`` (C_in, C_out, {r}, {r}), zero past them; vectors over the block's output channels.
-
-    ``weight`` is any strided view (typed as such: one compiled version for every caller): the
-    forward weights transposed, or a transposed convolution's taps of one stride phase.
+    """{doc}
     """
     in_channels, out_channels = weight.shape[0], weight.shape[1]
     co_blocks = u.shape[0] // ({xi} * channels * {block})
@@ -330,35 +336,6 @@ def {name}(xp, u, bias, layout, out, work):
 """
 
 
-ROW_WEIGHTS_TEMPLATE = """
-
-@kernel
-def {name}_weights(weight, channels, u):
-    \"\"\"``u[cb, xi, c, k] = (G g)[xi]`` for F({m}, {r}) along rows: output channel ``cb*{block} + k``, input channel
-    ``c`` of ``weight`` (C_in, C_out, 1, {r}), zero past them; vectors over the block's output channels.
-    ``weight`` is any strided view, as for the F(m x m, r x r) kernels.
-    \"\"\"
-    in_channels, out_channels = weight.shape[0], weight.shape[1]
-    co_blocks = u.shape[0] // ({a} * channels * {block})
-{constants}
-    spans = (channels + 7) // 8
-    for item in prange(co_blocks * spans):
-        cb = item // spans
-        c0 = (item - cb * spans) * 8
-        valid = min({block}, out_channels - cb * {block})
-        g = np.zeros({r} * {block}, dtype=np.{dtype})  # one input channel's kernels, output channel innermost
-        for c in range(c0, min(channels, c0 + 8)):
-            if c < in_channels:
-                for k in range(valid):
-                    for t in range({r}):
-                        g[t * {block} + k] = weight[c, cb * {block} + k, 0, t]
-            else:
-                g[:] = 0
-            for half in range(2):
-{transform}
-"""
-
-
 #: The a (1D) or a^2 (2D) products of one block of output channels, shared by both templates (formatted first by
 #: :func:`_products`, then placed in a template as ``{products}``).
 PRODUCTS = """            # the {points} products M[xi] (tiles x channels of the block) = V[xi] U[xi]
@@ -430,8 +407,9 @@ def render_weights(name, dtype, lanes, m, r):
             lines.append(f"{ind}vstore(u, ((cb * {a * a} + {i * a + l}) * channels + c) * {block} + half * {lanes}, "
                          + _lincomb(G[l], [f"h{i}_{j}" for j in range(r)], consts) + ")")
     constants = [f"    {_const_name(c)} = vsplat(np.{dtype}({float(c)!r}), {lanes})" for c in sorted(consts)]
+    doc = WEIGHTS_DOC.format(m=m, r=r, block=block)
     return WEIGHTS_TEMPLATE.format(name=name, dtype=dtype, lanes=lanes, m=m, r=r, taps=r * r, xi=a * a, block=block,
-                                   constants="\n".join(constants), transform="\n".join(lines))
+                                   doc=doc, constants="\n".join(constants), transform="\n".join(lines))
 
 
 def _products(points, rows, lanes, block):
@@ -510,8 +488,9 @@ def render_row(name, dtype, lanes, m, r, rows):
     lines += [f"{ind}vstore(u, ((cb * {a} + {xi}) * channels + c) * {block} + half * {lanes}, "
               + _lincomb(T["G"][xi], [f"g{t}" for t in range(r)], consts) + ")" for xi in range(a)]
     constants = [f"    {_const_name(c)} = vsplat(np.{dtype}({float(c)!r}), {lanes})" for c in sorted(consts)]
-    return text + ROW_WEIGHTS_TEMPLATE.format(name=name, dtype=dtype, lanes=lanes, m=m, r=r, a=a, block=block,
-                                              constants="\n".join(constants), transform="\n".join(lines))
+    doc = ROW_WEIGHTS_DOC.format(m=m, r=r, block=block)
+    return text + WEIGHTS_TEMPLATE.format(name=name, dtype=dtype, lanes=lanes, m=m, r=r, taps=r, xi=a, block=block,
+                                          doc=doc, constants="\n".join(constants), transform="\n".join(lines))
 
 
 def generate() -> str:

@@ -2863,8 +2863,8 @@ def _winograd_f32_m6_k1x3_avx512_weights(weight, channels, u):
         for c in range(c0, min(channels, c0 + 8)):
             if c < in_channels:
                 for k in range(valid):
-                    for t in range(3):
-                        g[t * 32 + k] = weight[c, cb * 32 + k, 0, t]
+                    for r in range(3):
+                        g[r * 32 + k] = weight[c, cb * 32 + k, r // 3, r % 3]
             else:
                 g[:] = 0
             for half in range(2):
@@ -3072,8 +3072,8 @@ def _winograd_f32_m6_k1x3_avx2_weights(weight, channels, u):
         for c in range(c0, min(channels, c0 + 8)):
             if c < in_channels:
                 for k in range(valid):
-                    for t in range(3):
-                        g[t * 16 + k] = weight[c, cb * 16 + k, 0, t]
+                    for r in range(3):
+                        g[r * 16 + k] = weight[c, cb * 16 + k, r // 3, r % 3]
             else:
                 g[:] = 0
             for half in range(2):
