@@ -10,6 +10,8 @@ the path it means to check is the one taken.
 
 import numpy as np
 import pytest
+from hypothesis import assume, given
+from hypothesis import strategies as st
 
 import fastconv
 from conftest import assert_close
@@ -155,3 +157,38 @@ def test_tiling_input_gradient_matches_the_loop(xs, ws, stride, output_padding, 
     assert _simd_direct._tiling_problem(fastconv.explain("conv_transpose2d", x, w, **kw).geometry) is not None
     assert_close(fastconv.conv_transpose2d(x, w, **kw, method="direct"),
                  fastconv.conv_transpose2d(x, w, **kw, method="loop"), dtype)
+
+
+@given(h=st.integers(1, 12), w=st.integers(1, 40), k=st.tuples(st.integers(1, 5), st.integers(1, 5)),
+       stride=st.tuples(st.integers(1, 3), st.integers(1, 3)), pad=st.tuples(*[st.integers(0, 4)] * 4),
+       dilation=st.sampled_from([(1, 1), (2, 1), (1, 2)]), groups=st.sampled_from([1, 2]),
+       rows_per_item=st.integers(1, 5), dtype=st.sampled_from([np.float32, np.float64]))
+def test_phase_packing_matches_a_strided_slice(h, w, k, stride, pad, dilation, groups, rows_per_item, dtype):
+    """``_pack_phases`` (one pass per phase plane, or whole rows dealt out to two or four planes with stride 2
+    along the row) equals the padded input sliced per phase; the packed tail is zero."""
+    top, bottom, left, right = pad
+    kH, kW = (k[0] - 1) * dilation[0] + 1, (k[1] - 1) * dilation[1] + 1
+    assume(h + top + bottom >= kH and w + left + right >= kW)
+    rng = np.random.default_rng(h * 1000 + w)
+    C = 2 * groups
+    x = rng.standard_normal((2, C, h, w)).astype(dtype)
+    weight = np.zeros((groups, C // groups, *k), dtype=dtype)
+    geom = _geometry(x, weight, stride=stride, padding=((top, bottom), (left, right)), dilation=dilation, groups=groups)
+    phases = direct._phase_layout(geom)
+    layout = direct._PackLayout(top=top, left=left, stride_h=stride[0], stride_w=stride[1], plane_h=int(phases.plane_h),
+                                plane_w=int(phases.plane_w), rows_per_item=rows_per_item)
+    plane = phases.plane_h * phases.plane_w
+    n_phases = phases.phase_h.size
+    xs = np.full((2, C, n_phases * plane + 5), np.nan, dtype=dtype)
+    before = x.copy()
+    direct._pack_phases(x, 0, groups, layout, phases.phase_h, phases.phase_w, xs)
+    np.testing.assert_array_equal(x, before)
+    big = np.zeros((2, C, (phases.plane_h + 1) * stride[0] + h + top, (phases.plane_w + 1) * stride[1] + w + left),
+                   dtype=dtype)
+    big[:, :, top:top + h, left:left + w] = x
+    for s in range(n_phases):
+        rh, rw = phases.phase_h[s], phases.phase_w[s]
+        want = big[:, :, rh::stride[0], rw::stride[1]][:, :, :phases.plane_h, :phases.plane_w]
+        got = xs[:, :, s * plane:(s + 1) * plane].reshape(2, C, phases.plane_h, phases.plane_w)
+        np.testing.assert_array_equal(got, want, err_msg=f"phase {s} ({rh}, {rw})")
+    np.testing.assert_array_equal(xs[:, :, n_phases * plane:], 0)
