@@ -181,6 +181,45 @@ def test_warmup_compiles_every_kernel_and_says_how_long():
     assert not missing, f"warmup() left these kernels uncompiled: {missing}"
 
 
+SHARED_WARMUP_PROBE = """
+import sys, time, numba, fastconv
+warmup = sys.modules["fastconv.warmup"]
+warmup.SHARE_AFTER = 0  # share out from the first job on
+jobs = warmup._jobs  # the same jobs, slowed down here (not in the helper) so that the helper surely gets some
+warmup._jobs = lambda *args: [lambda job=job: (time.sleep(0.5), job()) for job in jobs(*args)]
+if sys.argv[1] != "-":
+    sys.executable = sys.argv[1]  # what starts the helpers
+fastconv.warmup(methods=["img2col"], processes=2)
+hits = misses = 0
+for mod in [m for name, m in sys.modules.items() if name.startswith("fastconv.")]:
+    for obj in vars(mod).values():
+        if isinstance(obj, numba.core.registry.CPUDispatcher):
+            hits += sum(obj.stats.cache_hits.values()); misses += sum(obj.stats.cache_misses.values())
+print(hits, misses)
+"""
+
+
+@pytest.mark.parametrize("helper", ["python", "/bin/true", "/nonexistent/python"])
+def test_warmup_shares_the_compiling_with_a_helper_process(tmp_path, helper):
+    """With a fresh disk cache, warmup(processes=2) hands jobs to a helper process (``python -c``), which
+    compiles them into the cache; this process then loads them (cache hits: nothing else filled this cache).
+    A helper that exits at once or cannot start only costs time: every job is compiled here."""
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path)}
+    env.pop("NUMBA_DISABLE_JIT", None)
+    done = subprocess.run([sys.executable, "-c", SHARED_WARMUP_PROBE, sys.executable if helper == "python" else helper],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    hits, misses = map(int, done.stdout.split()[-2:])
+    assert misses > 0  # compiled here too
+    assert (hits > 0) == (helper == "python")
+
+
+@pytest.mark.parametrize("processes", [0, -1, 1.5, "2"])
+def test_warmup_rejects_a_bad_process_count(processes):
+    with pytest.raises(ValueError, match="warmup: processes"):
+        fastconv.warmup(methods=["vectorized"], processes=processes)
+
+
 def _max_vector_fmas_per_block(asm):
     """The largest number of packed single-precision FMAs on ymm or zmm registers in one basic block.
 
