@@ -357,6 +357,24 @@ _AVX2_CPUS = frozenset({
     "gracemont", "znver1", "znver2", "znver3", "x86-64-v3", "bdver4"})
 
 
+def _target_features() -> tuple[str, set]:
+    """(cpu name or "", enabled features) of the CPU Numba compiles for."""
+    import llvmlite.binding as llvm
+
+    # as Numba does (numba.core.codegen): NUMBA_CPU_FEATURES if set, else the host's features, even
+    # when NUMBA_CPU_NAME names another CPU; an empty NUMBA_CPU_FEATURES leaves them to the name
+    name = numba.config.CPU_NAME
+    features = numba.config.CPU_FEATURES
+    if features is None:
+        host = llvm.get_host_cpu_features()
+        return name or "", {f for f, enabled in host.items() if enabled}
+    if features.strip():  # "+avx2,+fma,-avx512f,..."
+        return name or "", {f.strip()[1:] for f in features.split(",") if f.strip().startswith("+")}
+    name = name or llvm.get_host_cpu_name()
+    return name, ({"avx512f", "avx2", "fma"} if name in _AVX512_CPUS
+                  else {"avx2", "fma"} if name in _AVX2_CPUS else set())
+
+
 def _target_isa() -> tuple[str, str]:
     """(isa, reason): the vector ISA of the CPU Numba compiles for: 'avx512', 'avx2' or 'none'."""
     import llvmlite.binding as llvm
@@ -364,25 +382,17 @@ def _target_isa() -> tuple[str, str]:
     choice = os.environ.get("FASTCONV_SIMD", "").strip().lower()
     if choice in ("0", "off", "no", "none", "false"):
         return "none", "FASTCONV_SIMD=off"
-    # as Numba does (numba.core.codegen): NUMBA_CPU_FEATURES if set, else the host's features, even
-    # when NUMBA_CPU_NAME names another CPU; an empty NUMBA_CPU_FEATURES leaves them to the name
-    name = numba.config.CPU_NAME
-    features = numba.config.CPU_FEATURES
-    if features is None:
-        host = llvm.get_host_cpu_features()
-        on = {f for f, enabled in host.items() if enabled}
-    elif features.strip():  # "+avx2,+fma,-avx512f,..."
-        on = {f.strip()[1:] for f in features.split(",") if f.strip().startswith("+")}
-    else:
-        name = name or llvm.get_host_cpu_name()
-        on = ({"avx512f", "avx2", "fma"} if name in _AVX512_CPUS
-              else {"avx2", "fma"} if name in _AVX2_CPUS else set())
+    name, on = _target_features()
     if "avx512f" in on and "fma" in on and choice != "avx2":
         return "avx512", "AVX-512 (16 float32 / 8 float64 lanes)"
     if "avx2" in on and "fma" in on:
         return "avx2", "AVX2 + FMA (8 float32 / 4 float64 lanes)" + (" by FASTCONV_SIMD=avx2" if choice else "")
     return "none", f"the CPU Numba compiles for ({name or llvm.get_host_cpu_name()}) has neither AVX-512 nor AVX2 + FMA"
 
+
+#: Vector registers of the CPU Numba compiles for (32 with AVX-512, else 16), whichever vectors the
+#: layer uses: portable kernels whose register blocks LLVM allocates size them by it.
+REGISTERS = 32 if "avx512f" in _target_features()[1] else 16
 
 ISA, REASON = _target_isa()
 

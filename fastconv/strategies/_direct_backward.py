@@ -62,7 +62,7 @@ import numba
 import numpy as np
 from numba import prange
 
-from .. import _jit
+from .. import _jit, _simd
 from ..geometry import phase_split
 from .._jit import kernel, output_span
 from ..workspace import get_workspace_limit
@@ -314,10 +314,71 @@ def _grad_weight_span(gop, g, go_plane, rows, xq, x, x_offset, length, grad_w, l
 
     Register-blocked dot products (each accumulator becomes a vector of partial sums):
     4 output channels x 4 (input channel, tap) pairs (16 accumulators, 8 loads per 16 FMAs) and 4 x 1 for the last
-    pairs; with fewer than 4 output channels, one channel x 8 pairs and 1 x 1.
+    pairs, with 32 vector registers (AVX-512); with 16, twice 2 x 6 (12 accumulators, 8 loads per 12 FMAs) and
+    2 x 1; with fewer than 4 output channels, one channel x 8 pairs and 1 x 1.
     """
     z = gop.dtype.type(0)
     taps = x_offset.shape[0]
+    if rows == 4 and _simd.REGISTERS < 32:
+        # 16 vector registers: 2 output channels x 6 pairs (12 accumulators, 2 dY vectors, one input vector;
+        # 4 x 4 needs 24 and spilled 12 per pass), for each half of the block
+        for half in range(2):
+            ga = gop[g + 2 * half * go_plane:g + 2 * half * go_plane + length]
+            gb = gop[g + (2 * half + 1) * go_plane:g + (2 * half + 1) * go_plane + length]
+            la = l0 + 2 * half
+            t = 0
+            while t + 6 <= taps:
+                x0 = xq[x + x_offset[t]:x + x_offset[t] + length]
+                x1 = xq[x + x_offset[t + 1]:x + x_offset[t + 1] + length]
+                x2 = xq[x + x_offset[t + 2]:x + x_offset[t + 2] + length]
+                x3 = xq[x + x_offset[t + 3]:x + x_offset[t + 3] + length]
+                x4 = xq[x + x_offset[t + 4]:x + x_offset[t + 4] + length]
+                x5 = xq[x + x_offset[t + 5]:x + x_offset[t + 5] + length]
+                s00 = s01 = s02 = s03 = s04 = s05 = s10 = s11 = s12 = s13 = s14 = s15 = z
+                for p in range(length):
+                    a0, a1 = ga[p], gb[p]
+                    b = x0[p]
+                    s00 += a0 * b
+                    s10 += a1 * b
+                    b = x1[p]
+                    s01 += a0 * b
+                    s11 += a1 * b
+                    b = x2[p]
+                    s02 += a0 * b
+                    s12 += a1 * b
+                    b = x3[p]
+                    s03 += a0 * b
+                    s13 += a1 * b
+                    b = x4[p]
+                    s04 += a0 * b
+                    s14 += a1 * b
+                    b = x5[p]
+                    s05 += a0 * b
+                    s15 += a1 * b
+                grad_w[la, col + t] += s00
+                grad_w[la, col + t + 1] += s01
+                grad_w[la, col + t + 2] += s02
+                grad_w[la, col + t + 3] += s03
+                grad_w[la, col + t + 4] += s04
+                grad_w[la, col + t + 5] += s05
+                grad_w[la + 1, col + t] += s10
+                grad_w[la + 1, col + t + 1] += s11
+                grad_w[la + 1, col + t + 2] += s12
+                grad_w[la + 1, col + t + 3] += s13
+                grad_w[la + 1, col + t + 4] += s14
+                grad_w[la + 1, col + t + 5] += s15
+                t += 6
+            while t < taps:
+                x0 = xq[x + x_offset[t]:x + x_offset[t] + length]
+                s0 = s1 = z
+                for p in range(length):
+                    b = x0[p]
+                    s0 += ga[p] * b
+                    s1 += gb[p] * b
+                grad_w[la, col + t] += s0
+                grad_w[la + 1, col + t] += s1
+                t += 1
+        return
     if rows == 4:
         g0 = gop[g:g + length]
         g1 = gop[g + go_plane:g + go_plane + length]
