@@ -307,12 +307,20 @@ def vstore_lanes(typingctx, a, i, v, lo, hi):
         if numba.config.BOUNDSCHECK:
             _pointer(context, builder, a, args[0], builder.add(index, first), builder.sub(end, first))
         ptr = _vector_pointer(builder, builder.gep(arr.data, [index]), vt)
-        fn = cgutils.get_or_insert_function(
-            builder.module,
-            ir.FunctionType(ir.VoidType(), [vt, ptr.type, ir.IntType(32), ir.VectorType(ir.IntType(1), v.width)]),
-            f"llvm.masked.store.{_suffix(v)}.p0")
-        builder.call(fn, [args[2], ptr, ir.Constant(ir.IntType(32), a.dtype.bitwidth // 8),
-                          _range_mask(builder, first, end, v.width)])
+        align = a.dtype.bitwidth // 8
+        # every lane: a plain store (AVX2's masked store, vmaskmovps, is microcoded on AMD's cores)
+        whole = builder.and_(builder.icmp_signed("<=", first, ir.Constant(first.type, 0)),
+                             builder.icmp_signed(">=", end, ir.Constant(end.type, v.width)))
+        with builder.if_else(whole, likely=True) as (plain, masked):
+            with plain:
+                builder.store(args[2], ptr, align=align)
+            with masked:
+                fn = cgutils.get_or_insert_function(
+                    builder.module,
+                    ir.FunctionType(ir.VoidType(), [vt, ptr.type, ir.IntType(32), ir.VectorType(ir.IntType(1), v.width)]),
+                    f"llvm.masked.store.{_suffix(v)}.p0")
+                builder.call(fn, [args[2], ptr, ir.Constant(ir.IntType(32), align),
+                                  _range_mask(builder, first, end, v.width)])
         return context.get_dummy_value()
 
     return types.none(a, i, v, lo, hi), codegen

@@ -274,11 +274,12 @@ def test_vstore_masked(dtype, which):
 @needs_simd
 @intrinsic_cases
 def test_vstore_lanes(dtype, which):
-    """vstore_lanes writes lanes lo <= k < hi to a[i + k] only, also with i before the array's start."""
+    """vstore_lanes writes lanes lo <= k < hi to a[i + k] only, also with i before the array's start; all lanes
+    (a plain store) anywhere."""
     w = _width(dtype, which)
     src = np.random.default_rng(7).standard_normal(w).astype(dtype)
     m = w + 5
-    for i, lo, hi in ((2, 1, w - 1), (-2, 2, w), (m - w + 2, 0, w - 2), (-(w - 1), w - 1, w), (3, 2, 2), (0, 0, w)):
+    for i, lo, hi in ((2, 1, w - 1), (-2, 2, w), (m - w + 2, 0, w - 2), (-(w - 1), w - 1, w), (3, 2, 2), (0, 0, w), (5, 0, w)):
         a = np.full(m, -7, dtype)
         _k_vstore_lanes(a, i, src, lo, hi, w)
         expected = np.full(m, -7, dtype)
