@@ -173,7 +173,7 @@ def row_pairs(x, row0, col0, layout, row_phases, planes, block):
     plane = plane_h * plane_w
     # plane columns v whose two elements col0 + 2v and col0 + 2v + 1 are both inside the row
     va = min(plane_w, max(0, (1 - col0) // 2))
-    vb = max(va, min(plane_w, (W - 1 - col0) // 2))
+    vb = max(va, min(plane_w, (W - col0) // 2))
     for u in range(block * rows_per_item, min(plane_h, (block + 1) * rows_per_item)):
         for j in range(row_phases):
             d0 = planes[2 * j * plane + u * plane_w:2 * j * plane + (u + 1) * plane_w]
