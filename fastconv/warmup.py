@@ -109,10 +109,11 @@ def warmup(dtypes: Sequence = ("float32",), methods: Sequence[str] | None = None
 
 
 def _compiles_to_cache() -> bool:
-    """Whether kernels compiled in another process reach this one: the JIT on, with its disk cache."""
+    """Whether helper processes can compile for this one: the JIT on, with its disk cache, and a Python to start."""
     from numba.core import config
 
-    return _jit.CACHE and not config.DISABLE_JIT
+    # (a frozen application's sys.executable is the application itself, not a Python to run ``-c`` with)
+    return _jit.CACHE and not config.DISABLE_JIT and not getattr(sys, "frozen", False)
 
 
 def _feed(take, dtypes, methods) -> None:
