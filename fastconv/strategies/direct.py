@@ -261,7 +261,13 @@ def _pack_phases(x, channel_start, groups, layout, phase_h, phase_w, xs):
                 for v in range(v1 - v0):
                     copy[v] = src[v]
             elif stride_w == 2:  # a constant stride lets LLVM vectorise the gather
-                for v in range(v1 - v0):
+                # blocks of 16 with a constant trip count (a short row would otherwise run in the scalar
+                # remainder of a loop vectorised 16 wide and unrolled 4 times), then the last few
+                whole = (v1 - v0) // 16 * 16
+                for b in range(0, whole, 16):
+                    for v in range(16):
+                        copy[b + v] = src[2 * (b + v)]
+                for v in range(whole, v1 - v0):
                     copy[v] = src[2 * v]
             else:
                 for v in range(v1 - v0):
