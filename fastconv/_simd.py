@@ -31,6 +31,7 @@ then False and the kernels built on this layer are not used). ``FASTCONV_SIMD=av
 """
 from __future__ import annotations
 
+import functools
 import os
 import warnings
 
@@ -365,7 +366,8 @@ _AVX2_CPUS = frozenset({
     "gracemont", "znver1", "znver2", "znver3", "x86-64-v3", "bdver4"})
 
 
-def _target_features() -> tuple[str, set]:
+@functools.lru_cache(maxsize=1)
+def _target_features() -> tuple[str, frozenset]:
     """(cpu name or "", enabled features) of the CPU Numba compiles for."""
     import llvmlite.binding as llvm
 
@@ -375,12 +377,12 @@ def _target_features() -> tuple[str, set]:
     features = numba.config.CPU_FEATURES
     if features is None:
         host = llvm.get_host_cpu_features()
-        return name or "", {f for f, enabled in host.items() if enabled}
+        return name or "", frozenset(f for f, enabled in host.items() if enabled)
     if features.strip():  # "+avx2,+fma,-avx512f,..."
-        return name or "", {f.strip()[1:] for f in features.split(",") if f.strip().startswith("+")}
+        return name or "", frozenset(f.strip()[1:] for f in features.split(",") if f.strip().startswith("+"))
     name = name or llvm.get_host_cpu_name()
-    return name, ({"avx512f", "avx2", "fma"} if name in _AVX512_CPUS
-                  else {"avx2", "fma"} if name in _AVX2_CPUS else set())
+    return name, frozenset({"avx512f", "avx2", "fma"} if name in _AVX512_CPUS
+                           else {"avx2", "fma"} if name in _AVX2_CPUS else ())
 
 
 def _target_isa() -> tuple[str, str]:
