@@ -70,8 +70,18 @@ def warmup(dtypes: Sequence = ("float32",), methods: Sequence[str] | None = None
     """
     if methods is None:
         methods = [n for n in strategies.names() if strategies.strategy(n).automatic]
-    dtypes = [np.dtype(d).name for d in dtypes]
+    if isinstance(dtypes, (str, np.dtype, type)) or isinstance(methods, str):
+        raise TypeError("warmup: dtypes and methods must be sequences (e.g. dtypes=('float32',), "
+                        f"methods=('direct',)), got dtypes={dtypes!r}, methods={methods!r}")
+    try:
+        dtypes = [np.dtype(d).name for d in dtypes]
+    except TypeError:
+        raise TypeError(f"warmup: dtypes must name float32 and/or float64, got {dtypes!r}") from None
+    if not set(dtypes) <= {"float32", "float64"}:
+        raise ValueError(f"warmup: dtypes must be float32 and/or float64, got {dtypes!r}")
     methods = list(methods)
+    for method in methods:
+        strategies.strategy(method)  # an unknown name: ValueError naming the strategies there are
     if processes is None:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
         processes = min(cores, MAX_PROCESSES) if _compiles_to_cache() else 1

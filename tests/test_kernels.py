@@ -214,6 +214,18 @@ def test_warmup_shares_the_compiling_with_a_helper_process(tmp_path, helper):
     assert (hits > 0) == (helper == "python")
 
 
+@pytest.mark.parametrize("kw, error, match", [
+    (dict(dtypes="float32"), TypeError, "warmup: dtypes and methods must be sequences"),
+    (dict(methods="direct"), TypeError, "warmup: dtypes and methods must be sequences"),
+    (dict(dtypes=["nope"]), TypeError, "warmup: dtypes must name"),
+    (dict(dtypes=["int8"]), ValueError, "warmup: dtypes must be float32"),
+    (dict(methods=["nope"]), ValueError, "unknown strategy 'nope'"),
+])
+def test_warmup_rejects_bad_dtypes_and_methods(kw, error, match):
+    with pytest.raises(error, match=match):
+        fastconv.warmup(processes=1, **kw)
+
+
 @pytest.mark.parametrize("processes", [0, -1, 1.5, "2"])
 def test_warmup_rejects_a_bad_process_count(processes):
     with pytest.raises(ValueError, match="warmup: processes"):
